@@ -1,0 +1,37 @@
+// Process bootstrap: MPI gives rank, world size and the local rank (ranks sharing a node); rank 0's
+// NCCL unique id is broadcast over MPI. Installs the fatal-error abort hook (ncclCommAbort, MPI_Abort).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
+
+namespace mpt {
+
+struct WorldInfo {
+  int rank = 0, size = 1;
+  int local_rank = 0, local_size = 1;  // among the ranks on this node
+  std::string host;
+};
+
+// MPI_Init (idempotent) and the world description. Safe to call from tests and main alike.
+WorldInfo mpi_init(int* argc, char*** argv);
+void mpi_finalize();
+
+// True on every rank iff ok is true on every rank (MPI_Allreduce with logical and). Used so that a
+// bad-input error found on one rank makes every rank exit instead of leaving peers in a collective.
+bool all_ranks_ok(bool ok);
+
+// Host-buffer communicator over MPI_COMM_WORLD.
+std::unique_ptr<Communicator> make_mpi_communicator();
+
+// Device-buffer communicator over NCCL. Uses CUDA device world.local_rank (already set by the caller with
+// select_cuda_device). Collectives run on `comm_stream`.
+std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream);
+
+// cudaSetDevice(local_rank); throws InputError-like std::runtime_error with a clear message when the node
+// has fewer GPUs than local ranks.
+void select_cuda_device(const WorldInfo& world);
+
+}  // namespace mpt

@@ -1,0 +1,39 @@
+// The Communicator interface. Buffers live where the implementation says: MpiCommunicator works on
+// host buffers, NcclCommunicator on device buffers. Every collective is enqueued on the given stream
+// (NCCL) or completes before returning (MPI, stream ignored). In-place use (send == recv for
+// all_reduce; send == recv + rank * count for all_gather; recv == send + rank * count for
+// reduce_scatter) is allowed.
+// Half-precision sums accumulate in FP32 and are rounded once. all_reduce is a reduce-scatter followed
+// by an all-gather in both implementations, so every element is reduced by one rank and all ranks end
+// with bitwise-identical results.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "kernels/exec.h"
+
+namespace mpt {
+
+enum class ReduceOp { Sum, Max };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual Device device() const = 0;
+  virtual const char* name() const = 0;
+
+  virtual void all_reduce(const void* send, void* recv, size_t count, DType t, ReduceOp op, Stream s) = 0;
+  // recv (recv_count elements) = sum over ranks of send[rank * recv_count, (rank + 1) * recv_count).
+  virtual void reduce_scatter(const void* send, void* recv, size_t recv_count, DType t, Stream s) = 0;
+  // recv[r * send_count, (r + 1) * send_count) = send of rank r.
+  virtual void all_gather(const void* send, void* recv, size_t send_count, DType t, Stream s) = 0;
+  virtual void broadcast(void* buf, size_t count, DType t, int root, Stream s) = 0;
+  // Host-side barrier over all ranks (waits for the rank's enqueued collectives first).
+  virtual void barrier() = 0;
+};
+
+}  // namespace mpt

@@ -1,0 +1,41 @@
+// gemm: row-major C[m,n] = epilogue(alpha * op(A)[m,k] * op(B)[k,n] + beta * C + bias).
+// op(A) = A (stored m x k, row stride lda) or, with trans_a, A^T (A stored k x m). Same for B.
+// A, B and C share one dtype; products accumulate in FP32 and the result is rounded once to C's dtype.
+// Epilogues: Bias adds bias[j] (C's dtype) to every row; BiasGelu / BiasRelu also apply the activation
+// and store the pre-activation z = acc + bias into pre_act (C's dtype, leading dimension ldc).
+// beta != 0 reads C (used to accumulate weight gradients over micro-batches); only Epilogue::None
+// may be combined with beta != 0.
+#pragma once
+#include "kernels/exec.h"
+
+namespace mpt {
+
+enum class Epilogue { None, Bias, BiasGelu, BiasRelu };
+
+struct GemmDesc {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  DType dtype = DType::F32;
+  const void* a = nullptr; int lda = 0;
+  const void* b = nullptr; int ldb = 0;
+  void* c = nullptr; int ldc = 0;
+  float alpha = 1.f, beta = 0.f;
+  Epilogue epilogue = Epilogue::None;
+  const void* bias = nullptr;
+  void* pre_act = nullptr;
+};
+
+// Throws std::invalid_argument on inconsistent shapes, strides or epilogue arguments.
+void check_gemm_desc(const GemmDesc& d);
+
+namespace cpu {
+void gemm(const GemmDesc& d);
+}
+namespace cuda {
+// e supplies the stream, the cuBLASLt handle and workspace, and allow_tf32.
+void gemm(const GemmDesc& d, const Exec& e);
+}
+namespace ops {
+inline void gemm(const Exec& e, const GemmDesc& d) { e.cuda() ? cuda::gemm(d, e) : cpu::gemm(d); }
+}  // namespace ops
+}  // namespace mpt
