@@ -35,7 +35,7 @@ class Rng {
 
 // Fisher-Yates permutation of [0, n) from seed.
 inline std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
-  std::vector<int64_t> p(size_t(n));
+  std::vector<int64_t> p(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) p[size_t(i)] = i;
   Rng r(seed);
   for (int64_t i = n - 1; i > 0; --i) std::swap(p[size_t(i)], p[size_t(r.below(uint64_t(i) + 1))]);

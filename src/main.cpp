@@ -1,0 +1,59 @@
+// mptrain: mixed-precision data-parallel training. Subcommands dispatch here.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "src/config.h"
+#include "src/train.h"
+
+namespace {
+
+const char* kUsage =
+    "mptrain - mixed-precision data-parallel trainer (FP16/BF16 compute, FP32 master weights, ZeRO 0/1/2)\n"
+    "\n"
+    "usage: mptrain <command> [options]\n"
+    "       mpirun -np N mptrain <command> [options]      (one rank per GPU, or CPU ranks)\n"
+    "\n"
+    "commands:\n"
+    "  train CONFIG [--set key.path=value ...]   train the model described by the JSON file CONFIG\n"
+    "\n"
+    "options:\n"
+    "  -h, --help          this help; `mptrain train --help` lists every config key\n"
+    "\n"
+    "exit codes: 0 success, 2 bad input (config, data, checkpoint: the message names the file and the key),\n"
+    "            anything else: a failed library call (reported with host, rank, file:line).\n";
+
+const char* kTrainUsage =
+    "usage: mptrain train CONFIG [--set key.path=value ...]\n"
+    "\n"
+    "Trains on every rank of the MPI job (mpirun -np N; a plain `mptrain train` is one rank).\n"
+    "  CONFIG                 JSON file; keys not given take the defaults below\n"
+    "  --set key.path=value   override one key after the file is read (repeatable). The value is parsed as\n"
+    "                         JSON when it can be (numbers, true/false, [arrays], {objects}, \"strings\"),\n"
+    "                         otherwise taken as a string: --set optimizer.lr=3e-4 --set device=cpu\n"
+    "  -h, --help             this help\n"
+    "\n"
+    "Unknown keys, wrong types and out-of-range values are errors (exit code 2, on every rank).\n"
+    "\n"
+    "config keys (key, default, meaning):\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "train") {
+    for (int i = 2; i < argc; ++i)
+      if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
+        std::fputs(kTrainUsage, stdout);
+        std::fputs(mpt::config_help().c_str(), stdout);
+        return 0;
+      }
+    return mpt::train_command(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "mptrain: unknown command '%s' (see mptrain --help)\n", cmd.c_str());
+  return 2;
+}

@@ -1,0 +1,152 @@
+// ZeRO stages 0/1/2 over flat, padded parameter and gradient buffers (DESIGN.md, "One training step").
+//
+// Layout. Parameters are grouped by dtype (a per-layer precision policy can give a model several); each
+// group has one flat parameter buffer and one flat gradient buffer in the model dtype, laid out in
+// BACKWARD order (the last layer's parameters first) so that buckets fill while backward runs. A bucket
+// holds whole parameters (up to bucket_bytes; a larger parameter gets a bucket of its own); every
+// parameter starts on a kAlign-element boundary and every bucket is padded to a multiple of world * kAlign.
+// Bucket k is cut into `world` equal parts; rank r OWNS part r of every bucket. The rank's shard is the
+// concatenation of its parts, so a bucket's reduce-scatter lands exactly in the owner's shard and a
+// bucket's all-gather restores the full parameters.
+//
+// Stages (what each rank holds besides the full half parameters and gradients):
+//   0: full FP32 master + AdamW m, v; gradients all-reduced; every rank updates everything.
+//   1: master, m, v for the owned parts only; gradients all-reduced; owned parts updated, then all-gathered.
+//   2: as 1, but gradients are reduce-scattered into a shard-sized buffer.
+// In every stage the overflow/norm statistics are summed over the rank's OWNED PARTS only and then over
+// ranks with ONE all-reduce of {non-finite count, sum of squares}. The reduced gradient of each element is
+// computed by one rank in all stages (the communicators all-reduce as reduce-scatter + all-gather), so
+// stages 0, 1 and 2 produce bitwise-identical parameters on the MPI path.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "kernels/adamw.h"
+#include "kernels/exec.h"
+#include "src/buffer.h"
+
+namespace mpt {
+
+enum class Init { Uniform, Normal, Zeros, Ones };
+
+struct ParamSpec {
+  std::string name;                  // e.g. "fc1.weight"
+  std::string layer;                 // e.g. "fc1" (what precision rules match)
+  std::vector<int64_t> shape;
+  DType dtype = DType::F32;
+  bool decay = false;                // AdamW weight decay applies (weight matrices)
+  Init init = Init::Zeros;
+  float init_scale = 0.f;            // Uniform: bound; Normal: std
+  int64_t numel() const {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+struct ParamView {
+  void* param = nullptr;             // model dtype, in the group's flat parameter buffer
+  void* grad = nullptr;              // model dtype, in the group's flat gradient buffer
+  DType dtype = DType::F32;
+  int group = 0;
+  int bucket = 0;
+  int64_t offset = 0;                // element offset in the group's flat buffers
+  int64_t numel = 0;
+};
+
+struct StepStats {
+  bool overflow = false;
+  double nonfinite = 0;
+  double grad_norm = 0;              // global L2 norm of the unscaled gradient
+  double clip_coef = 1;
+};
+
+struct MemoryReport {
+  size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0, grad_fp32 = 0;
+  size_t total() const { return params + grads + grad_shard + master + adam + grad_fp32; }
+};
+
+class ShardedOptimizer {
+ public:
+  static constexpr int64_t kAlign = 64;  // elements; keeps GEMM operands and shard edges 128-byte aligned
+
+  // comm_stream: where bucket collectives run (CUDA); compute work runs on ex.stream.
+  ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
+                   size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr);
+  ~ShardedOptimizer();
+  ShardedOptimizer(const ShardedOptimizer&) = delete;
+  ShardedOptimizer& operator=(const ShardedOptimizer&) = delete;
+
+  int num_params() const { return int(specs_.size()); }
+  const ParamSpec& spec(int i) const { return specs_[size_t(i)]; }
+  const ParamView& view(int i) const { return views_[size_t(i)]; }
+  int stage() const { return stage_; }
+  int num_buckets() const;
+  int64_t num_elements() const;      // real parameters, all groups
+
+  // Start of a step: zero the gradients.
+  void zero_grads();
+  // The model calls grad_ready(i) when parameter i's gradient for the current micro-batch is complete.
+  // During the last micro-batch of a step (set_last_micro(true)) a bucket whose parameters are all
+  // ready is reduced at once, on the communication stream, while backward goes on.
+  void set_last_micro(bool last);
+  void grad_ready(int i);
+  // Reduces what is left and orders the compute stream after the communication stream.
+  void finish_reduction();
+  // Unscale + statistics, one collective, the overflow verdict, clipping, AdamW, all-gather.
+  // loss_scale: the S the loss was multiplied by. On overflow nothing is updated.
+  StepStats step(float loss_scale, const AdamWHyper& hyper, double clip_norm);
+
+  // Puts +inf into this rank's first gradient element just before its bucket is reduced (tests).
+  void inject_inf_next_reduction() { inject_inf_ = true; }
+  // FNV-1a hash of the full model-dtype parameters (all groups), for cross-rank consistency checks.
+  uint64_t param_hash() const;
+  // Full FP32 master weights in flat order, gathered to every rank (checkpoints, tests).
+  std::vector<float> gather_master() const;
+  // Full model-dtype parameters as float in spec order (tests, export).
+  std::vector<float> params_as_float(int i) const;
+  MemoryReport memory() const;
+
+  // Checkpoint I/O of the FP32 state (master, m, v) in flat per-parameter order, world-size independent.
+  struct FullState { std::vector<float> master, m, v; };
+  FullState gather_state() const;
+  void load_state(const FullState& s);  // every rank passes the full state; each keeps what it owns
+  int64_t adam_step() const { return adam_step_; }
+  void set_adam_step(int64_t t) { adam_step_ = t; }
+
+ private:
+  struct Bucket { int64_t begin = 0, len = 0; int pending = 0, nparams = 0; bool reduced = false; };
+  struct Range { int64_t flat = 0, len = 0, store = 0; bool decay = false; bool own_part = true; };
+  struct Group {
+    DType dtype = DType::F32;
+    int64_t size = 0;                // padded elements
+    std::vector<Bucket> buckets;
+    std::vector<Range> owned;        // owned parts (stage 0: every part), split at parameter edges
+    int64_t owned_elems = 0;
+    Buffer params, grads, grad_shard, master, m, v, g32;
+  };
+
+  void reduce_bucket(Group& g, Bucket& b, int64_t shard_off);
+  int64_t shard_offset(const Group& g, size_t k) const;
+  void init_params(uint64_t seed);
+
+  Exec ex_;
+  Communicator& comm_;
+  std::vector<ParamSpec> specs_;
+  std::vector<ParamView> views_;
+  std::vector<Group> groups_;
+  int stage_;
+  int rank_, world_;
+  Stream comm_stream_;
+  bool last_micro_ = true;
+  bool inject_inf_ = false;
+  int64_t adam_step_ = 0;
+  Buffer stats_;                     // 2 floats: non-finite count, sum of squares
+  void* ev_compute_ = nullptr;       // cudaEvent_t
+  void* ev_comm_ = nullptr;
+};
+
+}  // namespace mpt
