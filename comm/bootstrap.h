@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include <mpi.h>
+
 #include "comm/communicator.h"
 
 namespace mpt {
@@ -21,10 +23,10 @@ void mpi_finalize();
 
 // True on every rank iff ok is true on every rank (MPI_Allreduce with logical and). Used so that a
 // bad-input error found on one rank makes every rank exit instead of leaving peers in a collective.
-bool all_ranks_ok(bool ok);
+bool all_ranks_ok(bool ok, MPI_Comm comm = MPI_COMM_WORLD);
 
-// Host-buffer communicator over MPI_COMM_WORLD.
-std::unique_ptr<Communicator> make_mpi_communicator();
+// Host-buffer communicator over `comm` (tests train on sub-communicators).
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD);
 
 // Device-buffer communicator over NCCL. Uses CUDA device world.local_rank (already set by the caller with
 // select_cuda_device). Collectives run on `comm_stream`.

@@ -3,9 +3,10 @@
 // (NCCL) or completes before returning (MPI, stream ignored). In-place use (send == recv for
 // all_reduce; send == recv + rank * count for all_gather; recv == send + rank * count for
 // reduce_scatter) is allowed.
-// Half-precision sums accumulate in FP32 and are rounded once. all_reduce is a reduce-scatter followed
-// by an all-gather in both implementations, so every element is reduced by one rank and all ranks end
-// with bitwise-identical results.
+// all_reduce is a reduce-scatter followed by an all-gather in both implementations, so every element is
+// reduced along one path and all ranks end with bitwise-identical results. Half-precision sums: the MPI
+// implementation accumulates in FP32 and rounds once; NCCL rounds to the half type at every hop, so a sum
+// of N ranks may be rounded up to N-1 times (exact only where the partial sums are representable).
 #pragma once
 
 #include <cstddef>

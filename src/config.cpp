@@ -87,9 +87,9 @@ const KeyDoc kKeyDocs[] = {
     {"model.num_classes", "output classes (>= 2)"},
     {"model.activation", "hidden activation: gelu | relu"},
     {"model.layernorm", "LayerNorm after each hidden Linear, before the activation"},
-    {"model.init_std", "normal std for Linear weights; 0: uniform +-1/sqrt(fan_in)"},
+    {"model.init_std", "std of the Linear weight init; 0: PyTorch's default, uniform +-1/sqrt(fan_in)"},
     {"data.dataset", "dataset: fashion-mnist"},
-    {"data.dir", "directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"},
+    {"data.dir", "directory of {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"},
     {"data.train_limit", "use the first N training examples; 0: all"},
     {"data.test_limit", "use the first N test examples; 0: all"},
     {"precision.mode", "compute precision: fp32 | tf32 | fp16 | bf16 | auto"},
@@ -236,7 +236,8 @@ const std::vector<std::string>& known_paths() {
 // so the parse callback tracks where it is and rejects the second one.
 class DuplicateKeyCheck {
  public:
-  explicit DuplicateKeyCheck(std::string file) : file_(std::move(file)) {}
+  // `base`: the key path the parsed text sits at ("" for a file, the key of a --set).
+  DuplicateKeyCheck(std::string file, std::string base) : file_(std::move(file)), base_(std::move(base)) {}
   bool operator()(int /*depth*/, json::parse_event_t ev, json& parsed) {
     switch (ev) {
       case json::parse_event_t::object_start: frames_.push_back({false, child_path(), {}, {}, 0}); break;
@@ -266,20 +267,26 @@ class DuplicateKeyCheck {
     size_t index;
   };
   std::string child_path() const {
-    if (frames_.empty()) return "";
+    if (frames_.empty()) return base_;
     const Frame& f = frames_.back();
     return f.array ? f.path + "[" + std::to_string(f.index) + "]" : join_path(f.path, f.key);
   }
   void next_element() {
     if (!frames_.empty() && frames_.back().array) ++frames_.back().index;
   }
-  std::string file_;
+  std::string file_, base_;
   std::vector<Frame> frames_;
 };
 
+// nlohmann messages start with "[json.exception.<kind>.<id>] "; the reader needs only the rest.
+std::string strip_json_prefix(const std::string& what) {
+  const size_t close = what.rfind("] ", 40);
+  return what.rfind("[json.exception.", 0) == 0 && close != std::string::npos ? what.substr(close + 2) : what;
+}
+
 json parse_json_text(const std::string& text, const std::string& file) {
   try {
-    return json::parse(text, DuplicateKeyCheck(file));
+    return json::parse(text, DuplicateKeyCheck(file, ""));
   } catch (const json::parse_error& e) {
     // e.byte is 1-based and points at the character that broke the parse.
     const size_t upto = std::min(text.size(), e.byte > 0 ? size_t(e.byte - 1) : size_t(0));
@@ -293,6 +300,9 @@ json parse_json_text(const std::string& text, const std::string& file) {
     throw InputError(file, "",
                      "JSON syntax error at line " + std::to_string(line) + ", column " +
                          std::to_string(upto - col_start + 1) + " (byte " + std::to_string(e.byte) + "): " + detail);
+  } catch (const json::out_of_range& e) {
+    // A number past double's range (1e400) lands here, without a position.
+    throw InputError(file, "", std::string("JSON number out of range: ") + strip_json_prefix(e.what()));
   }
 }
 
@@ -366,9 +376,11 @@ void apply_override(json& doc, const std::string& ov, int source, Provenance& pr
   // Anything that is not valid JSON is a plain string, so --set data.dir=/x/y needs no quotes.
   json value;
   try {
-    value = json::parse(text, DuplicateKeyCheck(file));
+    value = json::parse(text, DuplicateKeyCheck(file, key));
   } catch (const json::parse_error&) {
     value = text;
+  } catch (const json::out_of_range& e) {
+    throw InputError(file, key, std::string("number out of range: ") + strip_json_prefix(e.what()));
   }
   if (shape->is_object()) {
     merge(*target, *shape, value, key, source, prov);
@@ -438,8 +450,8 @@ class Reader {
   }
   double number(const std::string& path, Range r) { return as_number(node(path), path, r); }
   template <class T>
-  T integer(const std::string& path, Range r) {
-    return as_integer<T>(node(path), path, r);
+  T integer(const std::string& path, int64_t lo, int64_t hi = std::numeric_limits<T>::max()) {
+    return as_integer<T>(node(path), path, lo, hi);
   }
   uint64_t u64(const std::string& path) {
     json& v = node(path);
@@ -483,10 +495,7 @@ class Reader {
   // Accepts 3 and 3.0 (and 1e3), not 2.5; the result is written back as an integer so that `resolved`
   // holds what the run uses.
   template <class T>
-  T as_integer(json& v, const std::string& path, Range r) const {
-    // Clamp the range to T so that a value that T cannot hold says so with T's bounds.
-    r.lo = std::max(r.lo, double(std::numeric_limits<T>::min()));
-    r.hi = std::min(r.hi, double(std::numeric_limits<T>::max()));
+  T as_integer(json& v, const std::string& path, int64_t lo, int64_t hi = std::numeric_limits<T>::max()) const {
     // Read exactly as int64 first; every T used here fits in it.
     int64_t i = 0;
     bool beyond = false;  // an integer that not even int64 holds
@@ -504,12 +513,12 @@ class Reader {
     } else {
       fail(path, "expected integer, got " + describe(v));
     }
-    const bool in_type = !beyond && i >= int64_t(std::numeric_limits<T>::min()) && i <= int64_t(std::numeric_limits<T>::max());
-    if (!in_type || !r.contains(double(i))) {
-      // Name T's upper bound only when the value is past it; otherwise the key's own rule is the news.
-      Range shown = r;
-      if (in_type && r.hi == double(std::numeric_limits<T>::max())) shown.hi = kInf;
-      fail(path, "must be " + shown.text() + ", got " + v.dump());
+    if (beyond || i < lo || i > hi) {
+      // T's own upper bound is worth naming only to a value past it.
+      const bool open_top = hi == int64_t(std::numeric_limits<T>::max()) && !beyond && i <= hi;
+      fail(path, "must be " + (open_top ? ">= " + std::to_string(lo)
+                                        : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]") +
+                     ", got " + v.dump());
     }
     const T out = T(i);
     v = out;
@@ -523,14 +532,14 @@ class Reader {
 
 void read_model(Reader& r, ModelConfig& m) {
   m.type = r.choice("model.type", {"mlp", "gpt2"});
-  m.input_dim = r.integer<int>("model.input_dim", at_least(1));
+  m.input_dim = r.integer<int>("model.input_dim", 1);
   json& hidden = r.node("model.hidden");
   if (!hidden.is_array()) r.fail("model.hidden", "expected array of integers, got " + describe(hidden));
   m.hidden.clear();
   for (size_t i = 0; i < hidden.size(); ++i)
-    m.hidden.push_back(r.as_integer<int>(hidden[i], "model.hidden[" + std::to_string(i) + "]", at_least(1)));
+    m.hidden.push_back(r.as_integer<int>(hidden[i], "model.hidden[" + std::to_string(i) + "]", 1));
   // One class makes the softmax loss identically zero: nothing would train.
-  m.num_classes = r.integer<int>("model.num_classes", at_least(2));
+  m.num_classes = r.integer<int>("model.num_classes", 2);
   m.activation = r.choice("model.activation", {"gelu", "relu"});
   m.layernorm = r.boolean("model.layernorm");
   const double init_std = r.number("model.init_std", at_least(0));
@@ -541,8 +550,8 @@ void read_model(Reader& r, ModelConfig& m) {
 void read_data(Reader& r, DataConfig& d) {
   d.dataset = r.choice("data.dataset", {"fashion-mnist"});
   d.dir = r.nonempty("data.dir");
-  d.train_limit = r.integer<int64_t>("data.train_limit", at_least(0));
-  d.test_limit = r.integer<int64_t>("data.test_limit", at_least(0));
+  d.train_limit = r.integer<int64_t>("data.train_limit", 0);
+  d.test_limit = r.integer<int64_t>("data.test_limit", 0);
 }
 
 void read_precision(Reader& r, PrecisionConfig& p) {
@@ -588,8 +597,8 @@ void read_loss_scale(Reader& r, LossScaleConfig& s) {
   }
   s.growth_factor = r.number("loss_scale.growth_factor", above(1));
   s.backoff_factor = r.number("loss_scale.backoff_factor", {0, 1, true, true});
-  s.growth_interval = r.integer<int>("loss_scale.growth_interval", at_least(1));
-  s.hysteresis = r.integer<int>("loss_scale.hysteresis", at_least(1));
+  s.growth_interval = r.integer<int>("loss_scale.growth_interval", 1);
+  s.hysteresis = r.integer<int>("loss_scale.hysteresis", 1);
 }
 
 void read_optimizer(Reader& r, OptimizerConfig& o) {
@@ -598,7 +607,7 @@ void read_optimizer(Reader& r, OptimizerConfig& o) {
   o.beta2 = r.number("optimizer.beta2", {0, 1, false, true});
   o.eps = r.number("optimizer.eps", above(0));
   o.weight_decay = r.number("optimizer.weight_decay", at_least(0));
-  o.warmup_steps = r.integer<int>("optimizer.warmup_steps", at_least(0));
+  o.warmup_steps = r.integer<int>("optimizer.warmup_steps", 0);
   o.schedule = r.choice("optimizer.schedule", {"cosine", "constant"});
   o.min_lr = r.number("optimizer.min_lr", at_least(0));
   if (o.min_lr > o.lr)
@@ -608,26 +617,26 @@ void read_optimizer(Reader& r, OptimizerConfig& o) {
 }
 
 void read_rest(Reader& r, Config& c) {
-  c.zero.stage = r.integer<int>("zero.stage", {0, 2, false, false});
+  c.zero.stage = r.integer<int>("zero.stage", 0, 2);
   c.zero.bucket_mb = r.number("zero.bucket_mb", above(0));
 
-  c.train.batch_size = r.integer<int>("train.batch_size", at_least(1));
-  c.train.grad_accum = r.integer<int>("train.grad_accum", at_least(1));
-  c.train.epochs = r.integer<int>("train.epochs", at_least(1));
-  c.train.steps = r.integer<int64_t>("train.steps", at_least(0));
+  c.train.batch_size = r.integer<int>("train.batch_size", 1);
+  c.train.grad_accum = r.integer<int>("train.grad_accum", 1);
+  c.train.epochs = r.integer<int>("train.epochs", 1);
+  c.train.steps = r.integer<int64_t>("train.steps", 0);
   c.train.seed = r.u64("train.seed");
   c.train.eval_each_epoch = r.boolean("train.eval_each_epoch");
 
-  c.log.every = r.integer<int>("log.every", at_least(1));
+  c.log.every = r.integer<int>("log.every", 1);
   c.log.metrics = r.str("log.metrics");
   c.log.quiet = r.boolean("log.quiet");
 
   c.checkpoint.dir = r.str("checkpoint.dir");
-  c.checkpoint.every_steps = r.integer<int>("checkpoint.every_steps", at_least(0));
+  c.checkpoint.every_steps = r.integer<int>("checkpoint.every_steps", 0);
   c.checkpoint.resume = r.boolean("checkpoint.resume");
 
-  c.debug.inject_inf_step = r.integer<int64_t>("debug.inject_inf_step", at_least(-1));
-  c.debug.inject_inf_rank = r.integer<int>("debug.inject_inf_rank", at_least(0));
+  c.debug.inject_inf_step = r.integer<int64_t>("debug.inject_inf_step", -1);
+  c.debug.inject_inf_rank = r.integer<int>("debug.inject_inf_rank", 0);
   c.debug.check_consistency = r.boolean("debug.check_consistency");
 
   c.device = r.choice("device", {"auto", "cuda", "cpu"});

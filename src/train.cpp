@@ -9,6 +9,7 @@
 #include <cublasLt.h>
 #include <mpi.h>
 
+#include "comm/comm_internal.h"  // MPT_MPI_CHECK
 #include "kernels/device_info.h"
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
@@ -22,9 +23,9 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 constexpr size_t kGemmWorkspace = 32u << 20;
 
-double allreduce_sum(double v) {
+double allreduce_sum(double v, MPI_Comm c) {
   double out = 0;
-  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  MPT_MPI_CHECK(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, c));
   return out;
 }
 
@@ -34,14 +35,14 @@ struct PeerInputError : std::runtime_error {
   PeerInputError() : std::runtime_error("another rank reported bad input") {}
 };
 template <class F>
-void agree(F&& body) {
+void agree(MPI_Comm comm, F&& body) {
   std::exception_ptr err;
   try {
     body();
   } catch (const InputError&) {
     err = std::current_exception();
   }
-  if (!all_ranks_ok(err == nullptr)) {
+  if (!all_ranks_ok(err == nullptr, comm)) {
     if (err) std::rethrow_exception(err);
     throw PeerInputError();
   }
@@ -56,8 +57,12 @@ std::string human_bytes(double b) {
 
 }  // namespace
 
-Trainer::Trainer(const Config& cfg, const WorldInfo& world) : cfg_(cfg), world_(world), rank0_(world.rank == 0) {
-  agree([&] {
+Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
+    : cfg_(cfg), world_(world), mpi_comm_(mpi_comm) {
+  MPT_MPI_CHECK(MPI_Comm_rank(mpi_comm_, &world_.rank));
+  MPT_MPI_CHECK(MPI_Comm_size(mpi_comm_, &world_.size));
+  rank0_ = world_.rank == 0;
+  agree(mpi_comm_, [&] {
     setup_device();
     prec_ = resolve_precision(cfg_.precision, hw_);
     if (cfg_.model.type != "mlp")
@@ -77,7 +82,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world) : cfg_(cfg), world_(
                        "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_.count) + " training examples");
   });
 
-  comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_) : make_mpi_communicator();
+  comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_) : make_mpi_communicator(mpi_comm_);
   model_ = std::make_unique<Mlp>(cfg_.model, cfg_.precision, prec_.model, ex_,
                                  std::max(cfg_.train.batch_size, 1024));
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
@@ -204,13 +209,13 @@ StepRecord Trainer::train_step() {
   rec.skipped = st.overflow;
   rec.grad_norm = st.grad_norm;
   rec.next_scale = scaler_->scale();
-  rec.loss = allreduce_sum(loss_sum) / double(int64_t(B) * A * world_.size);
+  rec.loss = allreduce_sum(loss_sum, mpi_comm_) / double(int64_t(B) * A * world_.size);
   if (cfg_.debug.check_consistency) {
     uint64_t mine[2] = {opt_->param_hash(), 0};
     float s = scaler_->scale();
     std::memcpy(&mine[1], &s, sizeof s);
     std::vector<uint64_t> all(size_t(2 * world_.size));
-    MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, MPI_COMM_WORLD);
+    MPT_MPI_CHECK(MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, mpi_comm_));
     for (int r = 0; r < world_.size; ++r)
       if (all[size_t(2 * r)] != mine[0] || all[size_t(2 * r + 1)] != mine[1])
         MPT_FATAL("debug.check_consistency", "rank " + std::to_string(r) + " differs in parameters or loss scale at step " +
@@ -236,7 +241,7 @@ EvalResult Trainer::evaluate() {
     count += n;
   }
   double v[3] = {loss, double(correct), double(count)}, g[3];
-  MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  MPT_MPI_CHECK(MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, mpi_comm_));
   EvalResult r;
   r.count = int64_t(g[2]);
   r.loss = g[0] / std::max(1.0, g[2]);
@@ -244,7 +249,7 @@ EvalResult Trainer::evaluate() {
   return r;
 }
 
-void Trainer::save_checkpoint_now() {
+void Trainer::save_checkpoint() {
   const auto state = opt_->gather_state();  // collective
   if (!rank0_) return;
   CheckpointMeta meta;
@@ -258,7 +263,7 @@ void Trainer::save_checkpoint_now() {
   meta.skipped = scaler_->skipped();
   for (int i = 0; i < opt_->num_params(); ++i) meta.params.emplace_back(opt_->spec(i).name, opt_->spec(i).shape);
   meta.config = cfg_.resolved;
-  const std::string path = save_checkpoint(cfg_.checkpoint.dir, meta, state);
+  const std::string path = mpt::save_checkpoint(cfg_.checkpoint.dir, meta, state);
   if (!cfg_.log.quiet) std::printf("checkpoint: %s\n", path.c_str());
 }
 
@@ -268,13 +273,13 @@ void Trainer::try_resume() {
   bool found = false;
   std::vector<ParamSpec> specs;
   for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
-  agree([&] {
+  agree(mpi_comm_, [&] {
     const std::string path = latest_checkpoint(cfg_.checkpoint.dir);
     if (path.empty()) return;
     load_checkpoint(path, specs, &meta, &state);
     found = true;
   });
-  const bool everywhere = all_ranks_ok(found), nowhere = all_ranks_ok(!found);
+  const bool everywhere = all_ranks_ok(found, mpi_comm_), nowhere = all_ranks_ok(!found, mpi_comm_);
   if (!everywhere && !nowhere)
     throw InputError(cfg_.checkpoint.dir, "checkpoint.dir", "a checkpoint is visible to some ranks only");
   if (!found) return;
@@ -336,11 +341,11 @@ TrainSummary Trainer::run() {
         std::fflush(metrics_);
       }
       sum.test = ev;
-      if (!cfg_.checkpoint.dir.empty()) save_checkpoint_now();
+      if (!cfg_.checkpoint.dir.empty()) save_checkpoint();
       t_epoch = Clock::now();
     } else if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.every_steps > 0 &&
                step_ % cfg_.checkpoint.every_steps == 0) {
-      save_checkpoint_now();
+      save_checkpoint();
     }
   }
   sum.steps = step_;
@@ -394,7 +399,7 @@ int train_command(int argc, char** argv) {
   int code = 0;
   try {
     Config cfg;
-    agree([&] { cfg = load_config(path, sets); });
+    agree(MPI_COMM_WORLD, [&] { cfg = load_config(path, sets); });
     Trainer t(cfg, world);
     t.run();
   } catch (const InputError& e) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <mpi.h>
+
 #include "comm/bootstrap.h"
 #include "src/amp.h"
 #include "src/config.h"
@@ -42,7 +44,9 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  Trainer(const Config& cfg, const WorldInfo& world);
+  // mpi_comm: the ranks that train together (MPI_COMM_WORLD; tests use sub-communicators). The GPU path
+  // (NCCL) always spans MPI_COMM_WORLD.
+  Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm = MPI_COMM_WORLD);
   ~Trainer();
 
   // One optimizer step (grad_accum micro-batches) from the sampler; advances the epoch when it runs out.
@@ -50,6 +54,9 @@ class Trainer {
   EvalResult evaluate();
   // The whole run: epochs/steps, progress lines, metrics JSONL, evaluation, checkpoints, summary.
   TrainSummary run();
+
+  // Collective: writes checkpoint.dir/ckpt-<step>.bin from rank 0.
+  void save_checkpoint();
 
   ShardedOptimizer& optimizer() { return *opt_; }
   const LossScaler& scaler() const { return *scaler_; }
@@ -62,11 +69,11 @@ class Trainer {
  private:
   void setup_device();
   void print_banner() const;
-  void save_checkpoint_now();
   void try_resume();
 
   Config cfg_;
   WorldInfo world_;
+  MPI_Comm mpi_comm_;
   bool rank0_;
   Exec ex_;
   Stream comm_stream_ = nullptr;

@@ -1,0 +1,182 @@
+// Device-buffer communicator over NCCL.
+//
+// Streams. Every NCCL call of this communicator is issued on its own communication stream, in program
+// order, so that all ranks run the collectives of the one communicator in the same order (two NCCL
+// kernels of one communicator running concurrently on different streams can deadlock across ranks).
+// A collective called with stream s:
+//   - s == comm stream: enqueued there, nothing else. This is the overlap path: the caller records an
+//     event on its compute stream, makes the comm stream wait on it, calls the collective with the comm
+//     stream, and later makes its compute stream wait on an event recorded on the comm stream.
+//   - any other s (including the legacy default stream, nullptr): the comm stream waits on an event
+//     recorded on s, the collective runs on the comm stream, and s waits on an event recorded after it.
+//     To the caller the collective is ordered on s exactly as if it had been enqueued there: work queued
+//     on s later sees the result, and no host or device-wide synchronisation is involved.
+// barrier() synchronises the comm stream (which holds every collective) and then calls MPI_Barrier.
+//
+// Half precision. fp16/bf16 go through NCCL's native ncclFloat16 / ncclBfloat16. NCCL's reduction
+// kernels add two operands of the element type and store the result in that type, so a partial sum
+// passed between ranks (one ring step, one tree level) is rounded to fp16/bf16 at every hop: a sum over
+// N ranks is rounded up to N-1 times, not once in FP32 as the MPI implementation does. Sums whose
+// partial sums are all representable (the tests use small integers times powers of two) are exact;
+// otherwise the result can differ from round(FP32 sum) by a few units in the last place, and the
+// order of the hops depends on NCCL's algorithm choice. Every element is still reduced on exactly one
+// path before it is gathered (see all_reduce), so all ranks hold bitwise-identical results.
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "comm/comm_internal.h"
+
+namespace mpt {
+namespace {
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::F16: return ncclFloat16;
+    case DType::BF16: return ncclBfloat16;
+    default: return ncclFloat32;
+  }
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(const WorldInfo& world, Stream comm_stream) : comm_stream_(comm_stream) {
+    // NVLink SHARP (NVLS) multicast stays off: set before NCCL reads its environment, never overriding
+    // an explicit choice.
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
+    MPT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+    MPT_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    if (rank_ != world.rank || size_ != world.size)
+      throw std::invalid_argument("make_nccl_communicator: WorldInfo does not describe MPI_COMM_WORLD");
+    device_ = world.local_rank;
+    MPT_COMM_CUDA_CHECK(cudaSetDevice(device_));
+
+    ncclUniqueId id{};
+    if (rank_ == 0) MPT_NCCL_CHECK(ncclGetUniqueId(&id));
+    MPT_MPI_CHECK(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, MPI_COMM_WORLD));
+    MPT_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+    detail::register_nccl_comm(comm_);
+    detail::install_abort_hook();
+
+    MPT_COMM_CUDA_CHECK(cudaEventCreateWithFlags(&before_, cudaEventDisableTiming));
+    MPT_COMM_CUDA_CHECK(cudaEventCreateWithFlags(&after_, cudaEventDisableTiming));
+    // One padded slot per rank for the count % size tail of all_reduce (4 bytes: the widest dtype).
+    MPT_COMM_CUDA_CHECK(cudaMalloc(&tail_, size_t(size_) * 4));
+    MPT_COMM_CUDA_CHECK(cudaMemset(tail_, 0, size_t(size_) * 4));
+  }
+
+  ~NcclCommunicator() override {
+    int prev = 0;
+    MPT_COMM_CUDA_CHECK(cudaGetDevice(&prev));
+    MPT_COMM_CUDA_CHECK(cudaSetDevice(device_));
+    MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
+    detail::unregister_nccl_comm(comm_);
+    MPT_NCCL_CHECK(ncclCommDestroy(comm_));
+    MPT_COMM_CUDA_CHECK(cudaFree(tail_));
+    MPT_COMM_CUDA_CHECK(cudaEventDestroy(before_));
+    MPT_COMM_CUDA_CHECK(cudaEventDestroy(after_));
+    MPT_COMM_CUDA_CHECK(cudaSetDevice(prev));
+  }
+
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Device device() const override { return Device::CUDA; }
+  const char* name() const override { return "nccl"; }
+
+  // Reduce-scatter then all-gather, as the interface promises. NCCL's reduce-scatter needs equal
+  // blocks, so the first count - count % size elements go through in place (block b reduced into
+  // recv + b * chunk, then gathered from there), and the tail of at most size - 1 elements is padded
+  // to one element per rank in a small scratch buffer; the padding slots hold junk that is reduced and
+  // discarded.
+  void all_reduce(const void* send, void* recv, size_t count, DType t, ReduceOp op, Stream s) override {
+    if (count == 0) return;
+    const size_t es = dtype_size(t);
+    const ncclDataType_t nt = nccl_type(t);
+    const ncclRedOp_t nop = op == ReduceOp::Max ? ncclMax : ncclSum;
+    const size_t chunk = count / size_t(size_);
+    const size_t body = chunk * size_t(size_), tail = count - body;
+    const auto* src = static_cast<const uint8_t*>(send);
+    auto* dst = static_cast<uint8_t*>(recv);
+    auto* tl = static_cast<uint8_t*>(tail_);
+    const size_t mine = size_t(rank_) * es;
+
+    begin(s);
+    if (tail) MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(tl, src + body * es, tail * es, cudaMemcpyDeviceToDevice, comm_stream_));
+    MPT_NCCL_CHECK(ncclGroupStart());
+    if (chunk) MPT_NCCL_CHECK(ncclReduceScatter(src, dst + mine * chunk, chunk, nt, nop, comm_, comm_stream_));
+    if (tail) MPT_NCCL_CHECK(ncclReduceScatter(tl, tl + mine, 1, nt, nop, comm_, comm_stream_));
+    MPT_NCCL_CHECK(ncclGroupEnd());
+    MPT_NCCL_CHECK(ncclGroupStart());
+    if (chunk) MPT_NCCL_CHECK(ncclAllGather(dst + mine * chunk, dst, chunk, nt, comm_, comm_stream_));
+    if (tail) MPT_NCCL_CHECK(ncclAllGather(tl + mine, tl, 1, nt, comm_, comm_stream_));
+    MPT_NCCL_CHECK(ncclGroupEnd());
+    if (tail) MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(dst + body * es, tl, tail * es, cudaMemcpyDeviceToDevice, comm_stream_));
+    end(s);
+  }
+
+  void reduce_scatter(const void* send, void* recv, size_t recv_count, DType t, Stream s) override {
+    if (recv_count == 0) return;
+    begin(s);
+    MPT_NCCL_CHECK(ncclReduceScatter(send, recv, recv_count, nccl_type(t), ncclSum, comm_, comm_stream_));
+    end(s);
+  }
+
+  void all_gather(const void* send, void* recv, size_t send_count, DType t, Stream s) override {
+    if (send_count == 0) return;
+    begin(s);
+    MPT_NCCL_CHECK(ncclAllGather(send, recv, send_count, nccl_type(t), comm_, comm_stream_));
+    end(s);
+  }
+
+  void broadcast(void* buf, size_t count, DType t, int root, Stream s) override {
+    if (root < 0 || root >= size_)
+      throw std::invalid_argument("broadcast: root " + std::to_string(root) + " outside [0, " + std::to_string(size_) + ")");
+    if (count == 0) return;
+    begin(s);
+    MPT_NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(t), root, comm_, comm_stream_));
+    end(s);
+  }
+
+  void barrier() override {
+    MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
+    // A failure inside an NCCL kernel (e.g. a peer's network error) is only visible asynchronously.
+    ncclResult_t async = ncclSuccess;
+    MPT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+    MPT_NCCL_CHECK(async);
+    MPT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+  }
+
+ private:
+  // Event handoff between the caller's stream and the comm stream (see the top of the file). One event
+  // per direction suffices: cudaStreamWaitEvent captures the record that is current when it is called.
+  void begin(Stream s) {
+    if (s == comm_stream_) return;
+    MPT_COMM_CUDA_CHECK(cudaEventRecord(before_, s));
+    MPT_COMM_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, before_, 0));
+  }
+  void end(Stream s) {
+    if (s == comm_stream_) return;
+    MPT_COMM_CUDA_CHECK(cudaEventRecord(after_, comm_stream_));
+    MPT_COMM_CUDA_CHECK(cudaStreamWaitEvent(s, after_, 0));
+  }
+
+  int rank_ = 0, size_ = 1, device_ = 0;
+  Stream comm_stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+  cudaEvent_t before_ = nullptr, after_ = nullptr;
+  void* tail_ = nullptr;
+};
+
+}  // namespace
+
+namespace detail {
+std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream) {
+  return std::make_unique<NcclCommunicator>(world, comm_stream);
+}
+}  // namespace detail
+
+}  // namespace mpt

@@ -1,0 +1,278 @@
+// NcclCommunicator on device buffers, under mpirun -np 1 or -np 2 (one GPU per rank). Same method as
+// the MPI tests: inputs whose sums are exact in the dtype, wrong elements counted over all ranks,
+// bitwise identity of all_reduce across ranks. Each collective also runs with a caller stream other
+// than the comm stream, where the input is produced late on that stream and the result read back
+// through it alone, so a broken event handoff shows up as wrong data. Skipped without enough GPUs.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include "comm/comm_internal.h"
+#include "tests/mpi/collective_util.h"
+
+namespace mpt {
+namespace {
+
+using test::exact_inputs;
+using test::global_sum;
+using test::mismatches;
+using test::odd_counts;
+using test::same_on_all_ranks;
+using test::to_bytes;
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { MPT_COMM_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(bytes, 1))); }
+  ~DeviceBuffer() { cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  uint8_t* get() const { return static_cast<uint8_t*>(p_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// One communicator per test suite (creating it costs an NCCL init); the statics are shared by the
+// suites below, each of which sets them up and tears them down again.
+class NcclFixture : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    world_ = mpi_init(nullptr, nullptr);
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      count = 0;
+      cudaGetLastError();
+    }
+    // Every rank must take the same decision, or the ranks that go on would wait for the others.
+    usable_ = all_ranks_ok(count >= world_.local_size);
+    if (!usable_) return;
+    select_cuda_device(world_);
+    MPT_COMM_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+    MPT_COMM_CUDA_CHECK(cudaStreamCreateWithFlags(&compute_stream_, cudaStreamNonBlocking));
+    comm_ = make_nccl_communicator(world_, comm_stream_).release();
+    delay_ = new DeviceBuffer(size_t(64) << 20);
+    staging_ = new DeviceBuffer(size_t(4) << 20);
+  }
+  static void TearDownTestSuite() {
+    if (!usable_) return;
+    delete comm_;
+    delete delay_;
+    delete staging_;
+    cudaStreamDestroy(comm_stream_);
+    cudaStreamDestroy(compute_stream_);
+    comm_ = nullptr;
+    delay_ = staging_ = nullptr;
+  }
+
+ protected:
+  void SetUp() override {
+    if (!usable_) GTEST_SKIP() << "needs one CUDA device per rank on every node";
+    rank = comm_->rank();
+    size = comm_->size();
+  }
+
+  // The two ways a caller hands a stream in: the comm stream itself, or another stream.
+  static std::vector<Stream> streams() { return {comm_stream_, compute_stream_}; }
+
+  // Puts host bytes into dst so that they become visible on stream s only late: the buffer is first
+  // poisoned and a chain of large device copies (about a millisecond) is queued ahead of the real
+  // upload. A collective that does not wait for s reads the poison. The staging buffer is persistent
+  // because freeing device memory here would synchronise the device and hide the delay; reusing it is
+  // safe because every test reads its result back through s before the next upload.
+  static void late_upload(uint8_t* dst, const std::vector<uint8_t>& src, Stream s) {
+    ASSERT_LE(src.size(), staging_->bytes());
+    MPT_COMM_CUDA_CHECK(cudaMemcpy(staging_->get(), src.data(), src.size(), cudaMemcpyHostToDevice));
+    MPT_COMM_CUDA_CHECK(cudaMemsetAsync(dst, 0xff, src.size(), s));
+    const size_t half = delay_->bytes() / 2;
+    for (int i = 0; i < 16; ++i)
+      MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(delay_->get(), delay_->get() + half, half, cudaMemcpyDeviceToDevice, s));
+    MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(dst, staging_->get(), src.size(), cudaMemcpyDeviceToDevice, s));
+  }
+
+  // Reads back through stream s only: correct only if the collective's completion is ordered on s.
+  static std::vector<uint8_t> download(const uint8_t* src, size_t bytes, Stream s) {
+    std::vector<uint8_t> h(bytes);
+    MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(h.data(), src, bytes, cudaMemcpyDeviceToHost, s));
+    MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(s));
+    return h;
+  }
+
+  static void poison(uint8_t* p, size_t bytes, Stream s) { MPT_COMM_CUDA_CHECK(cudaMemsetAsync(p, 0xff, bytes, s)); }
+
+  inline static WorldInfo world_;
+  inline static bool usable_ = false;
+  inline static Communicator* comm_ = nullptr;
+  inline static Stream comm_stream_ = nullptr, compute_stream_ = nullptr;
+  inline static DeviceBuffer *delay_ = nullptr, *staging_ = nullptr;
+  int rank = 0, size = 1;
+};
+
+class NcclCollectives : public NcclFixture, public ::testing::WithParamInterface<DType> {};
+
+std::string dtype_param_name(const ::testing::TestParamInfo<DType>& p) { return dtype_name(p.param); }
+
+struct Tally {
+  long bad = 0, differ = 0, send_changed = 0;
+};
+
+TEST_P(NcclCollectives, AllReduceSumAndMaxAreExact) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  Tally tally;
+  for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max})
+    for (size_t n : odd_counts())
+      for (bool in_place : {false, true})
+        for (Stream s : streams()) {
+          Rng rng = test::shared_rng();
+          const auto rows = exact_inputs(rng, t, size, n);
+          const auto want = op == ReduceOp::Sum ? test::column_sums(rows, size, n) : test::column_max(rows, size, n);
+          const auto host_in = to_bytes(rows.data() + size_t(rank) * n, t, n);
+          DeviceBuffer send(n * es), recv(n * es);
+          late_upload(send.get(), host_in, s);
+          poison(recv.get(), n * es, s);
+          uint8_t* out = in_place ? send.get() : recv.get();
+          comm_->all_reduce(send.get(), out, n, t, op, s);
+          const auto got = download(out, n * es, s);
+          tally.bad += mismatches(got.data(), t, want.data(), n);
+          tally.differ += same_on_all_ranks(got.data(), got.size()) ? 0 : 1;
+          if (!in_place) tally.send_changed += download(send.get(), n * es, s) != host_in;
+        }
+  EXPECT_EQ(global_sum(tally.bad), 0) << "wrong elements summed over ranks";
+  EXPECT_EQ(global_sum(tally.differ), 0) << "results differ between ranks";
+  EXPECT_EQ(global_sum(tally.send_changed), 0) << "out-of-place all_reduce modified its input";
+}
+
+// Sums that are not exact: identical bits on every rank, and within the error NCCL's per-hop rounding
+// allows: each of the at most `size` additions rounds to the dtype, at most 2^-p of the partial sum,
+// which is bounded by sum|v| (p = 24, 11, 8); fp16 adds its subnormal half-step 2^-25 per addition.
+TEST_P(NcclCollectives, AllReduceIsBitwiseIdenticalAcrossRanks) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t), n = 4099;
+  long far = 0, differ = 0;
+  for (Stream s : streams()) {
+    Rng rng = test::shared_rng();
+    std::vector<float> rows(size_t(size) * n);
+    for (auto& v : rows) v = round_to(t, rng.uniform(-1.f, 1.f));
+    DeviceBuffer buf(n * es);
+    late_upload(buf.get(), to_bytes(rows.data() + size_t(rank) * n, t, n), s);
+    comm_->all_reduce(buf.get(), buf.get(), n, t, ReduceOp::Sum, s);
+    const auto got = download(buf.get(), n * es, s);
+    differ += same_on_all_ranks(got.data(), got.size()) ? 0 : 1;
+    for (size_t i = 0; i < n; ++i) {
+      double exact = 0, mag = 0;
+      for (int r = 0; r < size; ++r) {
+        exact += rows[size_t(r) * n + i];
+        mag += std::fabs(rows[size_t(r) * n + i]);
+      }
+      const double bound =
+          size * std::ldexp(1.0, -test::significand_bits(t)) * mag + (t == DType::F16 ? size * std::ldexp(1.0, -25) : 0);
+      far += !(std::fabs(load_elem(got.data(), t, i) - exact) <= bound);
+    }
+  }
+  EXPECT_EQ(global_sum(far), 0);
+  EXPECT_EQ(global_sum(differ), 0);
+}
+
+TEST_P(NcclCollectives, ReduceScatterSumIsExact) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  long bad = 0;
+  for (size_t rc : odd_counts())
+    for (bool in_place : {false, true})
+      for (Stream s : streams()) {
+        const size_t total = rc * size_t(size);
+        Rng rng = test::shared_rng();
+        const auto rows = exact_inputs(rng, t, size, total);
+        const auto sums = test::column_sums(rows, size, total);
+        DeviceBuffer send(total * es), recv(rc * es);
+        late_upload(send.get(), to_bytes(rows.data() + size_t(rank) * total, t, total), s);
+        poison(recv.get(), rc * es, s);
+        uint8_t* out = in_place ? send.get() + size_t(rank) * rc * es : recv.get();
+        comm_->reduce_scatter(send.get(), out, rc, t, s);
+        const auto got = download(out, rc * es, s);
+        bad += mismatches(got.data(), t, sums.data() + size_t(rank) * rc, rc);
+      }
+  EXPECT_EQ(global_sum(bad), 0);
+}
+
+TEST_P(NcclCollectives, AllGatherIsExact) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  long bad = 0;
+  for (size_t sc : odd_counts())
+    for (bool in_place : {false, true})
+      for (Stream s : streams()) {
+        const size_t total = sc * size_t(size);
+        Rng rng = test::shared_rng();
+        const auto rows = test::movement_inputs(rng, t, size, sc);
+        DeviceBuffer send(sc * es), recv(total * es);
+        poison(recv.get(), total * es, s);
+        uint8_t* in = in_place ? recv.get() + size_t(rank) * sc * es : send.get();
+        late_upload(in, to_bytes(rows.data() + size_t(rank) * sc, t, sc), s);
+        comm_->all_gather(in, recv.get(), sc, t, s);
+        const auto got = download(recv.get(), total * es, s);
+        bad += mismatches(got.data(), t, rows.data(), total);
+      }
+  EXPECT_EQ(global_sum(bad), 0);
+}
+
+TEST_P(NcclCollectives, BroadcastFromEveryRootIsExact) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  long bad = 0;
+  for (size_t n : odd_counts())
+    for (int root = 0; root < size; ++root)
+      for (Stream s : streams()) {
+        Rng rng = test::shared_rng();
+        const auto v = test::movement_inputs(rng, t, 1, n);
+        DeviceBuffer buf(n * es);
+        if (rank == root)
+          late_upload(buf.get(), to_bytes(v.data(), t, n), s);
+        else
+          poison(buf.get(), n * es, s);
+        comm_->broadcast(buf.get(), n, t, root, s);
+        const auto got = download(buf.get(), n * es, s);
+        bad += mismatches(got.data(), t, v.data(), n);
+      }
+  EXPECT_EQ(global_sum(bad), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclCollectives, ::testing::Values(DType::F32, DType::F16, DType::BF16),
+                         dtype_param_name);
+
+class NcclCommunicatorBasics : public NcclFixture {};
+
+TEST_F(NcclCommunicatorBasics, DescribesTheWorldAndKeepsNvlsOff) {
+  EXPECT_EQ(comm_->rank(), world_.rank);
+  EXPECT_EQ(comm_->size(), world_.size);
+  EXPECT_EQ(comm_->device(), Device::CUDA);
+  EXPECT_STREQ(comm_->name(), "nccl");
+  const char* nvls = std::getenv("NCCL_NVLS_ENABLE");
+  ASSERT_NE(nvls, nullptr);
+  EXPECT_STREQ(nvls, "0");
+  int dev = -1;
+  MPT_COMM_CUDA_CHECK(cudaGetDevice(&dev));
+  EXPECT_EQ(dev, world_.local_rank);
+}
+
+// barrier() must drain the comm stream: after it returns, the collective queued before it is done.
+TEST_F(NcclCommunicatorBasics, BarrierWaitsForQueuedCollectives) {
+  const size_t n = size_t(4) << 20;
+  DeviceBuffer buf(n * 4);
+  MPT_COMM_CUDA_CHECK(cudaMemsetAsync(buf.get(), 0x3f, n * 4, comm_stream_));
+  comm_->all_reduce(buf.get(), buf.get(), n, DType::F32, ReduceOp::Sum, comm_stream_);
+  comm_->barrier();
+  EXPECT_EQ(cudaStreamQuery(comm_stream_), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace mpt

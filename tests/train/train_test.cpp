@@ -1,0 +1,221 @@
+// The training step on CPU ranks, end to end (Fashion-MNIST, MLP, ZeRO, loss scaling), under
+// mpirun -np 2 and -np 3. Every check is agreed across ranks: a failure on one rank fails all of them.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include "src/checkpoint.h"
+#include "src/train.h"
+#include "tests/test_util.h"
+
+namespace mpt {
+namespace {
+
+WorldInfo g_world;
+
+// One seed for the whole job, drawn fresh on rank 0.
+uint64_t job_seed() {
+  static uint64_t s = [] {
+    uint64_t v = test::test_seed();
+    MPI_Bcast(&v, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    return v;
+  }();
+  return s;
+}
+
+Config small_config(const std::string& mode, int stage, int batch, std::vector<std::string> extra = {}) {
+  nlohmann::json j = {
+      {"model", {{"hidden", {64, 32}}, {"activation", "gelu"}}},
+      {"data", {{"train_limit", 3072}, {"test_limit", 600}}},
+      {"precision", {{"mode", mode}}},
+      // growth every 4 clean steps: the scale changes during these short runs
+      {"loss_scale", {{"init", 1024}, {"growth_interval", 4}}},
+      {"optimizer", {{"lr", 2e-3}, {"weight_decay", 0.01}, {"clip_norm", 0.5}, {"warmup_steps", 2}}},
+      {"zero", {{"stage", stage}, {"bucket_mb", 0.02}}},  // several buckets even for this small model
+      {"train", {{"batch_size", batch}, {"steps", 40}, {"seed", job_seed() % 1000000007ull}}},
+      {"log", {{"quiet", true}}},
+      {"device", "cpu"}};
+  return config_from_json(j, "train_test", extra);
+}
+
+bool all_true(bool ok, MPI_Comm c = MPI_COMM_WORLD) {
+  int mine = ok, all = 0;
+  MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, c);
+  return all != 0;
+}
+
+size_t count_different(const std::vector<float>& a, const std::vector<float>& b, double atol, double rtol,
+                       double* max_diff) {
+  size_t bad = 0;
+  *max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    *max_diff = std::max(*max_diff, d);
+    if (!(d <= atol + rtol * std::fabs(double(b[i])))) ++bad;
+  }
+  return bad;
+}
+
+// ZeRO-1 and ZeRO-2 against ZeRO-0 after 20 steps. Every reduced gradient element is summed by one rank
+// in all stages and the norm statistics are summed over the same owned parts in the same order, so on the
+// MPI path the stages are bitwise equal: the tolerance is zero.
+TEST(Train, ZeroStagesReachTheSameParameters) {
+  for (const char* mode : {"fp16", "bf16"}) {
+    std::vector<float> ref;
+    std::vector<float> init;
+    for (int stage : {0, 1, 2}) {
+      Trainer t(small_config(mode, stage, 16), g_world);
+      if (stage == 0) init = t.optimizer().gather_master();
+      for (int s = 0; s < 20; ++s) t.train_step();
+      const std::vector<float> m = t.optimizer().gather_master();
+      if (stage == 0) { ref = m; continue; }
+      double maxd = 0;
+      const size_t bad = count_different(m, ref, 0, 0, &maxd);
+      EXPECT_TRUE(all_true(bad == 0)) << mode << " ZeRO-" << stage << ": " << bad << " elements differ, max " << maxd;
+    }
+    double moved = 0;
+    count_different(ref, init, 0, 0, &moved);
+    EXPECT_GT(moved, 1e-3) << "training did not move the parameters";
+  }
+}
+
+// After every step all ranks hold bitwise-identical half parameters and the same loss scale.
+TEST(Train, RanksHoldIdenticalParametersAndScaleEveryStep) {
+  for (int stage : {0, 1, 2}) {
+    Trainer t(small_config("fp16", stage, 16), g_world);
+    int mismatches = 0;
+    bool scale_changed = false;
+    const float first_scale = t.scaler().scale();
+    for (int s = 0; s < 20; ++s) {
+      t.train_step();
+      uint64_t mine[2] = {t.optimizer().param_hash(), 0};
+      const float sc = t.scaler().scale();
+      std::memcpy(&mine[1], &sc, sizeof sc);
+      scale_changed |= sc != first_scale;
+      std::vector<uint64_t> all(size_t(2 * g_world.size));
+      MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, MPI_COMM_WORLD);
+      for (int r = 0; r < g_world.size; ++r) mismatches += all[size_t(2 * r)] != all[0] || all[size_t(2 * r + 1)] != all[1];
+    }
+    EXPECT_EQ(mismatches, 0) << "ZeRO-" << stage;
+    EXPECT_TRUE(scale_changed) << "the scale never grew: the test would not see a scale disagreement";
+  }
+}
+
+// An inf in one rank's gradient at step k: every rank skips step k, backs the scale off, leaves the master
+// weights and the half parameters untouched, and training goes on.
+TEST(Train, InjectedInfSkipsTheStepOnEveryRank) {
+  const int k = 6;
+  const int victim = g_world.size - 1;
+  for (int stage : {0, 1, 2}) {
+    Trainer t(small_config("fp16", stage, 16,
+                           {"debug.inject_inf_step=" + std::to_string(k), "debug.inject_inf_rank=" + std::to_string(victim),
+                            "loss_scale.growth_interval=1000"}),
+              g_world);
+    for (int s = 0; s < k; ++s) ASSERT_FALSE(t.train_step().skipped) << "unexpected natural overflow at step " << s;
+    const std::vector<float> before = t.optimizer().gather_master();
+    const uint64_t hash_before = t.optimizer().param_hash();
+    const StepRecord r = t.train_step();
+    EXPECT_TRUE(all_true(r.skipped)) << "ZeRO-" << stage << ": step " << k << " not skipped on every rank";
+    EXPECT_EQ(r.next_scale, r.scale * 0.5f);
+    EXPECT_EQ(t.scaler().skipped(), 1);
+    double maxd = 0;
+    EXPECT_EQ(count_different(t.optimizer().gather_master(), before, 0, 0, &maxd), 0u) << "master changed on a skipped step";
+    EXPECT_EQ(t.optimizer().param_hash(), hash_before);
+    for (int s = 0; s < 4; ++s) {
+      const StepRecord n = t.train_step();
+      EXPECT_FALSE(n.skipped);
+      EXPECT_TRUE(std::isfinite(n.loss));
+    }
+    count_different(t.optimizer().gather_master(), before, 0, 0, &maxd);
+    EXPECT_GT(maxd, 0.0) << "training did not go on after the skipped step";
+  }
+}
+
+// W ranks with micro-batch b see, step by step, the same global batch as 1 rank with micro-batch W*b and as
+// 1 rank accumulating W micro-batches of b (DistributedSampler interleaves ranks). They differ only in the
+// order of floating-point sums: per-rank partial sums rounded to the gradient dtype then added, versus one
+// GEMM over all rows. Tolerances are set from that: FP32 gradients differ in the last bits, which Adam's
+// normalised update turns into parameter differences far below lr; half gradients are rounded per rank
+// (relative 2^-11 for fp16) before the sum, which after 10 steps of lr 2e-3 stays well under 1e-3.
+TEST(Train, DataParallelMatchesOneRankWithTheGlobalBatch) {
+  const int W = g_world.size, b = 8;
+  MPI_Comm self;
+  MPI_Comm_split(MPI_COMM_WORLD, g_world.rank, 0, &self);
+  struct Case { const char* mode; double atol; };
+  for (Case c : {Case{"fp32", 2e-5}, Case{"fp16", 1e-3}}) {
+    std::vector<std::string> common = {"optimizer.clip_norm=0", "train.steps=10"};
+    Trainer dp(small_config(c.mode, 2, b, common), g_world);
+    for (int s = 0; s < 10; ++s) dp.train_step();
+    const std::vector<float> m_dp = dp.optimizer().gather_master();
+
+    Trainer big(small_config(c.mode, 0, W * b, common), g_world, self);
+    for (int s = 0; s < 10; ++s) big.train_step();
+    std::vector<std::string> acc = common;
+    acc.push_back("train.grad_accum=" + std::to_string(W));
+    Trainer accum(small_config(c.mode, 0, b, acc), g_world, self);
+    for (int s = 0; s < 10; ++s) accum.train_step();
+
+    double d1 = 0, d2 = 0;
+    const size_t bad1 = count_different(m_dp, big.optimizer().gather_master(), c.atol, 0, &d1);
+    const size_t bad2 = count_different(accum.optimizer().gather_master(), big.optimizer().gather_master(), c.atol, 0, &d2);
+    EXPECT_TRUE(all_true(bad1 == 0)) << c.mode << ": " << W << " ranks x " << b << " vs 1 rank x " << W * b << ": " << bad1
+                                     << " elements beyond " << c.atol << ", max diff " << d1;
+    EXPECT_TRUE(all_true(bad2 == 0)) << c.mode << ": accumulation " << W << " x " << b << " vs " << W * b << ": " << bad2
+                                     << " elements beyond " << c.atol << ", max diff " << d2;
+    if (g_world.rank == 0) std::printf("[ info     ] %s: max |diff| dp %.3g, accumulation %.3g\n", c.mode, d1, d2);
+  }
+  MPI_Comm_free(&self);
+}
+
+// A run interrupted after a checkpoint and resumed (with another ZeRO stage: the file is stage- and
+// world-size independent) continues exactly as the uninterrupted run.
+TEST(Train, CheckpointResumeContinuesExactly) {
+  std::string dir;
+  if (g_world.rank == 0) {
+    char tmpl[] = "/tmp/mpt-ckpt-XXXXXX";
+    dir = mkdtemp(tmpl);
+  }
+  int len = int(dir.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dir.resize(size_t(len));
+  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+
+  Trainer straight(small_config("fp16", 2, 16), g_world);
+  for (int s = 0; s < 12; ++s) straight.train_step();
+  const std::vector<float> want = straight.optimizer().gather_master();
+  {
+    Trainer first(small_config("fp16", 2, 16, {"checkpoint.dir=\"" + dir + "\""}), g_world);
+    for (int s = 0; s < 6; ++s) first.train_step();
+    first.save_checkpoint();
+  }
+  Trainer resumed(small_config("fp16", 1, 16, {"checkpoint.dir=\"" + dir + "\""}), g_world);
+  for (int s = 6; s < 12; ++s) resumed.train_step();
+  double maxd = 0;
+  EXPECT_TRUE(all_true(count_different(resumed.optimizer().gather_master(), want, 0, 0, &maxd) == 0))
+      << "resumed run differs, max " << maxd;
+  EXPECT_EQ(resumed.scaler().scale(), straight.scaler().scale());
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (g_world.rank == 0) std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mpt
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  mpt::g_world = mpt::mpi_init(&argc, &argv);
+  if (mpt::g_world.rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  int all = 0;
+  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  mpt::mpi_finalize();
+  return all;
+}
