@@ -138,18 +138,24 @@ TEST(Train, InjectedInfSkipsTheStepOnEveryRank) {
 
 // W ranks with micro-batch b see, step by step, the same global batch as 1 rank with micro-batch W*b and as
 // 1 rank accumulating W micro-batches of b (DistributedSampler interleaves ranks). They differ only in the
-// order of floating-point sums: per-rank partial sums rounded to the gradient dtype then added, versus one
-// GEMM over all rows. Tolerances are set from that: FP32 gradients differ in the last bits, which Adam's
-// normalised update turns into parameter differences far below lr; half gradients are rounded per rank
-// (relative 2^-11 for fp16) before the sum, which after 10 steps of lr 2e-3 stays well under 1e-3.
+// order of floating-point sums: per-rank partial sums rounded to the gradient dtype and then added, versus
+// one GEMM over all rows. Measured as the L2 norm of the parameter difference relative to the L2 norm of
+// the distance training moved the parameters:
+// - fp32: gradients differ in the last bits (~1e-7 relative); Adam passes that through almost unchanged,
+//   so the relative difference must stay below 1e-4 (measured ~1e-6) and no element may differ by 2e-5.
+// - fp16: each rank's gradient is rounded to fp16 (relative 2^-11) before the sum, and Adam divides by
+//   sqrt(v), which magnifies rounding noise on elements whose gradient is near zero: a few elements
+//   drift by up to ~lr per step. The relative difference must stay below 2e-2 (measured ~3e-3), which a
+//   wrong batch composition, a missing rank or a wrong 1/world factor exceeds by far (relative ~1).
 TEST(Train, DataParallelMatchesOneRankWithTheGlobalBatch) {
   const int W = g_world.size, b = 8;
   MPI_Comm self;
   MPI_Comm_split(MPI_COMM_WORLD, g_world.rank, 0, &self);
-  struct Case { const char* mode; double atol; };
-  for (Case c : {Case{"fp32", 2e-5}, Case{"fp16", 1e-3}}) {
+  struct Case { const char* mode; double rel, atol; };
+  for (Case c : {Case{"fp32", 1e-4, 2e-5}, Case{"fp16", 2e-2, 1e-2}}) {
     std::vector<std::string> common = {"optimizer.clip_norm=0", "train.steps=10"};
     Trainer dp(small_config(c.mode, 2, b, common), g_world);
+    const std::vector<float> init = dp.optimizer().gather_master();
     for (int s = 0; s < 10; ++s) dp.train_step();
     const std::vector<float> m_dp = dp.optimizer().gather_master();
 
@@ -159,15 +165,29 @@ TEST(Train, DataParallelMatchesOneRankWithTheGlobalBatch) {
     acc.push_back("train.grad_accum=" + std::to_string(W));
     Trainer accum(small_config(c.mode, 0, b, acc), g_world, self);
     for (int s = 0; s < 10; ++s) accum.train_step();
+    const std::vector<float> m_big = big.optimizer().gather_master(), m_acc = accum.optimizer().gather_master();
 
+    auto rel = [&](const std::vector<float>& x) {
+      double d = 0, moved = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        d += (double(x[i]) - m_big[i]) * (double(x[i]) - m_big[i]);
+        moved += (double(m_big[i]) - init[i]) * (double(m_big[i]) - init[i]);
+      }
+      return std::sqrt(d / moved);
+    };
     double d1 = 0, d2 = 0;
-    const size_t bad1 = count_different(m_dp, big.optimizer().gather_master(), c.atol, 0, &d1);
-    const size_t bad2 = count_different(accum.optimizer().gather_master(), big.optimizer().gather_master(), c.atol, 0, &d2);
-    EXPECT_TRUE(all_true(bad1 == 0)) << c.mode << ": " << W << " ranks x " << b << " vs 1 rank x " << W * b << ": " << bad1
-                                     << " elements beyond " << c.atol << ", max diff " << d1;
-    EXPECT_TRUE(all_true(bad2 == 0)) << c.mode << ": accumulation " << W << " x " << b << " vs " << W * b << ": " << bad2
-                                     << " elements beyond " << c.atol << ", max diff " << d2;
-    if (g_world.rank == 0) std::printf("[ info     ] %s: max |diff| dp %.3g, accumulation %.3g\n", c.mode, d1, d2);
+    const size_t bad1 = count_different(m_dp, m_big, c.atol, 0, &d1);
+    const size_t bad2 = count_different(m_acc, m_big, c.atol, 0, &d2);
+    const double r1 = rel(m_dp), r2 = rel(m_acc);
+    EXPECT_TRUE(all_true(bad1 == 0 && r1 < c.rel)) << c.mode << ": " << W << " ranks x " << b << " vs 1 rank x " << W * b
+                                                   << ": relative difference " << r1 << ", " << bad1 << " elements beyond "
+                                                   << c.atol << ", max " << d1;
+    EXPECT_TRUE(all_true(bad2 == 0 && r2 < c.rel)) << c.mode << ": accumulation " << W << " x " << b << " vs " << W * b
+                                                   << ": relative difference " << r2 << ", " << bad2 << " elements beyond "
+                                                   << c.atol << ", max " << d2;
+    if (g_world.rank == 0)
+      std::printf("[ info     ] %s: relative difference dp %.3g (max %.3g), accumulation %.3g (max %.3g)\n", c.mode, r1, d1,
+                  r2, d2);
   }
   MPI_Comm_free(&self);
 }
