@@ -1,0 +1,116 @@
+// CUDA version of kernels/softmax_xent.h: one block per row, everything in FP32.
+//
+// Pass 1 finds the row maximum and its lowest index, pass 2 sums exp(x - max) over the valid columns,
+// pass 3 writes dlogits (padding and ignored rows get exact zeros). The block reductions are fixed-order,
+// so the loss bits are the same run after run. The logit of the label is read before the first barrier and
+// every dlogits element is written by the thread that read it in the same pass, so dlogits may alias logits.
+// A label >= valid_cols is a caller bug that a kernel cannot throw for: that row's loss is NaN (so the step
+// is flagged non-finite) and its gradient is zero.
+#include <cmath>
+
+#include "kernels/cuda/cuda_util.cuh"
+#include "kernels/softmax_xent.h"
+
+namespace mpt::cuda {
+
+using namespace mpt::cuda_detail;
+
+namespace {
+int row_block(int cols) { return cols <= 128 ? 32 : (cols <= 2048 ? 128 : 512); }
+
+// Argmax merge: `none` marks an empty candidate; a larger value wins, equal values go to the lower index.
+__device__ __forceinline__ void merge_max(float& best, int& bi, float ov, int oi, int none) {
+  if (oi != none && (bi == none || ov > best || (ov == best && oi < bi))) {
+    best = ov;
+    bi = oi;
+  }
+}
+__device__ __forceinline__ void warp_argmax(float& best, int& bi, int none) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    merge_max(best, bi, ov, oi, none);
+  }
+}
+}  // namespace
+
+template <class T>
+static __global__ void softmax_xent_kernel(const T* logits, const int32_t* __restrict__ labels, int rows, int cols,
+                                           int valid_cols, float grad_scale, float* __restrict__ loss, T* dlogits,
+                                           int32_t* __restrict__ pred) {
+  __shared__ float shm[33];
+  __shared__ float smax[32];
+  __shared__ int sidx[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const size_t off = size_t(row) * size_t(cols);
+    const T* x = logits + off;
+    const int y = labels[row];
+    const bool ignored = y < 0;
+    const bool bad = y >= valid_cols;
+    const float xy = (!ignored && !bad) ? to_f32(x[y]) : 0.f;
+
+    // Pass 1: max and the lowest index holding it (each thread scans its columns in increasing order).
+    float best = -INFINITY;
+    int bi = valid_cols;
+    for (int j = threadIdx.x; j < valid_cols; j += blockDim.x) merge_max(best, bi, to_f32(x[j]), j, valid_cols);
+    warp_argmax(best, bi, valid_cols);
+    if (lane == 0) {
+      smax[warp] = best;
+      sidx[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      best = lane < nwarps ? smax[lane] : -INFINITY;
+      bi = lane < nwarps ? sidx[lane] : valid_cols;
+      warp_argmax(best, bi, valid_cols);
+      if (lane == 0) {
+        smax[0] = best;
+        sidx[0] = bi;
+      }
+    }
+    __syncthreads();
+    const float mx = smax[0];
+    const int arg = sidx[0];
+
+    // Pass 2: sum of exp(x - max) over the valid columns.
+    float se = 0.f;
+    for (int j = threadIdx.x; j < valid_cols; j += blockDim.x) se += expf(to_f32(x[j]) - mx);
+    const float sum = block_sum(se, shm);  // its barriers also retire smax / sidx before the next row
+    const float inv_sum = 1.f / sum;
+
+    if (threadIdx.x == 0) {
+      loss[row] = ignored ? 0.f : (bad ? NAN : (mx - xy) + logf(sum));
+      if (pred) pred[row] = arg < valid_cols ? arg : 0;
+    }
+    if (dlogits) {
+      T* d = dlogits + off;
+      for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        float g = 0.f;
+        if (!ignored && !bad && j < valid_cols) {
+          const float p = __fmul_rn(expf(to_f32(x[j]) - mx), inv_sum);  // no FMA with the - 1 below
+          g = grad_scale * (p - (j == y ? 1.f : 0.f));
+        }
+        store_f32(d, j, g);
+      }
+    }
+  }
+}
+
+void softmax_xent(const void* logits, DType lt, const int32_t* labels, int rows, int cols, int valid_cols,
+                  float grad_scale, float* loss, void* dlogits, int32_t* pred, Stream s) {
+  if (rows < 0 || cols < 0) kernel_arg_error("softmax_xent", "negative shape");
+  if (rows == 0) return;
+  if (valid_cols < 1 || valid_cols > cols) kernel_arg_error("softmax_xent", "valid_cols must be in [1, cols]");
+  if (!logits || !labels || !loss) kernel_arg_error("softmax_xent", "null pointer");
+  dispatch_dtype(lt, "softmax_xent", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    softmax_xent_kernel<T><<<unsigned(std::min(rows, 1 << 30)), row_block(cols), 0, to_cuda(s)>>>(
+        static_cast<const T*>(logits), labels, rows, cols, valid_cols, grad_scale, loss, static_cast<T*>(dlogits),
+        pred);
+  });
+  MPT_LAUNCH_CHECK("softmax_xent_kernel");
+}
+
+}  // namespace mpt::cuda
