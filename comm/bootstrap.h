@@ -28,9 +28,10 @@ bool all_ranks_ok(bool ok, MPI_Comm comm = MPI_COMM_WORLD);
 // Host-buffer communicator over `comm` (tests train on sub-communicators).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD);
 
-// Device-buffer communicator over NCCL. Uses CUDA device world.local_rank (already set by the caller with
-// select_cuda_device). Collectives run on `comm_stream`.
-std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream);
+// Device-buffer communicator over NCCL among the ranks of `mpi` (world.rank / world.size describe them).
+// Uses CUDA device world.local_rank. Collectives run on `comm_stream`.
+std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream,
+                                                     MPI_Comm mpi = MPI_COMM_WORLD);
 
 // cudaSetDevice(local_rank); throws InputError-like std::runtime_error with a clear message when the node
 // has fewer GPUs than local ranks.

@@ -40,7 +40,7 @@ void install_abort_hook();
 std::unique_ptr<Communicator> new_mpi_communicator(size_t max_piece, MPI_Comm comm = MPI_COMM_WORLD);
 inline constexpr size_t kDefaultMpiPiece = size_t(1) << 24;
 
-std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream);
+std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi);
 
 }  // namespace mpt::detail
 

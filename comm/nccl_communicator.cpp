@@ -41,20 +41,20 @@ ncclDataType_t nccl_type(DType t) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(const WorldInfo& world, Stream comm_stream) : comm_stream_(comm_stream) {
+  NcclCommunicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi) : mpi_(mpi), comm_stream_(comm_stream) {
     // NVLink SHARP (NVLS) multicast stays off: set before NCCL reads its environment, never overriding
     // an explicit choice.
     setenv("NCCL_NVLS_ENABLE", "0", 0);
-    MPT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
-    MPT_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    MPT_MPI_CHECK(MPI_Comm_rank(mpi_, &rank_));
+    MPT_MPI_CHECK(MPI_Comm_size(mpi_, &size_));
     if (rank_ != world.rank || size_ != world.size)
-      throw std::invalid_argument("make_nccl_communicator: WorldInfo does not describe MPI_COMM_WORLD");
+      throw std::invalid_argument("make_nccl_communicator: WorldInfo does not describe the MPI communicator");
     device_ = world.local_rank;
     MPT_COMM_CUDA_CHECK(cudaSetDevice(device_));
 
     ncclUniqueId id{};
     if (rank_ == 0) MPT_NCCL_CHECK(ncclGetUniqueId(&id));
-    MPT_MPI_CHECK(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, MPI_COMM_WORLD));
+    MPT_MPI_CHECK(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, mpi_));
     MPT_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
     detail::register_nccl_comm(comm_);
     detail::install_abort_hook();
@@ -147,7 +147,7 @@ class NcclCommunicator final : public Communicator {
     ncclResult_t async = ncclSuccess;
     MPT_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
     MPT_NCCL_CHECK(async);
-    MPT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    MPT_MPI_CHECK(MPI_Barrier(mpi_));
   }
 
  private:
@@ -164,6 +164,7 @@ class NcclCommunicator final : public Communicator {
     MPT_COMM_CUDA_CHECK(cudaStreamWaitEvent(s, after_, 0));
   }
 
+  MPI_Comm mpi_;
   int rank_ = 0, size_ = 1, device_ = 0;
   Stream comm_stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
@@ -174,8 +175,8 @@ class NcclCommunicator final : public Communicator {
 }  // namespace
 
 namespace detail {
-std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream) {
-  return std::make_unique<NcclCommunicator>(world, comm_stream);
+std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi) {
+  return std::make_unique<NcclCommunicator>(world, comm_stream, mpi);
 }
 }  // namespace detail
 

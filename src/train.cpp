@@ -82,7 +82,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
                        "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_.count) + " training examples");
   });
 
-  comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_) : make_mpi_communicator(mpi_comm_);
+  comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_, mpi_comm_) : make_mpi_communicator(mpi_comm_);
   model_ = std::make_unique<Mlp>(cfg_.model, cfg_.precision, prec_.model, ex_,
                                  std::max(cfg_.train.batch_size, 1024));
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
@@ -352,20 +352,25 @@ TrainSummary Trainer::run() {
   sum.skipped = scaler_->skipped();
   sum.seconds = since(t_run);
   sum.final_scale = scaler_->scale();
-  sum.peak_device_bytes = peak_allocated_bytes(ex_.device);
+  sum.peak_device_bytes = peak_allocated_bytes(ex_.device) + ex_.workspace_bytes;
+  if (ex_.cuda()) sum.device_used_bytes = peak_device_memory();
   if (rank0_ && !cfg_.log.quiet) {
     std::printf("summary: %lld steps (%lld skipped) in %.1f s | test accuracy %.2f%% | final scale %g | "
-                "peak %s memory per rank %s\n",
+                "peak %s memory per rank: %s allocated by mptrain",
                 static_cast<long long>(sum.steps), static_cast<long long>(sum.skipped), sum.seconds,
                 100 * sum.test.accuracy, sum.final_scale, ex_.cuda() ? "GPU" : "host",
                 human_bytes(double(sum.peak_device_bytes)).c_str());
+    if (ex_.cuda()) std::printf(", %s in use on the device", human_bytes(double(sum.device_used_bytes)).c_str());
+    std::printf("\n");
   }
   if (metrics_) {
     nlohmann::json j = {{"event", "summary"}, {"steps", sum.steps}, {"skipped", sum.skipped},
                         {"seconds", sum.seconds}, {"test_accuracy", sum.test.accuracy}, {"test_loss", sum.test.loss},
                         {"final_scale", sum.final_scale}, {"precision", prec_.mode}, {"ranks", world_.size},
                         {"zero_stage", cfg_.zero.stage}, {"device", device_desc_},
-                        {"peak_allocated_bytes", sum.peak_device_bytes}};
+                        {"peak_allocated_bytes", sum.peak_device_bytes},
+                        {"device_used_bytes", sum.device_used_bytes},
+                        {"epoch_seconds", sum.epoch_seconds}};
     std::fprintf(metrics_, "%s\n", j.dump().c_str());
     std::fclose(metrics_);
     metrics_ = nullptr;

@@ -39,13 +39,13 @@ struct TrainSummary {
   EvalResult test;
   std::vector<double> epoch_seconds;
   std::vector<double> epoch_accuracy;
-  size_t peak_device_bytes = 0;
+  size_t peak_device_bytes = 0;       // allocated by mptrain's own buffers (peak)
+  size_t device_used_bytes = 0;       // CUDA: device memory in use at the end (context, NCCL, cuBLAS included)
 };
 
 class Trainer {
  public:
-  // mpi_comm: the ranks that train together (MPI_COMM_WORLD; tests use sub-communicators). The GPU path
-  // (NCCL) always spans MPI_COMM_WORLD.
+  // mpi_comm: the ranks that train together (MPI_COMM_WORLD; tests use sub-communicators).
   Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm = MPI_COMM_WORLD);
   ~Trainer();
 

@@ -28,10 +28,18 @@ uint64_t job_seed() {
   return s;
 }
 
+// MPT_TEST_DEVICE=cuda runs the same tests on GPUs (launch/gpu-check.sh does); CI runs them on CPU ranks.
+std::string test_device() {
+  const char* d = std::getenv("MPT_TEST_DEVICE");
+  return d ? d : "cpu";
+}
+
 Config small_config(const std::string& mode, int stage, int batch, std::vector<std::string> extra = {}) {
   nlohmann::json j = {
       {"model", {{"hidden", {64, 32}}, {"activation", "gelu"}}},
-      {"data", {{"train_limit", 3072}, {"test_limit", 600}}},
+      {"data", {{"train_limit", 3072}, {"test_limit", 600},
+                {"dir", std::getenv("MPT_FASHION_MNIST_DIR") ? std::getenv("MPT_FASHION_MNIST_DIR")
+                                                               : "/usr/share/datasets/fashion-mnist"}}},
       {"precision", {{"mode", mode}}},
       // growth every 4 clean steps: the scale changes during these short runs
       {"loss_scale", {{"init", 1024}, {"growth_interval", 4}}},
@@ -39,7 +47,7 @@ Config small_config(const std::string& mode, int stage, int batch, std::vector<s
       {"zero", {{"stage", stage}, {"bucket_mb", 0.02}}},  // several buckets even for this small model
       {"train", {{"batch_size", batch}, {"steps", 40}, {"seed", job_seed() % 1000000007ull}}},
       {"log", {{"quiet", true}}},
-      {"device", "cpu"}};
+      {"device", test_device()}};
   return config_from_json(j, "train_test", extra);
 }
 
