@@ -166,6 +166,12 @@ std::unique_ptr<Entry> build(const Key& key, const GemmDesc& d, const Exec& e, c
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4; ++i)
     MPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attr[i], &al[i], sizeof al[i]));
+  // Split-K partial sums must be reduced in the compute type (FP32): the heuristic may otherwise pick a
+  // scheme that reduces partials in the output type (bf16/fp16) or in place with atomics, which rounds the
+  // accumulator several times and is not deterministic.
+  const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  MPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
+                                                        sizeof reduction));
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
