@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 
 #include <cublasLt.h>
@@ -298,6 +299,9 @@ void Trainer::try_resume() {
 TrainSummary Trainer::run() {
   print_banner();
   if (rank0_ && !cfg_.log.metrics.empty()) {
+    std::error_code ec;
+    const auto parent = std::filesystem::path(cfg_.log.metrics).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
     metrics_ = std::fopen(cfg_.log.metrics.c_str(), step_ > 0 ? "a" : "w");
     if (!metrics_) std::fprintf(stderr, "mptrain: %s: log.metrics: cannot open for writing\n", cfg_.log.metrics.c_str());
   }
