@@ -31,13 +31,21 @@ const json& default_config_json() {
         {"num_classes", 10},
         {"activation", "gelu"},
         {"layernorm", false},
-        {"init_std", 0.0}}},
+        {"init_std", 0.0},
+        {"n_layer", 2},
+        {"n_head", 2},
+        {"n_embd", 64},
+        {"seq_len", 64},
+        {"vocab", 257},
+        {"init_from", ""}}},
       {"data",
        {{"dataset", "fashion-mnist"},
         {"dir", "/usr/share/datasets/fashion-mnist"},
         {"train_limit", 0},
-        {"test_limit", 0}}},
-      {"precision", {{"mode", "auto"}, {"layers", json::array()}}},
+        {"test_limit", 0},
+        {"train_shards", json::array()},
+        {"val_shards", json::array()}}},
+      {"precision", {{"mode", "auto"}, {"layers", json::array()}, {"fallback", "auto"}}},
       {"loss_scale",
        {{"enabled", "auto"},
         {"init", 65536.0},
@@ -64,10 +72,24 @@ const json& default_config_json() {
         {"epochs", 1},
         {"steps", 0},
         {"seed", uint64_t{1234}},
-        {"eval_each_epoch", true}}},
+        {"eval_each_epoch", true},
+        {"eval_every", 0},
+        {"eval_batches", 0}}},
       {"log", {{"every", 50}, {"metrics", ""}, {"quiet", false}}},
       {"checkpoint", {{"dir", ""}, {"every_steps", 0}, {"resume", true}}},
       {"debug", {{"inject_inf_step", -1}, {"inject_inf_rank", 0}, {"check_consistency", false}}},
+      {"monitor",
+       {{"enabled", true},
+        {"window", 100},
+        {"min_history", 20},
+        {"spike_zscore", 6.0},
+        {"on_loss_spike", "log"},
+        {"on_grad_spike", "log"},
+        {"on_nan_loss", "skip"},
+        {"max_overflow_rate", 0.5},
+        {"on_overflow_rate", "fallback"},
+        {"min_scale_patience", 50},
+        {"on_min_scale", "fallback"}}},
       {"device", "auto"},
   };
   return d;
@@ -88,12 +110,21 @@ const KeyDoc kKeyDocs[] = {
     {"model.activation", "hidden activation: gelu | relu"},
     {"model.layernorm", "LayerNorm after each hidden Linear, before the activation"},
     {"model.init_std", "std of the Linear weight init; 0: PyTorch's default, uniform +-1/sqrt(fan_in)"},
-    {"data.dataset", "dataset: fashion-mnist"},
+    {"model.n_layer", "gpt2: transformer blocks (>= 1)"},
+    {"model.n_head", "gpt2: attention heads; n_embd / n_head must be 16, 32, 64 or 128"},
+    {"model.n_embd", "gpt2: model width C"},
+    {"model.seq_len", "gpt2: context length T (position embeddings)"},
+    {"model.vocab", "gpt2: vocabulary size (padded to a multiple of 128 internally)"},
+    {"model.init_from", "gpt2: safetensors file with Hugging Face GPT-2 names to start from; \"\": random init"},
+    {"data.dataset", "dataset: fashion-mnist | tokens (token shards, for gpt2)"},
     {"data.dir", "directory of {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"},
     {"data.train_limit", "use the first N training examples; 0: all"},
     {"data.test_limit", "use the first N test examples; 0: all"},
+    {"data.train_shards", "tokens: training shard files or glob patterns"},
+    {"data.val_shards", "tokens: validation shard files or glob patterns"},
     {"precision.mode", "compute precision: fp32 | tf32 | fp16 | bf16 | auto"},
     {"precision.layers", "per-layer dtype: [{\"pattern\": glob (* ?), \"dtype\": fp32|fp16|bf16}], last match wins"},
+    {"precision.fallback", "precision after a stability fallback: auto (bf16 if supported, else fp32) | bf16 | fp32 | none"},
     {"loss_scale.enabled", "dynamic loss scaling: auto (on for fp16 only) | on | off"},
     {"loss_scale.init", "initial scale S, min <= init <= max"},
     {"loss_scale.growth_factor", "S *= growth_factor after growth_interval clean steps (> 1)"},
@@ -119,6 +150,8 @@ const KeyDoc kKeyDocs[] = {
     {"train.steps", "> 0: stop after this many steps (overrides epochs); 0: use epochs"},
     {"train.seed", "seed for init and data order (unsigned 64-bit)"},
     {"train.eval_each_epoch", "evaluate on the test set after each epoch"},
+    {"train.eval_every", "> 0: also evaluate (validation loss) every N steps"},
+    {"train.eval_batches", "> 0: at most N micro-batches per evaluation; 0: the whole set"},
     {"log.every", "progress line every N steps, rank 0 (>= 1)"},
     {"log.metrics", "JSONL metrics file; \"\": none"},
     {"log.quiet", "no progress lines"},
@@ -128,6 +161,17 @@ const KeyDoc kKeyDocs[] = {
     {"debug.inject_inf_step", "put an inf into one rank's gradient at this step; -1: never"},
     {"debug.inject_inf_rank", "the rank that gets the injected inf (>= 0)"},
     {"debug.check_consistency", "compare S and a parameter checksum across ranks every step"},
+    {"monitor.enabled", "stability monitor over loss, gradient norm and overflow rate"},
+    {"monitor.window", "rolling window in steps (>= 2)"},
+    {"monitor.min_history", "clean steps before spike z-scores count (>= 2)"},
+    {"monitor.spike_zscore", "z-score above the window mean that is a spike (> 0)"},
+    {"monitor.on_loss_spike", "log | skip | fallback | stop"},
+    {"monitor.on_grad_spike", "log | skip | fallback | stop"},
+    {"monitor.on_nan_loss", "log | skip | fallback | stop"},
+    {"monitor.max_overflow_rate", "overflowing fraction of the window that triggers on_overflow_rate, (0, 1]"},
+    {"monitor.on_overflow_rate", "log | skip | fallback | stop"},
+    {"monitor.min_scale_patience", "fp16: overflowing steps in a row at loss_scale.min that trigger on_min_scale (>= 1)"},
+    {"monitor.on_min_scale", "log | skip | fallback | stop"},
     {"device", "auto | cuda | cpu"},
 };
 
@@ -545,13 +589,39 @@ void read_model(Reader& r, ModelConfig& m) {
   const double init_std = r.number("model.init_std", at_least(0));
   if (init_std > double(FLT_MAX)) r.fail("model.init_std", "must fit in a float, got " + num_str(init_std));
   m.init_std = float(init_std);
+  m.n_layer = r.integer<int>("model.n_layer", 1, 1024);
+  m.n_head = r.integer<int>("model.n_head", 1, 1024);
+  m.n_embd = r.integer<int>("model.n_embd", 1, 65536);
+  m.seq_len = r.integer<int>("model.seq_len", 1, 1 << 20);
+  m.vocab = r.integer<int>("model.vocab", 2, 1 << 24);
+  m.init_from = r.str("model.init_from");
+  if (m.type == "gpt2") {
+    if (m.n_embd % m.n_head != 0)
+      r.fail_pair("model.n_embd", "model.n_head", "must be a multiple of model.n_head (" + std::to_string(m.n_head) + ")");
+    const int hd = m.n_embd / m.n_head;
+    if (hd != 16 && hd != 32 && hd != 64 && hd != 128)
+      r.fail_pair("model.n_head", "model.n_embd",
+                  "head size n_embd / n_head = " + std::to_string(hd) + " must be 16, 32, 64 or 128");
+  }
+}
+
+std::vector<std::string> read_string_list(Reader& r, const std::string& path) {
+  json& v = r.node(path);
+  if (!v.is_array()) r.fail(path, "expected array of strings, got " + describe(v));
+  std::vector<std::string> out;
+  for (size_t i = 0; i < v.size(); ++i) out.push_back(r.as_string(v[i], path + "[" + std::to_string(i) + "]"));
+  return out;
 }
 
 void read_data(Reader& r, DataConfig& d) {
-  d.dataset = r.choice("data.dataset", {"fashion-mnist"});
+  d.dataset = r.choice("data.dataset", {"fashion-mnist", "tokens"});
   d.dir = r.nonempty("data.dir");
   d.train_limit = r.integer<int64_t>("data.train_limit", 0);
   d.test_limit = r.integer<int64_t>("data.test_limit", 0);
+  d.train_shards = read_string_list(r, "data.train_shards");
+  d.val_shards = read_string_list(r, "data.val_shards");
+  if (d.dataset == "tokens" && d.train_shards.empty())
+    r.fail("data.train_shards", "dataset 'tokens' needs at least one training shard");
 }
 
 void read_precision(Reader& r, PrecisionConfig& p) {
@@ -579,6 +649,7 @@ void read_precision(Reader& r, PrecisionConfig& p) {
     lp.dtype = r.as_choice(e.at("dtype"), at + ".dtype", {"fp32", "fp16", "bf16"});
     p.layers.push_back(std::move(lp));
   }
+  p.fallback = r.choice("precision.fallback", {"auto", "bf16", "fp32", "none"});
 }
 
 void read_loss_scale(Reader& r, LossScaleConfig& s) {
@@ -626,6 +697,8 @@ void read_rest(Reader& r, Config& c) {
   c.train.steps = r.integer<int64_t>("train.steps", 0);
   c.train.seed = r.u64("train.seed");
   c.train.eval_each_epoch = r.boolean("train.eval_each_epoch");
+  c.train.eval_every = r.integer<int>("train.eval_every", 0);
+  c.train.eval_batches = r.integer<int>("train.eval_batches", 0);
 
   c.log.every = r.integer<int>("log.every", 1);
   c.log.metrics = r.str("log.metrics");
@@ -638,6 +711,20 @@ void read_rest(Reader& r, Config& c) {
   c.debug.inject_inf_step = r.integer<int64_t>("debug.inject_inf_step", -1);
   c.debug.inject_inf_rank = r.integer<int>("debug.inject_inf_rank", 0);
   c.debug.check_consistency = r.boolean("debug.check_consistency");
+
+  MonitorConfig& m = c.monitor;
+  m.enabled = r.boolean("monitor.enabled");
+  m.window = r.integer<int>("monitor.window", 2);
+  m.min_history = r.integer<int>("monitor.min_history", 2);
+  m.spike_zscore = r.number("monitor.spike_zscore", above(0));
+  m.max_overflow_rate = r.number("monitor.max_overflow_rate", {0, 1, true, false});
+  m.min_scale_patience = r.integer<int>("monitor.min_scale_patience", 1);
+  static const std::initializer_list<const char*> actions = {"log", "skip", "fallback", "stop"};
+  m.on_loss_spike = r.choice("monitor.on_loss_spike", actions);
+  m.on_grad_spike = r.choice("monitor.on_grad_spike", actions);
+  m.on_nan_loss = r.choice("monitor.on_nan_loss", actions);
+  m.on_overflow_rate = r.choice("monitor.on_overflow_rate", actions);
+  m.on_min_scale = r.choice("monitor.on_min_scale", actions);
 
   c.device = r.choice("device", {"auto", "cuda", "cpu"});
 }

@@ -13,13 +13,18 @@
 namespace mpt {
 
 struct ModelConfig {
-  std::string type = "mlp";            // mlp | gpt2 (later)
+  std::string type = "mlp";            // mlp | gpt2
   int input_dim = 784;                 // mlp
   std::vector<int> hidden = {256, 256};
   int num_classes = 10;
   std::string activation = "gelu";     // gelu | relu
   bool layernorm = false;              // LayerNorm after each hidden Linear (before the activation)
   float init_std = 0.f;                // 0: PyTorch's default Linear init (uniform +-1/sqrt(fan_in))
+  // gpt2
+  int n_layer = 2, n_head = 2, n_embd = 64;
+  int seq_len = 64;                    // context length T (position embeddings)
+  int vocab = 257;                     // real vocabulary; padded to a multiple of 128 for the GEMMs
+  std::string init_from = "";          // safetensors file with Hugging Face GPT-2 names ("" : random init)
 };
 
 struct DataConfig {
@@ -27,6 +32,9 @@ struct DataConfig {
   std::string dir = "/usr/share/datasets/fashion-mnist";
   int64_t train_limit = 0;             // 0: all examples; else the first N (tests, quick runs)
   int64_t test_limit = 0;
+  // token shards (dataset "tokens"): file paths or glob patterns
+  std::vector<std::string> train_shards;
+  std::vector<std::string> val_shards;
 };
 
 struct LayerPrecision {
@@ -37,6 +45,7 @@ struct LayerPrecision {
 struct PrecisionConfig {
   std::string mode = "auto";           // fp32 | tf32 | fp16 | bf16 | auto
   std::vector<LayerPrecision> layers;  // in file order; the last matching pattern wins
+  std::string fallback = "auto";       // precision after a fallback: auto (bf16 where supported, else fp32) | bf16 | fp32 | none
 };
 
 struct LossScaleConfig {
@@ -72,6 +81,24 @@ struct TrainConfig {
   int64_t steps = 0;                   // > 0: stop after this many steps (overrides epochs)
   uint64_t seed = 1234;
   bool eval_each_epoch = true;
+  int eval_every = 0;                  // > 0: validation every N steps as well
+  int eval_batches = 0;                // > 0: cap on validation micro-batches per evaluation (0: all)
+};
+
+// Stability monitor (src/stability.h): rolling windows over the agreed per-step loss, gradient norm and
+// overflow flag. Actions: log | skip (skip that update) | fallback (switch precision) | stop.
+struct MonitorConfig {
+  bool enabled = true;
+  int window = 100;                    // steps in the rolling windows
+  int min_history = 20;                // clean steps needed before z-scores are trusted
+  double spike_zscore = 6.0;           // loss (or grad norm) this many std devs above the window mean
+  std::string on_loss_spike = "log";
+  std::string on_grad_spike = "log";
+  std::string on_nan_loss = "skip";    // a non-finite loss (the gradient may still be finite)
+  double max_overflow_rate = 0.5;      // overflowing fraction of the last `window` steps ...
+  std::string on_overflow_rate = "fallback";
+  int min_scale_patience = 50;         // fp16: steps in a row at loss_scale.min (overflowing) ...
+  std::string on_min_scale = "fallback";
 };
 
 struct LogConfig {
@@ -104,6 +131,7 @@ struct Config {
   LogConfig log;
   CheckpointConfig checkpoint;
   DebugConfig debug;
+  MonitorConfig monitor;
   std::string device = "auto";         // auto | cuda | cpu
   nlohmann::json resolved;             // the full effective config (defaults + file + overrides)
 };

@@ -4,7 +4,8 @@
 #include <string>
 
 #include "src/config.h"
-#include "src/train.h"
+#include "src/commands.h"
+#include "src/tokens.h"
 
 namespace {
 
@@ -16,6 +17,13 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  train CONFIG [--set key.path=value ...]   train the model described by the JSON file CONFIG\n"
+    "  export CONFIG --out FILE [--set ...]      write the (resumed) GPT-2 weights as safetensors, HF names\n"
+    "  dump CONFIG --out DIR [--steps K]         one rank: initial weights, first-batch logits/loss/gradients and\n"
+    "                                            a K-step loss trajectory, for the PyTorch reference check\n"
+    "  analyze CONFIG [--batches N] [--dtype fp16|bf16] [--out FILE.json]\n"
+    "                                            per-layer precision sensitivity and recommended overrides\n"
+    "  tokenize --out DIR [--val-fraction F] FILE...   text files -> byte-level token shards\n"
+    "  synth-tokens --out FILE --tokens N [--vocab V] [--seed S]   a synthetic token shard (benchmarks)\n"
     "\n"
     "options:\n"
     "  -h, --help          this help; `mptrain train --help` lists every config key\n"
@@ -54,6 +62,11 @@ int main(int argc, char** argv) {
       }
     return mpt::train_command(argc - 1, argv + 1);
   }
+  if (cmd == "export") return mpt::export_command(argc - 1, argv + 1);
+  if (cmd == "analyze") return mpt::analyze_command(argc - 1, argv + 1);
+  if (cmd == "dump") return mpt::dump_command(argc - 1, argv + 1);
+  if (cmd == "tokenize") return mpt::tokenize_command(argc - 1, argv + 1);
+  if (cmd == "synth-tokens") return mpt::synth_tokens_command(argc - 1, argv + 1);
   std::fprintf(stderr, "mptrain: unknown command '%s' (see mptrain --help)\n", cmd.c_str());
   return 2;
 }

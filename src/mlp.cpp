@@ -109,6 +109,7 @@ const void* Mlp::layer_input(size_t i) const {
 
 void Mlp::forward(const float* x, int n) {
   if (n <= 0 || n > max_batch_) throw std::invalid_argument("Mlp: batch of " + std::to_string(n) + " rows");
+  last_n_ = n;
   copy_from_host(x, x_in.data(), ex_.device, bytes(n, cfg_.input_dim, DType::F32), ex_.stream);
   const size_t nl = layers_.size();
   for (size_t i = 0; i < nl; ++i) {
@@ -156,20 +157,23 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
   for (size_t i = nl; i-- > 0;) {
     Linear& L = layers_[i];
     const ParamView& W = views_[size_t(L.w)];
-    const ParamView& Bv = views_[size_t(L.b)];
-    // dW += dz^T x ; db += column sums of dz
+    // db += column sums of dz ; dW += dz^T x. Gradient pointers come from opt.grad() at the write: in
+    // ZeRO-2 they point into a bucket staging slot that exists only while the bucket is being filled.
+    // The bias goes first because the flat layout is backward order (reversed specs: bias before
+    // weight): buckets then complete in the order they are opened, and a bucket cut between a weight
+    // and the next layer's bias does not hold a second staging slot open.
+    ops::bias_grad(ex_, L.dz.data(), L.dt, n, L.out, opt.grad(L.b), L.dt);
+    opt.grad_ready(L.b);
     GemmDesc gw;
     gw.trans_a = true;
     gw.m = L.out; gw.n = L.in; gw.k = n;
     gw.dtype = L.dt;
     gw.a = L.dz.data(); gw.lda = L.out;
     gw.b = layer_input(i); gw.ldb = L.in;
-    gw.c = W.grad; gw.ldc = L.in;
+    gw.c = opt.grad(L.w); gw.ldc = L.in;
     gw.beta = 1.f;
     ops::gemm(ex_, gw);
     opt.grad_ready(L.w);
-    ops::bias_grad(ex_, L.dz.data(), L.dt, n, L.out, Bv.grad, L.dt);
-    opt.grad_ready(L.b);
     if (i == 0) break;
 
     // dx = dz W, then back through the previous layer's activation (and LayerNorm).
@@ -190,8 +194,8 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
     if (P.has_ln) {
       ops::act_backward(ex_, act_, P.y_ln.data(), da, P.dy_ln.data(), P.dt, cnt);
       ops::layernorm_backward(ex_, P.dy_ln.data(), P.z.data(), P.dt, views_[size_t(P.ln_w)].param, P.ln_dt,
-                              P.mean.as<float>(), P.rstd.as<float>(), P.dz.data(), views_[size_t(P.ln_w)].grad,
-                              views_[size_t(P.ln_b)].grad, n, P.out);
+                              P.mean.as<float>(), P.rstd.as<float>(), P.dz.data(), opt.grad(P.ln_w),
+                              opt.grad(P.ln_b), n, P.out);
       opt.grad_ready(P.ln_w);
       opt.grad_ready(P.ln_b);
     } else {
@@ -219,6 +223,24 @@ void Mlp::evaluate(const float* x, const int32_t* y, int n, double* loss_sum, in
     *loss_sum += loss[size_t(i)];
     *correct += pred[size_t(i)] == y[i];
   }
+}
+
+std::vector<float> Mlp::layer_output(const std::string& layer) const {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Linear& L = layers_[i];
+    const bool hidden = i + 1 < layers_.size();
+    const Buffer* b = nullptr;
+    if (layer == L.name) b = hidden ? &L.a : &L.z;
+    if (L.has_ln && layer == L.ln_name) b = &L.y_ln;
+    if (!b || last_n_ == 0) continue;
+    const size_t cnt = size_t(last_n_) * size_t(L.out);
+    std::vector<uint8_t> raw(cnt * dtype_size(L.dt));
+    copy_to_host(b->data(), ex_.device, raw.data(), raw.size(), ex_.stream);
+    std::vector<float> out(cnt);
+    to_float_n(raw.data(), L.dt, out.data(), cnt);
+    return out;
+  }
+  return {};
 }
 
 }  // namespace mpt

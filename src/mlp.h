@@ -40,6 +40,9 @@ class Mlp {
   // "name dtype" per layer, for the start-up banner.
   std::vector<std::pair<std::string, DType>> layer_dtypes() const;
   int max_batch() const { return max_batch_; }
+  // Output of layer `layer` (a Linear "fcN" after its activation, or "lnN") from the last forward, as
+  // float on the host; empty for an unknown name. For `mptrain analyze`.
+  std::vector<float> layer_output(const std::string& layer) const;
 
  private:
   struct Linear {
@@ -68,6 +71,7 @@ class Mlp {
   std::vector<Linear> layers_;
   std::vector<ParamView> views_;
   Buffer x_in, labels_, loss_rows_, pred_;
+  int last_n_ = 0;
 };
 
 }  // namespace mpt

@@ -6,6 +6,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include <cublasLt.h>
 #include <mpi.h>
@@ -14,6 +15,7 @@
 #include "kernels/device_info.h"
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
+#include "src/gpt2.h"
 
 namespace mpt {
 
@@ -30,30 +32,36 @@ double allreduce_sum(double v, MPI_Comm c) {
   return out;
 }
 
-// Runs `body` on every rank; if it throws InputError on any rank, every rank throws: the rank that failed
-// rethrows its own error, the others a PeerInputError. No rank goes on into a collective alone.
-struct PeerInputError : std::runtime_error {
-  PeerInputError() : std::runtime_error("another rank reported bad input") {}
-};
-template <class F>
-void agree(MPI_Comm comm, F&& body) {
-  std::exception_ptr err;
-  try {
-    body();
-  } catch (const InputError&) {
-    err = std::current_exception();
-  }
-  if (!all_ranks_ok(err == nullptr, comm)) {
-    if (err) std::rethrow_exception(err);
-    throw PeerInputError();
-  }
-}
-
 std::string human_bytes(double b) {
   char buf[32];
   if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1 << 30));
   else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1 << 20));
   return buf;
+}
+
+// "name=dtype ..." with transformer blocks folded: h.*.attn.c_attn=bf16 when every block agrees.
+std::string policy_summary(const std::vector<std::pair<std::string, DType>>& layers) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<std::pair<std::string, DType>>> by_pattern;
+  for (const auto& [name, dt] : layers) {
+    std::string pat = name;
+    if (name.rfind("h.", 0) == 0) {
+      const size_t dot = name.find('.', 2);
+      if (dot != std::string::npos) pat = "h.*" + name.substr(dot);
+    }
+    if (!by_pattern.count(pat)) order.push_back(pat);
+    by_pattern[pat].emplace_back(name, dt);
+  }
+  std::string out;
+  for (const std::string& pat : order) {
+    const auto& v = by_pattern[pat];
+    bool same = true;
+    for (const auto& e : v) same = same && e.second == v[0].second;
+    if (same) out += pat + "=" + dtype_name(v[0].second) + " ";
+    else
+      for (const auto& e : v) out += e.first + "=" + dtype_name(e.second) + " ";
+  }
+  return out;
 }
 
 }  // namespace
@@ -66,34 +74,44 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   agree(mpi_comm_, [&] {
     setup_device();
     prec_ = resolve_precision(cfg_.precision, hw_);
-    if (cfg_.model.type != "mlp")
-      throw InputError(cfg_.source, "model.type", "'" + cfg_.model.type + "' is not available in this build (mlp)");
-    train_ = load_fashion_mnist(cfg_.data.dir, true, cfg_.data.train_limit);
-    test_ = load_fashion_mnist(cfg_.data.dir, false, cfg_.data.test_limit);
-    if (train_.dim() != cfg_.model.input_dim)
-      throw InputError(cfg_.source, "model.input_dim",
-                       std::to_string(cfg_.model.input_dim) + " does not match the data (" + std::to_string(train_.dim()) + ")");
-    if (cfg_.model.num_classes < train_.num_classes)
-      throw InputError(cfg_.source, "model.num_classes", "smaller than the dataset's " + std::to_string(train_.num_classes));
+    load_data();
     const int64_t per_step = int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum;
-    sampler_ = std::make_unique<DistributedSampler>(train_.count, world_.rank, world_.size, cfg_.train.seed);
+    sampler_ = std::make_unique<DistributedSampler>(train_count_, world_.rank, world_.size, cfg_.train.seed);
     steps_per_epoch_ = sampler_->per_rank() / per_step;
     if (steps_per_epoch_ < 1)
       throw InputError(cfg_.source, "train.batch_size",
-                       "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_.count) + " training examples");
+                       "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_count_) +
+                           (language_model() ? " training windows" : " training examples"));
   });
 
   comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_, mpi_comm_) : make_mpi_communicator(mpi_comm_);
-  model_ = std::make_unique<Mlp>(cfg_.model, cfg_.precision, prec_.model, ex_,
-                                 std::max(cfg_.train.batch_size, 1024));
+  // The classifier evaluates in large batches; the language model's activations scale with the batch.
+  max_batch_ = language_model() ? cfg_.train.batch_size : std::max(cfg_.train.batch_size, 1024);
+  model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
   model_->bind(*opt_);
+  if (!cfg_.model.init_from.empty()) {
+    std::vector<ParamSpec> specs;
+    for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
+    ShardedOptimizer::FullState st;
+    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model); });
+    st.m.assign(st.master.size(), 0.f);
+    st.v.assign(st.master.size(), 0.f);
+    opt_->load_state(st);
+  }
   scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
+  monitor_ = std::make_unique<StabilityMonitor>(cfg_.monitor);
   total_steps_ = cfg_.train.steps > 0 ? cfg_.train.steps : int64_t(cfg_.train.epochs) * steps_per_epoch_;
   sampler_->set_epoch(0);
-  xbuf_.resize(size_t(model_->max_batch()) * size_t(train_.dim()));
-  ybuf_.resize(size_t(model_->max_batch()));
+  const size_t mb = size_t(model_->max_batch());
+  if (language_model()) {
+    inbuf_.resize(mb * size_t(cfg_.model.seq_len));
+    ybuf_.resize(mb * size_t(cfg_.model.seq_len));
+  } else {
+    xbuf_.resize(mb * size_t(train_.dim()));
+    ybuf_.resize(mb);
+  }
   if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.resume) try_resume();
 }
 
@@ -108,6 +126,108 @@ Trainer::~Trainer() {
     cudaStreamDestroy(reinterpret_cast<cudaStream_t>(ex_.stream));
     cudaStreamDestroy(reinterpret_cast<cudaStream_t>(comm_stream_));
   }
+}
+
+DType Trainer::fallback_target() const {
+  const std::string& f = cfg_.precision.fallback;
+  if (f == "none" || prec_.model == DType::F32) return prec_.model;
+  // CPU ranks emulate bf16 in software, so it is always there; GPUs have it from sm80.
+  const bool bf16_hw = !hw_.cuda || hw_.cc_major >= 8;
+  if (prec_.model == DType::F16 && (f == "bf16" || f == "auto") && bf16_hw) return DType::BF16;
+  if (f == "bf16" && !bf16_hw) return prec_.model;  // asked for bf16 only, and there is none
+  return DType::F32;
+}
+
+void Trainer::fallback(const std::string& reason) {
+  const DType from = prec_.model, to = fallback_target();
+  if (to == from)
+    throw StabilityStop("step " + std::to_string(step_) + ": " + reason + "; no fallback from " + dtype_name(from) +
+                        " is allowed (precision.fallback = " + cfg_.precision.fallback + ")");
+  // The FP32 master weights and AdamW moments carry over exactly; only the model-dtype copies change.
+  const ShardedOptimizer::FullState state = opt_->gather_state();
+  const int64_t adam_step = opt_->adam_step();
+  const int64_t skipped = scaler_->skipped() + prior_skipped_;
+  for (LayerPrecision& r : cfg_.precision.layers)
+    if (r.dtype == dtype_name(from)) r.dtype = dtype_name(to);
+  prec_.model = to;
+  prec_.mode = std::string(dtype_name(to)) + " (fallback from " + dtype_name(from) + " at step " +
+               std::to_string(step_) + ")";
+  cfg_.resolved["precision"]["mode"] = dtype_name(to);
+  opt_.reset();
+  model_.reset();
+  model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
+  opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
+                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+  model_->bind(*opt_);
+  opt_->load_state(state);
+  opt_->set_adam_step(adam_step);
+  scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
+  prior_skipped_ = skipped;
+  monitor_->reset();
+  fallbacks_.push_back({step_, from, to, reason});
+  if (rank0_)
+    std::printf("precision fallback at step %lld: %s -> %s (%s); loss scaling %s\n", static_cast<long long>(step_),
+                dtype_name(from), dtype_name(to), reason.c_str(), scaler_->enabled() ? "dynamic" : "off");
+  if (metrics_) {
+    nlohmann::json j = {{"event", "precision_fallback"}, {"step", step_}, {"from", dtype_name(from)},
+                        {"to", dtype_name(to)}, {"reason", reason}};
+    std::fprintf(metrics_, "%s\n", j.dump().c_str());
+    std::fflush(metrics_);
+  }
+}
+
+void Trainer::load_data() {
+  const ModelConfig& m = cfg_.model;
+  if (!language_model()) {
+    if (m.type != "mlp")
+      throw InputError(cfg_.source, "data.dataset", "fashion-mnist is an image dataset; model.type gpt2 needs 'tokens'");
+    train_ = load_fashion_mnist(cfg_.data.dir, true, cfg_.data.train_limit);
+    test_ = load_fashion_mnist(cfg_.data.dir, false, cfg_.data.test_limit);
+    if (train_.dim() != m.input_dim)
+      throw InputError(cfg_.source, "model.input_dim",
+                       std::to_string(m.input_dim) + " does not match the data (" + std::to_string(train_.dim()) + ")");
+    if (m.num_classes < train_.num_classes)
+      throw InputError(cfg_.source, "model.num_classes", "smaller than the dataset's " + std::to_string(train_.num_classes));
+    train_count_ = train_.count;
+    eval_count_ = test_.count;
+    return;
+  }
+  if (m.type != "gpt2") throw InputError(cfg_.source, "data.dataset", "token shards need model.type gpt2");
+  tok_train_ = load_token_stream(expand_shard_paths(cfg_.data.train_shards, "data.train_shards"));
+  if (!cfg_.data.val_shards.empty())
+    tok_val_ = load_token_stream(expand_shard_paths(cfg_.data.val_shards, "data.val_shards"));
+  const uint64_t vocab = std::max(tok_train_.vocab, tok_val_.vocab);
+  if (vocab > uint64_t(m.vocab))
+    throw InputError(cfg_.source, "model.vocab",
+                     std::to_string(m.vocab) + " is smaller than the shards' vocabulary (" + std::to_string(vocab) + ")");
+  win_train_ = std::make_unique<TokenWindows>(&tok_train_, m.seq_len);
+  win_val_ = std::make_unique<TokenWindows>(&tok_val_, m.seq_len);
+  train_count_ = win_train_->count();
+  eval_count_ = win_val_->count();
+  if (cfg_.data.train_limit > 0) train_count_ = std::min(train_count_, cfg_.data.train_limit);
+  if (cfg_.data.test_limit > 0) eval_count_ = std::min(eval_count_, cfg_.data.test_limit);
+}
+
+Batch Trainer::make_batch(bool train, const int64_t* idx, int n) {
+  Batch b;
+  b.n = n;
+  if (language_model()) {
+    const TokenWindows& w = train ? *win_train_ : *win_val_;
+    const size_t T = size_t(cfg_.model.seq_len);
+    for (int j = 0; j < n; ++j) w.get(idx[j], inbuf_.data() + size_t(j) * T, ybuf_.data() + size_t(j) * T);
+    b.inputs = inbuf_.data();
+  } else {
+    make_image_batch(train ? train_ : test_, idx, n, xbuf_.data(), ybuf_.data());
+    b.x = xbuf_.data();
+  }
+  b.targets = ybuf_.data();
+  return b;
+}
+
+Batch Trainer::train_batch(int64_t first, int n) {
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int j = 0; j < n; ++j) idx[size_t(j)] = sampler_->index(first + j);
+  return make_batch(true, idx.data(), n);
 }
 
 void Trainer::setup_device() {
@@ -151,21 +271,26 @@ void Trainer::print_banner() const {
   std::printf("mptrain: %d rank(s), device %s, communicator %s\n", world_.size, device_desc_.c_str(), comm_->name());
   std::printf("precision: %s; loss scaling %s (init %g)\n", prec_.mode.c_str(),
               scaler_->enabled() ? "dynamic" : "off", scaler_->scale());
-  std::printf("policy:");
-  for (const auto& [name, dt] : model_->layer_dtypes()) std::printf(" %s=%s", name.c_str(), dtype_name(dt));
-  std::printf(" softmax/loss=fp32 optimizer=fp32\n");
+  std::printf("policy: %s softmax/loss=fp32 optimizer=fp32 (fallback: %s)\n",
+              policy_summary(model_->layer_dtypes()).c_str(), cfg_.precision.fallback.c_str());
   const MemoryReport m = opt_->memory();
-  std::printf("model: MLP %d", cfg_.model.input_dim);
-  for (int h : cfg_.model.hidden) std::printf("-%d", h);
-  std::printf("-%d, %lld parameters, %d bucket(s); ZeRO-%d state per rank: params %s, grads %s, grad shard %s, "
+  std::printf("model: %s, %lld parameters, %d bucket(s); ZeRO-%d state per rank: params %s, grads %s, grad shard %s, "
               "master %s, adam %s\n",
-              cfg_.model.num_classes, static_cast<long long>(opt_->num_elements()), opt_->num_buckets(),
+              model_->describe().c_str(), static_cast<long long>(opt_->num_elements()), opt_->num_buckets(),
               cfg_.zero.stage, human_bytes(double(m.params)).c_str(), human_bytes(double(m.grads)).c_str(),
               human_bytes(double(m.grad_shard)).c_str(), human_bytes(double(m.master)).c_str(),
               human_bytes(double(m.adam)).c_str());
-  std::printf("data: %lld train / %lld test examples; %lld steps per epoch of %d x %d x %d samples\n",
-              static_cast<long long>(train_.count), static_cast<long long>(test_.count),
-              static_cast<long long>(steps_per_epoch_), cfg_.train.batch_size, cfg_.train.grad_accum, world_.size);
+  if (language_model())
+    std::printf("data: %lld train / %lld validation tokens (vocab %llu), %lld / %lld windows of %d; %lld steps per "
+                "epoch of %d x %d x %d sequences\n",
+                static_cast<long long>(tok_train_.tokens.size()), static_cast<long long>(tok_val_.tokens.size()),
+                static_cast<unsigned long long>(std::max(tok_train_.vocab, tok_val_.vocab)),
+                static_cast<long long>(train_count_), static_cast<long long>(eval_count_), cfg_.model.seq_len,
+                static_cast<long long>(steps_per_epoch_), cfg_.train.batch_size, cfg_.train.grad_accum, world_.size);
+  else
+    std::printf("data: %lld train / %lld test examples; %lld steps per epoch of %d x %d x %d samples\n",
+                static_cast<long long>(train_count_), static_cast<long long>(eval_count_),
+                static_cast<long long>(steps_per_epoch_), cfg_.train.batch_size, cfg_.train.grad_accum, world_.size);
   std::fflush(stdout);
 }
 
@@ -181,9 +306,10 @@ StepRecord Trainer::train_step() {
   rec.epoch = epoch_;
   rec.scale = scaler_->scale();
   const int B = cfg_.train.batch_size, A = cfg_.train.grad_accum;
-  // Loss is the mean over the global batch: each micro-batch's gradient carries 1 / (B * A) here and the
-  // 1 / world in the unscale pass (DESIGN.md step 3).
-  const float grad_scale = rec.scale / float(B * A);
+  // Loss is the mean over the global batch's targets: each micro-batch's gradient carries 1 / (B * A * T)
+  // here (T = targets per example) and the 1 / world in the unscale pass (DESIGN.md step 3).
+  const int64_t tpe = model_->targets_per_example();
+  const float grad_scale = float(double(rec.scale) / double(int64_t(B) * A * tpe));
   opt_->zero_grads();
   double loss_sum = 0;
   for (int a = 0; a < A; ++a) {
@@ -191,11 +317,8 @@ StepRecord Trainer::train_step() {
     opt_->set_last_micro(last);
     if (last && step_ == cfg_.debug.inject_inf_step && world_.rank == cfg_.debug.inject_inf_rank)
       opt_->inject_inf_next_reduction();
-    const int64_t first = (step_in_epoch_ * A + a) * B;
-    std::vector<int64_t> idx(static_cast<size_t>(B));
-    for (int j = 0; j < B; ++j) idx[size_t(j)] = sampler_->index(first + j);
-    make_image_batch(train_, idx.data(), B, xbuf_.data(), ybuf_.data());
-    loss_sum += model_->forward_backward(xbuf_.data(), ybuf_.data(), B, grad_scale, *opt_);
+    const Batch batch = train_batch((step_in_epoch_ * A + a) * B, B);
+    loss_sum += model_->forward_backward(batch, grad_scale, *opt_);
   }
   opt_->finish_reduction();
   rec.lr = learning_rate(cfg_.optimizer, step_, total_steps_);
@@ -205,12 +328,31 @@ StepRecord Trainer::train_step() {
   h.beta2 = float(cfg_.optimizer.beta2);
   h.eps = float(cfg_.optimizer.eps);
   h.weight_decay = float(cfg_.optimizer.weight_decay);
-  const StepStats st = opt_->step(rec.scale, h, cfg_.optimizer.clip_norm);
-  scaler_->update(st.overflow);
-  rec.skipped = st.overflow;
+  rec.loss = allreduce_sum(loss_sum, mpi_comm_) / double(int64_t(B) * A * world_.size * tpe);
+  const StepStats st = opt_->reduce_stats(rec.scale, cfg_.optimizer.clip_norm);
   rec.grad_norm = st.grad_norm;
+  // The monitor sees only values every rank agrees on (the all-reduced loss, the norm and verdict from
+  // the one statistics collective), so every rank takes the same decision at the same step.
+  const bool at_min = scaler_->enabled() && double(rec.scale) <= cfg_.loss_scale.min;
+  const MonitorVerdict verdict = monitor_->observe(rec.loss, st.overflow ? 0.0 : st.grad_norm, st.overflow, at_min);
+  rec.action = verdict.action;
+  rec.reason = verdict.reason;
+  const bool monitor_skip = !st.overflow && verdict.action >= MonitorAction::Skip;
+  if (!st.overflow && !monitor_skip) opt_->apply(st, h);
+  if (monitor_skip) {
+    monitor_->mark_skipped();
+    ++monitor_skips_;
+  } else {
+    scaler_->update(st.overflow);  // a monitor skip is not an overflow: the scale stays where it is
+  }
+  rec.skipped = st.overflow || monitor_skip;
   rec.next_scale = scaler_->scale();
-  rec.loss = allreduce_sum(loss_sum, mpi_comm_) / double(int64_t(B) * A * world_.size);
+  if (verdict.action >= MonitorAction::Log && rank0_)
+    std::fprintf(stderr, "mptrain: stability monitor at step %lld: %s -> %s\n", static_cast<long long>(step_),
+                 verdict.reason.c_str(), monitor_action_name(verdict.action));
+  if (verdict.action == MonitorAction::Fallback) fallback(verdict.reason);
+  if (verdict.action == MonitorAction::Stop)
+    throw StabilityStop("step " + std::to_string(step_) + ": " + verdict.reason + " (monitor action: stop)");
   if (cfg_.debug.check_consistency) {
     uint64_t mine[2] = {opt_->param_hash(), 0};
     float s = scaler_->scale();
@@ -233,13 +375,18 @@ EvalResult Trainer::evaluate() {
   double loss = 0;
   int64_t correct = 0, count = 0;
   const int B = model_->max_batch();
+  const int64_t tpe = model_->targets_per_example();
   std::vector<int64_t> idx;
-  for (int64_t i = world_.rank; i < test_.count; i += world_.size) idx.push_back(i);
+  for (int64_t i = world_.rank; i < eval_count_; i += world_.size) idx.push_back(i);
+  // Every rank runs the same number of batches (a capped evaluation stays balanced).
+  int64_t batches = 0;
   for (size_t s = 0; s < idx.size(); s += size_t(B)) {
+    if (cfg_.train.eval_batches > 0 && batches == cfg_.train.eval_batches) break;
     const int n = int(std::min<size_t>(size_t(B), idx.size() - s));
-    make_image_batch(test_, idx.data() + s, n, xbuf_.data(), ybuf_.data());
-    model_->evaluate(xbuf_.data(), ybuf_.data(), n, &loss, &correct);
-    count += n;
+    const Batch b = make_batch(false, idx.data() + s, n);
+    model_->evaluate(b, &loss, &correct);
+    count += int64_t(n) * tpe;
+    ++batches;
   }
   double v[3] = {loss, double(correct), double(count)}, g[3];
   MPT_MPI_CHECK(MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, mpi_comm_));
@@ -296,6 +443,13 @@ void Trainer::try_resume() {
                 static_cast<long long>(step_), epoch_ + 1);
 }
 
+nlohmann::json Trainer::fallbacks_json() const {
+  nlohmann::json a = nlohmann::json::array();
+  for (const FallbackEvent& f : fallbacks_)
+    a.push_back({{"step", f.step}, {"from", dtype_name(f.from)}, {"to", dtype_name(f.to)}, {"reason", f.reason}});
+  return a;
+}
+
 TrainSummary Trainer::run() {
   print_banner();
   if (rank0_ && !cfg_.log.metrics.empty()) {
@@ -310,34 +464,59 @@ TrainSummary Trainer::run() {
   auto t_epoch = Clock::now();
   auto t_window = Clock::now();
   int64_t window_samples = 0;
-  const int64_t global_batch = int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum * world_.size;
+  // A language model counts tokens, a classifier samples.
+  const bool lm = language_model();
+  const char* unit = lm ? "tokens" : "samples";
+  const int64_t global_batch =
+      int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum * world_.size * model_->targets_per_example();
+  double step_time_sum = 0;
+  int64_t timed_steps = 0;
   while (step_ < total_steps_) {
     const StepRecord r = train_step();
     window_samples += global_batch;
+    if (r.step > 0) {  // the first step pays for cuBLASLt plans and NCCL warm-up
+      step_time_sum += r.seconds;
+      ++timed_steps;
+    }
     if (metrics_) {
       nlohmann::json j = {{"step", r.step}, {"epoch", r.epoch + 1}, {"loss", r.loss}, {"scale", r.scale},
-                          {"skipped", r.skipped}, {"skipped_total", scaler_->skipped()}, {"grad_norm", r.grad_norm},
-                          {"lr", r.lr}, {"step_s", r.seconds}, {"samples_per_s", double(global_batch) / r.seconds}};
+                          {"skipped", r.skipped}, {"skipped_total", skipped_total()}, {"grad_norm", r.grad_norm},
+                          {"lr", r.lr}, {"step_s", r.seconds}, {"precision", dtype_name(prec_.model)},
+                          {std::string(unit) + "_per_s", double(global_batch) / r.seconds}};
       std::fprintf(metrics_, "%s\n", j.dump().c_str());
     }
     if (rank0_ && !cfg_.log.quiet && (step_ % cfg_.log.every == 0 || step_ == total_steps_)) {
-      std::printf("step %6lld | epoch %d | loss %.4f | scale %g | skipped %lld | gnorm %.3f | lr %.2e | %.0f samples/s\n",
+      std::printf("step %6lld | epoch %d | loss %.4f | scale %g | skipped %lld | gnorm %.3f | lr %.2e | %.0f %s/s\n",
                   static_cast<long long>(step_), r.epoch + 1, r.loss, r.next_scale,
-                  static_cast<long long>(scaler_->skipped()), r.grad_norm, r.lr, double(window_samples) / since(t_window));
+                  static_cast<long long>(skipped_total()), r.grad_norm, r.lr, double(window_samples) / since(t_window),
+                  unit);
       std::fflush(stdout);
       t_window = Clock::now();
       window_samples = 0;
     }
     const bool epoch_end = step_in_epoch_ == steps_per_epoch_;
+    const bool periodic = cfg_.train.eval_every > 0 && step_ % cfg_.train.eval_every == 0 && eval_count_ > 0;
+    if (periodic && !epoch_end && step_ != total_steps_) {
+      const EvalResult ev = evaluate();
+      if (rank0_ && !cfg_.log.quiet)
+        std::printf("eval at step %lld | %s loss %.4f%s | accuracy %.2f%%\n", static_cast<long long>(step_),
+                    lm ? "validation" : "test", ev.loss,
+                    lm ? (" (ppl " + std::to_string(std::exp(ev.loss)) + ")").c_str() : "", 100 * ev.accuracy);
+      if (metrics_) {
+        nlohmann::json j = {{"event", "eval"}, {"step", step_}, {"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}};
+        std::fprintf(metrics_, "%s\n", j.dump().c_str());
+        std::fflush(metrics_);
+      }
+    }
     if (epoch_end || step_ == total_steps_) {
       const double secs = since(t_epoch);
       EvalResult ev;
-      if (cfg_.train.eval_each_epoch || step_ == total_steps_) ev = evaluate();
+      if ((cfg_.train.eval_each_epoch || step_ == total_steps_) && eval_count_ > 0) ev = evaluate();
       sum.epoch_seconds.push_back(secs);
       sum.epoch_accuracy.push_back(ev.accuracy);
       if (rank0_ && !cfg_.log.quiet)
-        std::printf("epoch %d done in %.1f s | test loss %.4f | test accuracy %.2f%%\n", r.epoch + 1, secs, ev.loss,
-                    100 * ev.accuracy);
+        std::printf("epoch %d done in %.1f s | %s loss %.4f | %s accuracy %.2f%%\n", r.epoch + 1, secs,
+                    lm ? "validation" : "test", ev.loss, lm ? "next-token" : "test", 100 * ev.accuracy);
       if (metrics_) {
         nlohmann::json j = {{"event", "eval"}, {"epoch", r.epoch + 1}, {"step", step_}, {"test_loss", ev.loss},
                             {"test_accuracy", ev.accuracy}, {"epoch_s", secs}};
@@ -353,19 +532,23 @@ TrainSummary Trainer::run() {
     }
   }
   sum.steps = step_;
-  sum.skipped = scaler_->skipped();
+  sum.skipped = skipped_total();
   sum.seconds = since(t_run);
   sum.final_scale = scaler_->scale();
   sum.peak_device_bytes = peak_allocated_bytes(ex_.device) + ex_.workspace_bytes;
   if (ex_.cuda()) sum.device_used_bytes = peak_device_memory();
   if (rank0_ && !cfg_.log.quiet) {
-    std::printf("summary: %lld steps (%lld skipped) in %.1f s | test accuracy %.2f%% | final scale %g | "
+    std::printf("summary: %lld steps (%lld skipped) in %.1f s | %s %.4f | accuracy %.2f%% | final scale %g | "
                 "peak %s memory per rank: %s allocated by mptrain",
                 static_cast<long long>(sum.steps), static_cast<long long>(sum.skipped), sum.seconds,
-                100 * sum.test.accuracy, sum.final_scale, ex_.cuda() ? "GPU" : "host",
-                human_bytes(double(sum.peak_device_bytes)).c_str());
+                lm ? "validation loss" : "test loss", sum.test.loss, 100 * sum.test.accuracy, sum.final_scale,
+                ex_.cuda() ? "GPU" : "host", human_bytes(double(sum.peak_device_bytes)).c_str());
     if (ex_.cuda()) std::printf(", %s in use on the device", human_bytes(double(sum.device_used_bytes)).c_str());
     std::printf("\n");
+    if (timed_steps > 0)
+      std::printf("throughput: %.1f ms per step (steps 2..%lld), %.0f %s/s over %d rank(s)\n",
+                  1e3 * step_time_sum / double(timed_steps), static_cast<long long>(sum.steps),
+                  double(global_batch) * double(timed_steps) / step_time_sum, unit, world_.size);
   }
   if (metrics_) {
     nlohmann::json j = {{"event", "summary"}, {"steps", sum.steps}, {"skipped", sum.skipped},
@@ -374,51 +557,16 @@ TrainSummary Trainer::run() {
                         {"zero_stage", cfg_.zero.stage}, {"device", device_desc_},
                         {"peak_allocated_bytes", sum.peak_device_bytes},
                         {"device_used_bytes", sum.device_used_bytes},
-                        {"epoch_seconds", sum.epoch_seconds}};
+                        {"epoch_seconds", sum.epoch_seconds}, {"monitor_skips", monitor_skips_},
+                        {"fallbacks", fallbacks_json()},
+                        {"mean_step_s", timed_steps > 0 ? step_time_sum / double(timed_steps) : 0.0},
+                        {std::string(unit) + "_per_s",
+                         timed_steps > 0 ? double(global_batch) * double(timed_steps) / step_time_sum : 0.0}};
     std::fprintf(metrics_, "%s\n", j.dump().c_str());
     std::fclose(metrics_);
     metrics_ = nullptr;
   }
   return sum;
-}
-
-int train_command(int argc, char** argv) {
-  // argv[0] is "train"
-  std::string path;
-  std::vector<std::string> sets;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--set") {
-      if (i + 1 >= argc) { std::fprintf(stderr, "mptrain train: --set needs key.path=value\n"); return kExitBadInput; }
-      sets.push_back(argv[++i]);
-    } else if (a.rfind("--set=", 0) == 0) {
-      sets.push_back(a.substr(6));
-    } else if (!a.empty() && a[0] == '-') {
-      std::fprintf(stderr, "mptrain train: unknown option %s (see mptrain train --help)\n", a.c_str());
-      return kExitBadInput;
-    } else if (path.empty()) {
-      path = a;
-    } else {
-      std::fprintf(stderr, "mptrain train: one CONFIG only (got %s and %s)\n", path.c_str(), a.c_str());
-      return kExitBadInput;
-    }
-  }
-  if (path.empty()) { std::fprintf(stderr, "mptrain train: missing CONFIG (see mptrain train --help)\n"); return kExitBadInput; }
-  WorldInfo world = mpi_init(nullptr, nullptr);
-  int code = 0;
-  try {
-    Config cfg;
-    agree(MPI_COMM_WORLD, [&] { cfg = load_config(path, sets); });
-    Trainer t(cfg, world);
-    t.run();
-  } catch (const InputError& e) {
-    std::fprintf(stderr, "mptrain: %s\n", e.what());
-    code = kExitBadInput;
-  } catch (const PeerInputError&) {
-    code = kExitBadInput;
-  }
-  mpi_finalize();
-  return code;
 }
 
 }  // namespace mpt

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <exception>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,12 +14,34 @@
 
 #include "comm/bootstrap.h"
 #include "src/amp.h"
+#include "src/check.h"
 #include "src/config.h"
 #include "src/data.h"
-#include "src/mlp.h"
+#include "src/model.h"
+#include "src/stability.h"
+#include "src/tokens.h"
 #include "src/zero.h"
 
 namespace mpt {
+
+// Runs `body` on every rank; if it throws InputError on any rank, every rank throws: the rank that failed
+// rethrows its own error, the others a PeerInputError. No rank goes on into a collective alone.
+struct PeerInputError : std::runtime_error {
+  PeerInputError() : std::runtime_error("another rank reported bad input") {}
+};
+template <class F>
+void agree(MPI_Comm comm, F&& body) {
+  std::exception_ptr err;
+  try {
+    body();
+  } catch (const InputError&) {
+    err = std::current_exception();
+  }
+  if (!all_ranks_ok(err == nullptr, comm)) {
+    if (err) std::rethrow_exception(err);
+    throw PeerInputError();
+  }
+}
 
 struct StepRecord {
   int64_t step = 0;                  // index of this step (0-based)
@@ -29,8 +53,25 @@ struct StepRecord {
   double grad_norm = 0;
   double lr = 0;
   double seconds = 0;
+  MonitorAction action = MonitorAction::None;  // the stability monitor's decision for this step
+  std::string reason;
 };
 
+struct FallbackEvent {
+  int64_t step = 0;
+  DType from = DType::F16, to = DType::BF16;
+  std::string reason;
+};
+
+// The stability monitor decided to stop (action stop, or a fallback with none allowed). Every rank
+// throws it at the same step; the CLI exits with kExitStability.
+struct StabilityStop : std::runtime_error {
+  explicit StabilityStop(const std::string& m) : std::runtime_error(m) {}
+};
+inline constexpr int kExitStability = 3;
+
+// Classifier: test loss and accuracy over examples. Language model: validation loss per token and
+// next-token accuracy (count = tokens).
 struct EvalResult { double loss = 0, accuracy = 0; int64_t count = 0; };
 
 struct TrainSummary {
@@ -63,6 +104,14 @@ class Trainer {
   Communicator& comm() { return *comm_; }
   const Exec& exec() const { return ex_; }
   DType model_dtype() const { return prec_.model; }
+  Model& model() { return *model_; }
+  const std::vector<FallbackEvent>& fallbacks() const { return fallbacks_; }
+  int64_t monitor_skips() const { return monitor_skips_; }
+  int64_t skipped_total() const { return prior_skipped_ + scaler_->skipped() + monitor_skips_; }
+  const Config& config() const { return cfg_; }
+  bool language_model() const { return cfg_.data.dataset == "tokens"; }
+  // Fills the micro-batch of training examples first .. first+n-1 of this rank's epoch order.
+  Batch train_batch(int64_t first, int n);
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t total_steps() const { return total_steps_; }
 
@@ -70,6 +119,13 @@ class Trainer {
   void setup_device();
   void print_banner() const;
   void try_resume();
+  void load_data();
+  DType fallback_target() const;
+  // Switches the model dtype for the rest of the run (same step on every rank): rebuilds the model and
+  // the optimizer around the unchanged FP32 master state.
+  void fallback(const std::string& reason);
+  nlohmann::json fallbacks_json() const;
+  Batch make_batch(bool train, const int64_t* idx, int n);
 
   Config cfg_;
   WorldInfo world_;
@@ -81,20 +137,25 @@ class Trainer {
   std::string device_desc_;
   ResolvedPrecision prec_;
   std::unique_ptr<Communicator> comm_;
-  ImageDataset train_, test_;
+  ImageDataset train_, test_;        // fashion-mnist
+  TokenStream tok_train_, tok_val_;  // tokens
+  std::unique_ptr<TokenWindows> win_train_, win_val_;
+  int64_t train_count_ = 0, eval_count_ = 0;
   std::unique_ptr<DistributedSampler> sampler_;
-  std::unique_ptr<Mlp> model_;
+  std::unique_ptr<Model> model_;
   std::unique_ptr<ShardedOptimizer> opt_;
   std::unique_ptr<LossScaler> scaler_;
+  std::unique_ptr<StabilityMonitor> monitor_;
+  std::vector<FallbackEvent> fallbacks_;
+  int64_t prior_skipped_ = 0, monitor_skips_ = 0;
+  int max_batch_ = 0;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0;
   int64_t step_ = 0, step_in_epoch_ = 0;
   int epoch_ = 0;
   std::vector<float> xbuf_;
-  std::vector<int32_t> ybuf_;
+  std::vector<int32_t> ybuf_, inbuf_;
   std::FILE* metrics_ = nullptr;
 };
 
-// `mptrain train CONFIG [--set k=v]...`: returns the process exit code (0, or 2 for bad input).
-int train_command(int argc, char** argv);
 
 }  // namespace mpt

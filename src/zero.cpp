@@ -5,7 +5,9 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <stdexcept>
 
+#include "kernels/accumulate.h"
 #include "kernels/cast.h"
 #include "kernels/unscale_stats.h"
 #include "src/cuda_check.h"
@@ -24,7 +26,6 @@ uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
 }
 
 char* at(Buffer& b, int64_t elem, DType t) { return b.as<char>() + elem * int64_t(dtype_size(t)); }
-const char* at(const Buffer& b, int64_t elem, DType t) { return b.as<char>() + elem * int64_t(dtype_size(t)); }
 float* atf(Buffer& b, int64_t elem) { return b.as<float>() + elem; }
 
 cudaStream_t cu(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
@@ -65,7 +66,8 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     const size_t bytes = size_t(s.numel()) * dtype_size(s.dtype);
     if (open[size_t(gi)] && open_bytes[size_t(gi)] + bytes > bucket_bytes) close_bucket(gi);
     if (!open[size_t(gi)]) {
-      g.buckets.push_back(Bucket{g.size, 0, 0, 0, false});
+      g.buckets.push_back(Bucket{});
+      g.buckets.back().begin = g.size;
       open[size_t(gi)] = true;
       open_bytes[size_t(gi)] = 0;
     }
@@ -117,7 +119,8 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     const Device dev = ex_.device;
     const size_t ds = dtype_size(g.dtype);
     g.params = Buffer(dev, size_t(g.size) * ds);
-    g.grads = Buffer(dev, size_t(g.size) * ds);
+    // Stage 2 has no full-size gradient buffer: backward writes into staging slots (take_slot).
+    if (stage_ < 2) g.grads = Buffer(dev, size_t(g.size) * ds);
     if (stage_ == 2) g.grad_shard = Buffer(dev, size_t(g.owned_elems) * ds);
     g.master = Buffer(dev, size_t(g.owned_elems) * 4);
     g.m = Buffer(dev, size_t(g.owned_elems) * 4);
@@ -131,7 +134,7 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
   for (size_t i = 0; i < specs_.size(); ++i) {
     Group& g = groups_[size_t(views_[i].group)];
     views_[i].param = at(g.params, views_[i].offset, g.dtype);
-    views_[i].grad = at(g.grads, views_[i].offset, g.dtype);
+    views_[i].grad = stage_ < 2 ? at(g.grads, views_[i].offset, g.dtype) : nullptr;
   }
   // stats_[0..1]: this rank's owned-part statistics; [2..3]: scratch for stage 0's other parts.
   stats_ = Buffer(ex_.device, 4 * sizeof(float));
@@ -147,6 +150,9 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
 }
 
 ShardedOptimizer::~ShardedOptimizer() {
+  for (Group& g : groups_)
+    for (Slot& sl : g.slots)
+      if (sl.done) cudaEventDestroy(static_cast<cudaEvent_t>(sl.done));
   if (ev_compute_) cudaEventDestroy(static_cast<cudaEvent_t>(ev_compute_));
   if (ev_comm_) cudaEventDestroy(static_cast<cudaEvent_t>(ev_comm_));
 }
@@ -195,12 +201,20 @@ void ShardedOptimizer::init_params(uint64_t seed) {
 void ShardedOptimizer::zero_grads() {
   for (Group& g : groups_) {
     g.grads.zero(ex_.stream);
-    for (Bucket& b : g.buckets) { b.pending = b.nparams; b.reduced = false; }
+    // Stage 2: the first reduction of each bucket in the step overwrites its shard part, so nothing is
+    // zeroed here. A slot still held (a step abandoned before finish_reduction) is simply dropped.
+    for (Slot& sl : g.slots) sl.busy = false;
+    for (Bucket& b : g.buckets) { b.pending = b.nparams; b.reduced = false; b.slot = -1; b.filled = false; }
   }
+  micro_active_ = false;
 }
 
 void ShardedOptimizer::set_last_micro(bool last) {
+  // Stage 2: a slot does not outlive its micro-batch, so what the previous one left (a bucket whose
+  // parameters were not all readied) is reduced before this one writes anything.
+  if (stage_ == 2 && micro_active_) reduce_leftovers(true);
   last_micro_ = last;
+  micro_active_ = false;
   for (Group& g : groups_)
     for (Bucket& b : g.buckets) { b.pending = b.nparams; b.reduced = false; }
 }
@@ -212,20 +226,71 @@ int64_t ShardedOptimizer::shard_offset(const Group& g, size_t k) const {
 }
 
 void ShardedOptimizer::grad_ready(int i) {
-  if (!last_micro_) return;
+  if (stage_ == 2) micro_active_ = true;
+  else if (!last_micro_) return;
   const ParamView& v = views_[size_t(i)];
   Group& g = groups_[size_t(v.group)];
   Bucket& b = g.buckets[size_t(v.bucket)];
   if (--b.pending == 0 && !b.reduced) reduce_bucket(g, b, shard_offset(g, size_t(v.bucket)));
 }
 
+void* ShardedOptimizer::grad(int i) {
+  const ParamView& v = views_.at(size_t(i));
+  if (stage_ < 2) return v.grad;
+  Group& g = groups_[size_t(v.group)];
+  Bucket& b = g.buckets[size_t(v.bucket)];
+  if (b.reduced)
+    throw std::logic_error("ShardedOptimizer::grad(" + specs_[size_t(i)].name +
+                           "): its bucket was already reduced in this micro-batch (call set_last_micro before each "
+                           "micro-batch, and grad_ready after the last write)");
+  micro_active_ = true;
+  if (b.slot < 0) take_slot(g, b);
+  return at(g.slots[size_t(b.slot)].buf, v.offset - b.begin, g.dtype);
+}
+
+void ShardedOptimizer::take_slot(Group& g, Bucket& b) {
+  const size_t need = size_t(b.len) * dtype_size(g.dtype);
+  int best = -1;
+  for (size_t k = 0; k < g.slots.size(); ++k) {
+    const Slot& sl = g.slots[k];
+    if (!sl.busy && sl.buf.bytes() >= need && (best < 0 || sl.buf.bytes() < g.slots[size_t(best)].buf.bytes()))
+      best = int(k);
+  }
+  if (best < 0) {
+    // No cap on the number of slots: a model that keeps many buckets open at once gets more memory
+    // rather than a wait for a slot that only its own later gradients would free.
+    Slot sl;
+    sl.buf = Buffer(ex_.device, need);
+    if (ex_.cuda()) {
+      cudaEvent_t e;
+      MPT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      sl.done = e;
+    }
+    g.slots.push_back(std::move(sl));
+    best = int(g.slots.size()) - 1;
+  }
+  Slot& sl = g.slots[size_t(best)];
+  if (sl.used && ex_.cuda())
+    MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(sl.done), 0));
+  // Backward accumulates (beta = 1), and padding between parameters must reduce as zeros.
+  if (ex_.cuda()) MPT_CUDA_CHECK(cudaMemsetAsync(sl.buf.data(), 0, need, cu(ex_.stream)));
+  else std::memset(sl.buf.data(), 0, need);
+  sl.busy = true;
+  b.slot = best;
+}
+
 void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
   const DType t = g.dtype;
+  // Stage 2: a bucket nobody wrote in this micro-batch still takes part in the collective (from a
+  // zeroed slot), so every rank runs the same sequence of collectives and a first micro-batch always
+  // sets the whole shard part.
+  if (stage_ == 2 && b.slot < 0) take_slot(g, b);
+  void* src = stage_ == 2 ? g.slots[size_t(b.slot)].buf.data() : static_cast<void*>(at(g.grads, b.begin, t));
   if (inject_inf_ && &g == &groups_[0] && &b == &g.buckets[0]) {
     // The first element of the bucket is the first element of a real parameter (buckets start aligned).
     std::vector<uint8_t> v(dtype_size(t));
     store_elem(v.data(), t, 0, std::numeric_limits<float>::infinity());
-    copy_from_host(v.data(), at(g.grads, b.begin, t), ex_.device, v.size(), ex_.stream);
+    copy_from_host(v.data(), src, ex_.device, v.size(), ex_.stream);
     inject_inf_ = false;
   }
   Stream s = nullptr;
@@ -235,17 +300,60 @@ void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(comm_stream_), static_cast<cudaEvent_t>(ev_compute_), 0));
     s = comm_stream_;
   }
-  if (stage_ == 2)
-    comm_.reduce_scatter(at(g.grads, b.begin, t), at(g.grad_shard, shard_off, t), size_t(b.len / world_), t, s);
-  else
-    comm_.all_reduce(at(g.grads, b.begin, t), at(g.grads, b.begin, t), size_t(b.len), t, ReduceOp::Sum, s);
+  const size_t part = size_t(b.len / world_);
+  if (stage_ < 2) {
+    comm_.all_reduce(src, src, size_t(b.len), t, ReduceOp::Sum, s);
+    b.reduced = true;
+    return;
+  }
+  void* shard = at(g.grad_shard, shard_off, t);
+  Slot& sl = g.slots[size_t(b.slot)];
+  if (!b.filled) {
+    comm_.reduce_scatter(src, shard, part, t, s);
+  } else {
+    // The communication stream runs one collective and one add at a time, so one temporary serves
+    // every bucket and group.
+    if (accum_tmp_.bytes() < part * dtype_size(t)) {
+      size_t most = 0;
+      for (const Group& gg : groups_)
+        for (const Bucket& bb : gg.buckets) most = std::max(most, size_t(bb.len / world_) * dtype_size(gg.dtype));
+      accum_tmp_ = Buffer(ex_.device, most);
+    }
+    comm_.reduce_scatter(src, accum_tmp_.data(), part, t, s);
+  }
+  if (ex_.cuda()) MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(sl.done), cu(comm_stream_)));
+  if (b.filled) {
+    Exec on_comm = ex_;
+    on_comm.stream = s;
+    ops::accumulate(on_comm, accum_tmp_.data(), shard, t, part);
+  }
+  sl.used = true;
+  sl.busy = false;
+  b.slot = -1;
+  b.filled = true;
   b.reduced = true;
 }
 
-void ShardedOptimizer::finish_reduction() {
+void ShardedOptimizer::reduce_leftovers(bool all_unreduced) {
+  // Bucket order, the same on every rank, so the collectives pair up.
   for (Group& g : groups_)
-    for (size_t k = 0; k < g.buckets.size(); ++k)
-      if (!g.buckets[k].reduced) reduce_bucket(g, g.buckets[k], shard_offset(g, k));
+    for (size_t k = 0; k < g.buckets.size(); ++k) {
+      Bucket& b = g.buckets[k];
+      if (!b.reduced && (all_unreduced || !b.filled)) reduce_bucket(g, b, shard_offset(g, k));
+    }
+}
+
+void ShardedOptimizer::finish_reduction() {
+  if (stage_ == 2) {
+    // After an active micro-batch every bucket not yet reduced in it is; a bucket that no micro-batch
+    // of the step reduced contributes zeros, so that the whole shard is set.
+    reduce_leftovers(micro_active_);
+    micro_active_ = false;
+  } else {
+    for (Group& g : groups_)
+      for (size_t k = 0; k < g.buckets.size(); ++k)
+        if (!g.buckets[k].reduced) reduce_bucket(g, g.buckets[k], shard_offset(g, k));
+  }
   if (ex_.cuda() && comm_stream_ != ex_.stream) {
     MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(ev_comm_), 0));
@@ -253,6 +361,12 @@ void ShardedOptimizer::finish_reduction() {
 }
 
 StepStats ShardedOptimizer::step(float loss_scale, const AdamWHyper& hyper, double clip_norm) {
+  const StepStats st = reduce_stats(loss_scale, clip_norm);
+  if (!st.overflow) apply(st, hyper);
+  return st;
+}
+
+StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
   stats_.zero(ex_.stream);
   float* stats = stats_.as<float>();
   const float inv_scale = float(1.0 / (double(loss_scale) * double(world_)));
@@ -274,7 +388,11 @@ StepStats ShardedOptimizer::step(float loss_scale, const AdamWHyper& hyper, doub
   if (st.overflow) return st;
   st.grad_norm = std::sqrt(double(host[1]));
   st.clip_coef = (clip_norm > 0 && st.grad_norm > clip_norm) ? clip_norm / (st.grad_norm + 1e-6) : 1.0;
+  return st;
+}
 
+void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
+  if (st.overflow) throw std::logic_error("ShardedOptimizer::apply called for an overflowing step");
   ++adam_step_;
   AdamWHyper h = hyper;
   h.bc1 = float(1.0 - std::pow(double(hyper.beta1), double(adam_step_)));
@@ -296,7 +414,6 @@ StepStats ShardedOptimizer::step(float loss_scale, const AdamWHyper& hyper, doub
       }
     }
   }
-  return st;
 }
 
 uint64_t ShardedOptimizer::param_hash() const {
@@ -397,11 +514,13 @@ MemoryReport ShardedOptimizer::memory() const {
   for (const Group& g : groups_) {
     m.params += g.params.bytes();
     m.grads += g.grads.bytes();
+    for (const Slot& sl : g.slots) m.grad_staging += sl.buf.bytes();
     m.grad_shard += g.grad_shard.bytes();
     m.master += g.master.bytes();
     m.adam += g.m.bytes() + g.v.bytes();
     m.grad_fp32 += g.g32.bytes();
   }
+  m.grad_staging += accum_tmp_.bytes();
   return m;
 }
 

@@ -12,7 +12,12 @@
 // Stages (what each rank holds besides the full half parameters and gradients):
 //   0: full FP32 master + AdamW m, v; gradients all-reduced; every rank updates everything.
 //   1: master, m, v for the owned parts only; gradients all-reduced; owned parts updated, then all-gathered.
-//   2: as 1, but gradients are reduce-scattered into a shard-sized buffer.
+//   2: as 1, but gradients are reduce-scattered into a shard-sized buffer, and there is NO full-size
+//      gradient buffer: a bucket's gradients are written into a bucket-sized staging slot that is taken
+//      when backward first asks for one of its gradients (grad(i)) and given back once the bucket's
+//      reduce-scatter has run, so gradient memory is 2P/N plus the slots of the buckets open at once.
+//      Every micro-batch is reduce-scattered (a staging slot does not outlive its micro-batch); later
+//      micro-batches are added into the shard (FP32 add, one rounding).
 // In every stage the overflow/norm statistics are summed over the rank's OWNED PARTS only and then over
 // ranks with ONE all-reduce of {non-finite count, sum of squares}. The reduced gradient of each element is
 // computed by one rank in all stages (the communicators all-reduce as reduce-scatter + all-gather), so
@@ -49,7 +54,8 @@ struct ParamSpec {
 
 struct ParamView {
   void* param = nullptr;             // model dtype, in the group's flat parameter buffer
-  void* grad = nullptr;              // model dtype, in the group's flat gradient buffer
+  void* grad = nullptr;              // stages 0/1: model dtype, in the group's flat gradient buffer;
+                                     // stage 2: null (ask grad(i) during backward)
   DType dtype = DType::F32;
   int group = 0;
   int bucket = 0;
@@ -66,7 +72,9 @@ struct StepStats {
 
 struct MemoryReport {
   size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0, grad_fp32 = 0;
-  size_t total() const { return params + grads + grad_shard + master + adam + grad_fp32; }
+  size_t grad_staging = 0;           // stage 2: bucket staging slots allocated so far (peak), and the
+                                     // one bucket-part temporary of micro-batches after the first
+  size_t total() const { return params + grads + grad_shard + master + adam + grad_fp32 + grad_staging; }
 };
 
 class ShardedOptimizer {
@@ -90,15 +98,26 @@ class ShardedOptimizer {
   // Start of a step: zero the gradients.
   void zero_grads();
   // The model calls grad_ready(i) when parameter i's gradient for the current micro-batch is complete.
-  // During the last micro-batch of a step (set_last_micro(true)) a bucket whose parameters are all
-  // ready is reduced at once, on the communication stream, while backward goes on.
+  // During the last micro-batch of a step (set_last_micro(true); stage 2: during every micro-batch) a
+  // bucket whose parameters are all ready is reduced at once, on the communication stream, while
+  // backward goes on. set_last_micro starts a micro-batch: call it before each one.
   void set_last_micro(bool last);
   void grad_ready(int i);
+  // Where backward writes (and accumulates, beta = 1) parameter i's gradient in this micro-batch. Stages
+  // 0/1: view(i).grad. Stage 2: inside the bucket's staging slot, taken (and zeroed, on the compute
+  // stream, after the slot's previous reduce-scatter finished) on the first call for the bucket.
+  // Valid until grad_ready() has been called for every parameter of the bucket.
+  void* grad(int i);
   // Reduces what is left and orders the compute stream after the communication stream.
   void finish_reduction();
   // Unscale + statistics, one collective, the overflow verdict, clipping, AdamW, all-gather.
   // loss_scale: the S the loss was multiplied by. On overflow nothing is updated.
   StepStats step(float loss_scale, const AdamWHyper& hyper, double clip_norm);
+  // step() in two halves, so that a caller (the stability monitor) can decide between them:
+  // reduce_stats: unscale + statistics + the one collective + verdict and clip coefficient;
+  // apply: AdamW + all-gather (must not be called for an overflowing step).
+  StepStats reduce_stats(float loss_scale, double clip_norm);
+  void apply(const StepStats& st, const AdamWHyper& hyper);
 
   // Puts +inf into this rank's first gradient element just before its bucket is reduced (tests).
   void inject_inf_next_reduction() { inject_inf_ = true; }
@@ -118,7 +137,17 @@ class ShardedOptimizer {
   void set_adam_step(int64_t t) { adam_step_ = t; }
 
  private:
-  struct Bucket { int64_t begin = 0, len = 0; int pending = 0, nparams = 0; bool reduced = false; };
+  struct Bucket {
+    int64_t begin = 0, len = 0;
+    int pending = 0, nparams = 0;
+    bool reduced = false;            // in this micro-batch (stages 0/1: in the last one)
+    int slot = -1;                   // stage 2: staging slot held in this micro-batch, -1 if none
+    bool filled = false;             // stage 2: the shard part holds this step's first contribution
+  };
+  // Stage 2 staging slot: bytes of the group dtype; `done` (cudaEvent_t) is recorded on the
+  // communication stream after the slot's last reduce-scatter, and the compute stream waits on it
+  // before writing the slot again.
+  struct Slot { Buffer buf; void* done = nullptr; bool busy = false, used = false; };
   struct Range { int64_t flat = 0, len = 0, store = 0; bool decay = false; bool own_part = true; };
   struct Group {
     DType dtype = DType::F32;
@@ -127,9 +156,12 @@ class ShardedOptimizer {
     std::vector<Range> owned;        // owned parts (stage 0: every part), split at parameter edges
     int64_t owned_elems = 0;
     Buffer params, grads, grad_shard, master, m, v, g32;
+    std::vector<Slot> slots;         // stage 2
   };
 
   void reduce_bucket(Group& g, Bucket& b, int64_t shard_off);
+  void take_slot(Group& g, Bucket& b);
+  void reduce_leftovers(bool all_unreduced);
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
 
@@ -143,6 +175,8 @@ class ShardedOptimizer {
   Stream comm_stream_;
   bool last_micro_ = true;
   bool inject_inf_ = false;
+  bool micro_active_ = false;        // stage 2: this micro-batch has asked for or readied a gradient
+  Buffer accum_tmp_;                 // stage 2: reduce-scatter target of the micro-batches after the first
   int64_t adam_step_ = 0;
   Buffer stats_;                     // 2 floats: non-finite count, sum of squares
   void* ev_compute_ = nullptr;       // cudaEvent_t

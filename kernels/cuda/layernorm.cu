@@ -1,8 +1,11 @@
 // CUDA version of kernels/layernorm.h. All statistics and arithmetic in FP32.
 //
-// Forward: one block per row. Mean first, then the variance as the mean of (x - mean)^2 (two passes over
-// the row, which stays in L1/L2), as the CPU twin does, rather than E[x^2] - mean^2, which cancels.
-// Backward: dx by one block per row; dgamma and dbeta by a deterministic column reduction like bias_grad's
+// Forward: mean first, then the variance as the mean of (x - mean)^2, as the CPU twin does, rather than
+// E[x^2] - mean^2, which cancels. Rows whose columns form whole 16-byte packs and fit in a warp's registers
+// (every GPT-2 width in half precision) take one warp per row, reading the row once with vector loads; other
+// rows take one block per row and re-read the row from L1/L2 for each pass. The residual variant forms
+// res = a + b in the same kernel, so res is written once and never read back from memory by the warp path.
+// Backward: dx by one warp or one block per row, the same split; dgamma and dbeta by a deterministic column reduction like bias_grad's
 // (32-column tiles x row chunks, fixed summation order, chunk partials in the per-stream FP32 scratch,
 // then a fixed-order pass that adds them into dgamma / dbeta and rounds once). The column reduction runs
 // before dx is written, so dx may share storage with dy or x.
@@ -17,22 +20,131 @@ namespace {
 constexpr int kTileCols = 32;
 constexpr int kRowThreads = 8;
 constexpr int kChunkRows = 256;
+constexpr int kWarpRows = 4;      // rows (one warp each) per block of the register-resident kernels
+constexpr int kMaxLanePacks = 8;  // packs per lane those kernels hold; wider rows take the block kernels
 
 int row_block(int cols) { return cols <= 128 ? 32 : (cols <= 1024 ? 128 : 256); }
 unsigned row_grid(int rows) { return unsigned(std::min(rows, 1 << 30)); }
+unsigned warp_grid(int rows) { return ceil_div(size_t(rows), kWarpRows); }
+
+// V consecutive elements moved as one unit; 16-byte alignment at most (a 32-byte pack of FP32 parameters
+// for 8 half columns becomes two 16-byte loads).
+template <class T, int V> struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
+  T v[V];
+};
+template <class T> constexpr int kPackOf = int(16 / sizeof(T));
+
+bool aligned(const void* p, size_t a) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+// Packs per lane for the register-resident path (2, 4 or 8), or 0 when the rows must take the block kernels:
+// cols not a whole number of 16-byte packs, rows too wide, or a pointer not aligned to its pack.
+template <class T, class P>
+int lane_packs(int cols, std::initializer_list<const void*> xs, std::initializer_list<const void*> ps) {
+  constexpr int V = kPackOf<T>;
+  if (cols % V != 0) return 0;
+  for (const void* p : xs)
+    if (!aligned(p, alignof(Pack<T, V>))) return 0;
+  for (const void* p : ps)
+    if (!aligned(p, alignof(Pack<P, V>))) return 0;
+  const int need = (cols / V + 31) / 32;
+  return need <= 2 ? 2 : need <= 4 ? 4 : need <= kMaxLanePacks ? kMaxLanePacks : 0;
+}
+
+// Calls f(std::integral_constant<int, K>) for K in {2, 4, 8}.
+template <class F> void with_lane_packs(int k, F&& f) {
+  if (k == 2) f(std::integral_constant<int, 2>{});
+  else if (k == 4) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 8>{});
+}
 }  // namespace
 
-template <class T, class P>
-static __global__ void layernorm_forward_kernel(const T* __restrict__ x, const P* __restrict__ gamma,
-                                                const P* __restrict__ beta, T* __restrict__ y, float* __restrict__ mean,
-                                                float* __restrict__ rstd, int rows, int cols, float eps) {
+// One warp per row with the row in registers: one read of the input, one write of the output, and warp
+// shuffles in place of block reductions. GPT-2 rows (768..1600 columns) fit. With RESID the input is
+// res = round(a + b), stored as it is formed; the statistics use the rounded values. res may alias a: each
+// lane reads its packs before writing them, and no other lane touches them.
+template <class T, class P, int V, int K, bool RESID>
+static __global__ void __launch_bounds__(kWarpRows * 32)
+    layernorm_forward_warp_kernel(const T* a, const T* b, const P* __restrict__ gamma, const P* __restrict__ beta,
+                                  T* res, T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
+                                  int rows, int cols, float eps) {
+  using XP = Pack<T, V>;
+  using PP = Pack<P, V>;
+  const int lane = threadIdx.x & 31, packs = cols / V;
+  const float inv_cols = 1.f / float(cols);
+  for (int row = blockIdx.x * kWarpRows + int(threadIdx.x >> 5); row < rows; row += gridDim.x * kWarpRows) {
+    const size_t off = size_t(row) * size_t(cols);
+    XP xv[K];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+        xv[k] = reinterpret_cast<const XP*>(a + off)[q];
+        if constexpr (RESID) {
+          const XP bv = reinterpret_cast<const XP*>(b + off)[q];
+#pragma unroll
+          for (int e = 0; e < V; ++e) xv[k].v[e] = from_f32<T>(to_f32(xv[k].v[e]) + to_f32(bv.v[e]));
+          reinterpret_cast<XP*>(res + off)[q] = xv[k];
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) s += to_f32(xv[k].v[e]);
+      }
+    }
+    const float mu = warp_sum(s) * inv_cols;
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k * 32 + lane < packs) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float d = to_f32(xv[k].v[e]) - mu;
+          ss += d * d;
+        }
+      }
+    }
+    const float r = 1.f / sqrtf(warp_sum(ss) * inv_cols + eps);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+        const PP g = reinterpret_cast<const PP*>(gamma)[q], bb = reinterpret_cast<const PP*>(beta)[q];
+        XP o;
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          o.v[e] = from_f32<T>((to_f32(xv[k].v[e]) - mu) * r * to_f32(g.v[e]) + to_f32(bb.v[e]));
+        reinterpret_cast<XP*>(y + off)[q] = o;
+      }
+    }
+    if (lane == 0) {
+      if (mean) mean[row] = mu;
+      if (rstd) rstd[row] = r;
+    }
+  }
+}
+
+// One block per row, for rows the warp kernel does not take. With RESID the first pass forms and stores res
+// and the later passes read it back; a thread reads back only the elements it wrote itself.
+template <class T, class P, bool RESID>
+static __global__ void layernorm_forward_kernel(const T* a, const T* b, const P* __restrict__ gamma,
+                                                const P* __restrict__ beta, T* res, T* __restrict__ y,
+                                                float* __restrict__ mean, float* __restrict__ rstd, int rows, int cols,
+                                                float eps) {
   __shared__ float shm[33];
   const float inv_cols = 1.f / float(cols);
   for (int row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* xr = x + size_t(row) * size_t(cols);
-    T* yr = y + size_t(row) * size_t(cols);
+    const size_t off = size_t(row) * size_t(cols);
+    const T* xr = (RESID ? res : a) + off;
+    T* yr = y + off;
     float s = 0.f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += to_f32(xr[j]);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      if constexpr (RESID) {
+        const T v = from_f32<T>(to_f32(a[off + j]) + to_f32(b[off + j]));
+        res[off + j] = v;
+        s += to_f32(v);
+      } else {
+        s += to_f32(xr[j]);
+      }
+    }
     const float mu = block_sum(s, shm) * inv_cols;
     float v = 0.f;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
@@ -50,11 +162,68 @@ static __global__ void layernorm_forward_kernel(const T* __restrict__ x, const P
   }
 }
 
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd.
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd; with
+// `accumulate` the old dx is added in FP32 before the one rounding.
+// Warp-per-row version: dy and x of the row stay in registers. dx may alias dy or x, as every lane has
+// read its own packs before it writes them.
+template <class T, class P, int V, int K>
+static __global__ void __launch_bounds__(kWarpRows * 32)
+    layernorm_dx_warp_kernel(const T* dy, const T* x, const P* __restrict__ gamma, const float* __restrict__ mean,
+                             const float* __restrict__ rstd, T* dx, int rows, int cols, bool accumulate) {
+  using XP = Pack<T, V>;
+  using PP = Pack<P, V>;
+  const int lane = threadIdx.x & 31, packs = cols / V;
+  const float inv_cols = 1.f / float(cols);
+  for (int row = blockIdx.x * kWarpRows + int(threadIdx.x >> 5); row < rows; row += gridDim.x * kWarpRows) {
+    const size_t off = size_t(row) * size_t(cols);
+    const float mu = mean[row], r = rstd[row];
+    XP dv[K], xv[K];
+    float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+        dv[k] = reinterpret_cast<const XP*>(dy + off)[q];
+        xv[k] = reinterpret_cast<const XP*>(x + off)[q];
+        const PP g = reinterpret_cast<const PP*>(gamma)[q];
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float gy = to_f32(dv[k].v[e]) * to_f32(g.v[e]);
+          s1 += gy;
+          s2 += gy * ((to_f32(xv[k].v[e]) - mu) * r);
+        }
+      }
+    }
+    const float mg = warp_sum(s1) * inv_cols;
+    const float mgx = warp_sum(s2) * inv_cols;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+        const PP g = reinterpret_cast<const PP*>(gamma)[q];
+        XP* dst = reinterpret_cast<XP*>(dx + off) + q;
+        XP old{};
+        if (accumulate) old = *dst;
+        XP o;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float gy = to_f32(dv[k].v[e]) * to_f32(g.v[e]);
+          const float xhat = (to_f32(xv[k].v[e]) - mu) * r;
+          float v = r * (gy - mg - xhat * mgx);
+          if (accumulate) v += to_f32(old.v[e]);
+          o.v[e] = from_f32<T>(v);
+        }
+        *dst = o;
+      }
+    }
+  }
+}
+
+// Block-per-row version of the same formula.
 template <class T, class P>
 static __global__ void layernorm_dx_kernel(const T* dy, const T* x, const P* __restrict__ gamma,
                                            const float* __restrict__ mean, const float* __restrict__ rstd, T* dx,
-                                           int rows, int cols) {
+                                           int rows, int cols, bool accumulate) {
   __shared__ float shm[33];
   const float inv_cols = 1.f / float(cols);
   for (int row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -71,7 +240,9 @@ static __global__ void layernorm_dx_kernel(const T* dy, const T* x, const P* __r
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float g = to_f32(dy[off + j]) * to_f32(gamma[j]);
       const float xhat = (to_f32(x[off + j]) - mu) * r;
-      store_f32(dx, off + j, r * (g - mg - xhat * mgx));
+      float v = r * (g - mg - xhat * mgx);
+      if (accumulate) v += to_f32(dx[off + j]);
+      store_f32(dx, off + j, v);
     }
   }
 }
@@ -135,27 +306,69 @@ static __global__ void layernorm_param_finish_kernel(const float* __restrict__ p
   }
 }
 
-void layernorm_forward(const void* x, DType xt, const void* gamma, const void* beta, DType pt, void* y, float* mean,
-                       float* rstd, int rows, int cols, float eps, Stream s) {
-  if (rows < 0 || cols < 0) kernel_arg_error("layernorm_forward", "negative shape");
+namespace {
+void check_forward(const char* op, const void* x, const void* gamma, const void* beta, const void* y, int rows,
+                   int cols, float eps) {
+  if (rows < 0 || cols < 0) kernel_arg_error(op, "negative shape");
   if (rows == 0) return;
-  if (cols == 0) kernel_arg_error("layernorm_forward", "cols must be positive");
-  if (!x || !gamma || !beta || !y) kernel_arg_error("layernorm_forward", "null pointer");
-  if (!(eps >= 0.f)) kernel_arg_error("layernorm_forward", "eps must be >= 0");
-  dispatch_dtype(xt, "layernorm_forward", [&](auto xtag) {
+  if (cols == 0) kernel_arg_error(op, "cols must be positive");
+  if (!x || !gamma || !beta || !y) kernel_arg_error(op, "null pointer");
+  if (!(eps >= 0.f)) kernel_arg_error(op, "eps must be >= 0");
+}
+
+// Shared by the plain and the residual forward; b and res are null without the residual add.
+template <bool RESID>
+void launch_forward(const char* op, const void* a, const void* b, DType xt, const void* gamma, const void* beta,
+                    DType pt, void* res, void* y, float* mean, float* rstd, int rows, int cols, float eps, Stream s) {
+  dispatch_dtype(xt, op, [&](auto xtag) {
     using T = typename decltype(xtag)::type;
-    dispatch_dtype(pt, "layernorm_forward", [&](auto ptag) {
+    dispatch_dtype(pt, op, [&](auto ptag) {
       using P = typename decltype(ptag)::type;
-      layernorm_forward_kernel<T, P><<<row_grid(rows), row_block(cols), 0, to_cuda(s)>>>(
-          static_cast<const T*>(x), static_cast<const P*>(gamma), static_cast<const P*>(beta), static_cast<T*>(y),
-          mean, rstd, rows, cols, eps);
+      const T* ap = static_cast<const T*>(a);
+      const T* bp = static_cast<const T*>(b);
+      const P* gp = static_cast<const P*>(gamma);
+      const P* bt = static_cast<const P*>(beta);
+      T* rp = static_cast<T*>(res);
+      T* yp = static_cast<T*>(y);
+      const int k = lane_packs<T, P>(cols, {a, b, res, y}, {gamma, beta});
+      if (k) {
+        with_lane_packs(k, [&](auto kc) {
+          constexpr int K = decltype(kc)::value;
+          layernorm_forward_warp_kernel<T, P, kPackOf<T>, K, RESID><<<warp_grid(rows), kWarpRows * 32, 0, to_cuda(s)>>>(
+              ap, bp, gp, bt, rp, yp, mean, rstd, rows, cols, eps);
+        });
+        MPT_LAUNCH_CHECK("layernorm_forward_warp_kernel");
+      } else {
+        layernorm_forward_kernel<T, P, RESID><<<row_grid(rows), row_block(cols), 0, to_cuda(s)>>>(
+            ap, bp, gp, bt, rp, yp, mean, rstd, rows, cols, eps);
+        MPT_LAUNCH_CHECK("layernorm_forward_kernel");
+      }
     });
   });
-  MPT_LAUNCH_CHECK("layernorm_forward_kernel");
+}
+}  // namespace
+
+void layernorm_forward(const void* x, DType xt, const void* gamma, const void* beta, DType pt, void* y, float* mean,
+                       float* rstd, int rows, int cols, float eps, Stream s) {
+  check_forward("layernorm_forward", x, gamma, beta, y, rows, cols, eps);
+  if (rows == 0) return;
+  launch_forward<false>("layernorm_forward", x, nullptr, xt, gamma, beta, pt, nullptr, y, mean, rstd, rows, cols, eps,
+                        s);
+}
+
+void residual_layernorm_forward(const void* a, const void* b, DType xt, const void* gamma, const void* beta, DType pt,
+                                void* res, void* y, float* mean, float* rstd, int rows, int cols, float eps,
+                                Stream s) {
+  const char* op = "residual_layernorm_forward";
+  check_forward(op, a, gamma, beta, y, rows, cols, eps);
+  if (rows == 0) return;
+  if (!b || !res) kernel_arg_error(op, "null pointer");
+  launch_forward<true>(op, a, b, xt, gamma, beta, pt, res, y, mean, rstd, rows, cols, eps, s);
 }
 
 void layernorm_backward(const void* dy, const void* x, DType xt, const void* gamma, DType pt, const float* mean,
-                        const float* rstd, void* dx, void* dgamma, void* dbeta, int rows, int cols, Stream s) {
+                        const float* rstd, void* dx, void* dgamma, void* dbeta, int rows, int cols, Stream s,
+                        bool accumulate_dx) {
   if (rows < 0 || cols < 0) kernel_arg_error("layernorm_backward", "negative shape");
   if (rows == 0 || cols == 0) return;
   if (!dy || !x || !gamma || !mean || !rstd || !dx || !dgamma || !dbeta)
@@ -182,9 +395,21 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
         layernorm_param_finish_kernel<P><<<grid_for(size_t(cols)), kBlock, 0, st>>>(partial, chunks, cols, dg, db);
         MPT_LAUNCH_CHECK("layernorm_param_finish_kernel");
       }
-      layernorm_dx_kernel<T, P><<<row_grid(rows), row_block(cols), 0, st>>>(
-          dyp, xp, static_cast<const P*>(gamma), mean, rstd, static_cast<T*>(dx), rows, cols);
-      MPT_LAUNCH_CHECK("layernorm_dx_kernel");
+      const P* gp = static_cast<const P*>(gamma);
+      T* dxp = static_cast<T*>(dx);
+      const int k = lane_packs<T, P>(cols, {dy, x, dx}, {gamma});
+      if (k) {
+        with_lane_packs(k, [&](auto kc) {
+          constexpr int K = decltype(kc)::value;
+          layernorm_dx_warp_kernel<T, P, kPackOf<T>, K><<<warp_grid(rows), kWarpRows * 32, 0, st>>>(
+              dyp, xp, gp, mean, rstd, dxp, rows, cols, accumulate_dx);
+        });
+        MPT_LAUNCH_CHECK("layernorm_dx_warp_kernel");
+      } else {
+        layernorm_dx_kernel<T, P><<<row_grid(rows), row_block(cols), 0, st>>>(dyp, xp, gp, mean, rstd, dxp, rows, cols,
+                                                                             accumulate_dx);
+        MPT_LAUNCH_CHECK("layernorm_dx_kernel");
+      }
     });
   });
 }

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <string>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/layernorm.h"
@@ -284,6 +285,163 @@ TEST(LayerNorm, ForwardWithoutStatisticsGivesTheSameOutput) {
   cpu::layernorm_forward(in.x.data(), c.xt, in.gamma.data(), in.beta.data(), c.pt, y2.data(), nullptr, nullptr,
                          rows, n, kEps);
   EXPECT_EQ(y1, y2);
+}
+
+
+// ---- residual_layernorm_forward and accumulate_dx
+
+// Checks y, mean and rstd of a forward over in.x against the float64 reference, with the bounds of
+// ForwardAndBackwardMatchReference (same derivation, forward half only).
+void expect_forward_matches_reference(const std::string& tag, const Inputs& in, const std::vector<uint8_t>& y,
+                                      const std::vector<float>& mean, const std::vector<float>& rstd) {
+  const int rows = in.rows, n = in.cols;
+  const size_t total = size_t(rows) * n;
+  std::vector<double> mu_got(rows), mu_ref(rows), mu_b(rows), rs_got(rows), rs_ref(rows), rs_b(rows);
+  std::vector<double> y_got(total), y_ref(total), y_b(total);
+  for (int i = 0; i < rows; ++i) {
+    const RowStats st = row_stats(in, i, kEps);
+    mu_got[i] = mean[i], mu_ref[i] = st.mu, mu_b[i] = st.e_mu;
+    rs_got[i] = rstd[i], rs_ref[i] = st.rs, rs_b[i] = st.e_rs;
+    for (int j = 0; j < n; ++j) {
+      const size_t o = size_t(i) * n + j;
+      const double d = in.X(i, j) - st.mu, e_d = st.e_mu + kU * std::fabs(d);
+      const double xh = d * st.rs, e_xh = e_d * st.rs + std::fabs(d) * st.e_rs + kU * std::fabs(xh);
+      y_ref[o] = xh * in.G(j) + in.B(j);
+      y_b[o] = std::fabs(in.G(j)) * e_xh + 2 * kU * (std::fabs(xh * in.G(j)) + std::fabs(y_ref[o]));
+      y_got[o] = load_elem(y.data(), in.xt, o);
+    }
+  }
+  EXPECT_EQ(count_bad(tag + " mean", mu_got, mu_ref, mu_b, kNoTol), 0u);
+  EXPECT_EQ(count_bad(tag + " rstd", rs_got, rs_ref, rs_b, kNoTol), 0u);
+  EXPECT_EQ(count_bad(tag + " y", y_got, y_ref, y_b, test::storage_tol(in.xt)), 0u);
+}
+
+class ResidualLayerNormTest : public ::testing::TestWithParam<Case> {};
+
+// res = a + b must be the FP32 sum rounded once to xt. In the ranges used the float64 sum of two stored
+// values is exact and float() of it is the correctly rounded FP32 sum, so the check is exact. y, mean and
+// rstd are then checked against the float64 reference over that rounded res (not over the exact a + b:
+// for bf16 the two differ by ~1e-3 per element, far outside the reference bounds), and must be bit for
+// bit what layernorm_forward gives on res, since the backward pass will see res as x.
+TEST_P(ResidualLayerNormTest, MatchesReferenceOverRoundedSum) {
+  const Case c = GetParam();
+  Rng rng = test::fresh_rng();
+  const int shapes[][2] = {{37, 129}, {5, 1001}, {64, 768}};
+  for (const auto& sh : shapes) {
+    const int rows = sh[0], n = sh[1];
+    const std::string tag = std::to_string(rows) + "x" + std::to_string(n);
+    const size_t total = size_t(rows) * n, bytes = total * dtype_size(c.xt);
+    Inputs in = random_inputs(rng, c, rows, n);  // a = in.x: offset, scaled rows
+    const std::vector<uint8_t> a = in.x, b = test::random_buffer(rng, c.xt, total, -2.f, 2.f);
+    std::vector<uint8_t> res(bytes), y(bytes), want_res(bytes);
+    std::vector<float> mean(rows), rstd(rows);
+    cpu::residual_layernorm_forward(a.data(), b.data(), c.xt, in.gamma.data(), in.beta.data(), c.pt, res.data(),
+                                    y.data(), mean.data(), rstd.data(), rows, n, kEps);
+    for (size_t o = 0; o < total; ++o) {
+      const double sum = double(load_elem(a.data(), c.xt, o)) + load_elem(b.data(), c.xt, o);
+      store_elem(want_res.data(), c.xt, o, float(sum));
+    }
+    EXPECT_EQ(res, want_res) << tag << " res";
+
+    in.x = want_res;
+    expect_forward_matches_reference(tag, in, y, mean, rstd);
+
+    std::vector<uint8_t> y2(bytes);
+    std::vector<float> mean2(rows), rstd2(rows);
+    cpu::layernorm_forward(want_res.data(), c.xt, in.gamma.data(), in.beta.data(), c.pt, y2.data(), mean2.data(),
+                           rstd2.data(), rows, n, kEps);
+    EXPECT_EQ(y, y2) << tag << " y differs from layernorm_forward(res)";
+    EXPECT_EQ(mean, mean2) << tag;
+    EXPECT_EQ(rstd, rstd2) << tag;
+
+    // res aliasing a (the residual stream updated in place) gives the same bits.
+    std::vector<uint8_t> inplace = a, y3(bytes);
+    std::vector<float> mean3(rows), rstd3(rows);
+    cpu::residual_layernorm_forward(inplace.data(), b.data(), c.xt, in.gamma.data(), in.beta.data(), c.pt,
+                                    inplace.data(), y3.data(), mean3.data(), rstd3.data(), rows, n, kEps);
+    EXPECT_EQ(inplace, want_res) << tag << " in-place res";
+    EXPECT_EQ(y3, y) << tag << " in-place y";
+    EXPECT_EQ(mean3, mean) << tag;
+    EXPECT_EQ(rstd3, rstd) << tag;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, ResidualLayerNormTest,
+                         ::testing::Values(Case{DType::F32, DType::F32}, Case{DType::F16, DType::F16},
+                                           Case{DType::BF16, DType::BF16}, Case{DType::F16, DType::F32},
+                                           Case{DType::BF16, DType::F32}),
+                         [](const auto& info) { return case_name(info.param); });
+
+class LayerNormAccumulateTest : public ::testing::TestWithParam<Case> {};
+
+// accumulate_dx must give round(old dx + new term), the add in FP32 and ONE rounding. The new term before
+// its rounding is what the overwrite call computes with FP32 storage on the same (already rounded) inputs:
+// the twin converts every input to FP32 first, so the arithmetic is identical. The reference is therefore
+// exact, and it tells a fused add from "round the new term, then add and round again". dgamma and dbeta
+// must not depend on the flag.
+TEST_P(LayerNormAccumulateTest, AddsToOldDxWithOneRounding) {
+  const Case c = GetParam();
+  Rng rng = test::fresh_rng();
+  const int shapes[][2] = {{37, 129}, {16, 768}};
+  for (const auto& sh : shapes) {
+    const int rows = sh[0], n = sh[1];
+    const std::string tag = std::to_string(rows) + "x" + std::to_string(n);
+    const size_t total = size_t(rows) * n;
+    const Inputs in = random_inputs(rng, c, rows, n);
+    std::vector<uint8_t> y(total * dtype_size(c.xt));
+    std::vector<float> mean(rows), rstd(rows);
+    cpu::layernorm_forward(in.x.data(), c.xt, in.gamma.data(), in.beta.data(), c.pt, y.data(), mean.data(),
+                           rstd.data(), rows, n, kEps);
+    const std::vector<uint8_t> dx0 = test::random_buffer(rng, c.xt, total);
+
+    std::vector<uint8_t> dx = dx0, dg_acc = in.dgamma, db_acc = in.dbeta;
+    cpu::layernorm_backward(in.dy.data(), in.x.data(), c.xt, in.gamma.data(), c.pt, mean.data(), rstd.data(),
+                            dx.data(), dg_acc.data(), db_acc.data(), rows, n, /*accumulate_dx=*/true);
+
+    std::vector<uint8_t> scratch(total * dtype_size(c.xt)), dg_ow = in.dgamma, db_ow = in.dbeta;
+    cpu::layernorm_backward(in.dy.data(), in.x.data(), c.xt, in.gamma.data(), c.pt, mean.data(), rstd.data(),
+                            scratch.data(), dg_ow.data(), db_ow.data(), rows, n);
+    EXPECT_EQ(dg_acc, dg_ow) << tag;
+    EXPECT_EQ(db_acc, db_ow) << tag;
+
+    std::vector<float> x32(total), dy32(total), new32(total);
+    to_float_n(in.x.data(), c.xt, x32.data(), total);
+    to_float_n(in.dy.data(), c.xt, dy32.data(), total);
+    std::vector<uint8_t> pgs = in.dgamma, pbs = in.dbeta;  // throwaway parameter gradients
+    cpu::layernorm_backward(dy32.data(), x32.data(), DType::F32, in.gamma.data(), c.pt, mean.data(), rstd.data(),
+                            new32.data(), pgs.data(), pbs.data(), rows, n);
+    size_t bad = 0, moved = 0;
+    for (size_t o = 0; o < total; ++o) {
+      const float old = load_elem(dx0.data(), c.xt, o);
+      const float want = round_to(c.xt, old + new32[o]);
+      const float got = load_elem(dx.data(), c.xt, o);
+      if (got != want && ++bad <= 5)
+        ADD_FAILURE() << tag << " dx [" << o << "] got " << got << " want " << want << " (old " << old << ", new "
+                      << new32[o] << ")";
+      moved += got != old;
+    }
+    EXPECT_EQ(bad, 0u) << tag;
+    EXPECT_GT(moved, total / 2) << tag << ": the new term must actually change dx";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, LayerNormAccumulateTest,
+                         ::testing::Values(Case{DType::F32, DType::F32}, Case{DType::F16, DType::F16},
+                                           Case{DType::BF16, DType::BF16}, Case{DType::F16, DType::F32},
+                                           Case{DType::BF16, DType::F32}),
+                         [](const auto& info) { return case_name(info.param); });
+
+TEST(LayerNorm, ResidualForwardBadArgumentsThrow) {
+  std::vector<float> v(8, 0.5f), st(2);
+  EXPECT_THROW(cpu::residual_layernorm_forward(v.data(), nullptr, DType::F32, v.data(), v.data(), DType::F32, v.data(),
+                                               v.data(), st.data(), st.data(), 2, 2, kEps),
+               std::invalid_argument);
+  EXPECT_THROW(cpu::residual_layernorm_forward(v.data(), v.data(), DType::F32, v.data(), v.data(), DType::F32, nullptr,
+                                               v.data(), st.data(), st.data(), 2, 2, kEps),
+               std::invalid_argument);
+  EXPECT_THROW(cpu::residual_layernorm_forward(v.data(), v.data(), DType::F32, v.data(), v.data(), DType::F32, v.data(),
+                                               v.data(), st.data(), st.data(), 2, 0, kEps),
+               std::invalid_argument);
 }
 
 }  // namespace

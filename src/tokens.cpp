@@ -1,0 +1,516 @@
+#include "src/tokens.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string_view>
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "src/check.h"
+#include "src/rng.h"
+
+namespace mpt {
+
+namespace {
+
+constexpr char kShardMagic[8] = {'M', 'P', 'T', 'T', 'O', 'K', 'E', 'N'};
+constexpr uint32_t kShardVersion = 1;
+constexpr size_t kShardHeaderBytes = 64;
+// Tokens are converted between the file's width and int32 in chunks of this many, so that neither
+// reading nor writing needs a second full-size copy of a shard.
+constexpr size_t kChunkTokens = size_t(1) << 20;
+
+uint64_t get_le(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+void put_le(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+
+uint32_t bytes_for_vocab(uint64_t vocab) { return vocab <= 256 ? 1 : (vocab <= 65536 ? 2 : 4); }
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
+
+// Temporary file in the destination's directory (so rename stays on one file system), flushed to the
+// disk before it replaces the destination: a crash leaves either the old file or the new one.
+void write_file_atomically(const std::string& path, const std::string& field, const uint8_t* head, size_t head_len,
+                           const std::function<bool(std::FILE*)>& body) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw InputError(path, field, std::string("cannot create temporary file: ") + std::strerror(errno));
+  bool ok = std::fwrite(head, 1, head_len, f) == head_len && body(f);
+  ok = ok && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  const int saved = errno;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw InputError(path, field, std::string("write failed: ") + std::strerror(saved ? saved : EIO));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = errno;
+    std::remove(tmp.c_str());
+    throw InputError(path, field, std::string("cannot rename into place: ") + std::strerror(e));
+  }
+  // The rename itself is only durable once the directory entry is on disk; best effort.
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
+
+// Whole file through zlib, which passes files without a gzip header through unchanged.
+std::string read_text_file(const std::string& path) {
+  errno = 0;
+  gzFile g = gzopen(path.c_str(), "rb");
+  if (!g) throw InputError(path, "open", std::string("cannot open: ") + std::strerror(errno ? errno : ENOENT));
+  gzbuffer(g, 1 << 20);
+  std::string out;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    const int r = gzread(g, buf.data(), unsigned(buf.size()));
+    if (r < 0) {
+      int err = 0;
+      const std::string msg = gzerror(g, &err);
+      gzclose(g);
+      throw InputError(path, "read", "read failed: " + (err == Z_ERRNO ? std::string(std::strerror(errno)) : msg));
+    }
+    if (r == 0) break;
+    out.append(buf.data(), size_t(r));
+  }
+  // A gzip stream cut short reads as a clean end of file plus Z_BUF_ERROR.
+  int err = 0;
+  const char* msg = gzerror(g, &err);
+  if (err != Z_OK && err != Z_STREAM_END) {
+    const std::string m = msg ? msg : "unknown error";
+    gzclose(g);
+    throw InputError(path, "read", "truncated or corrupt gzip data: " + m);
+  }
+  gzclose(g);
+  return out;
+}
+
+// ---- command-line helpers shared by tokenize and synth-tokens
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// "--name VALUE" or "--name=VALUE"; advances i past the value.
+bool take_option(int argc, char** argv, int& i, const char* name, std::string* value) {
+  const std::string_view a = argv[i];
+  const size_t n = std::strlen(name);
+  if (a.substr(0, n) != name) return false;
+  if (a.size() == n) {
+    if (i + 1 >= argc) throw UsageError(std::string(name) + " needs a value");
+    *value = argv[++i];
+    return true;
+  }
+  if (a[n] != '=') return false;
+  *value = std::string(a.substr(n + 1));
+  return true;
+}
+
+uint64_t parse_u64(const std::string& opt, const std::string& s, uint64_t lo, uint64_t hi) {
+  uint64_t v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty())
+    throw UsageError(opt + " expects a non-negative integer, got '" + s + "'");
+  if (v < lo || v > hi)
+    throw UsageError(opt + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + s);
+  return v;
+}
+
+double parse_fraction(const std::string& opt, const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || errno != 0 || !std::isfinite(v))
+    throw UsageError(opt + " expects a number, got '" + s + "'");
+  if (v < 0.0 || v >= 1.0) throw UsageError(opt + " must be in [0, 1), got " + s);
+  return v;
+}
+
+std::string shard_name(const char* split, size_t index) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%s-%05zu.bin", split, index);
+  return b;
+}
+
+// Removes DIR/<split>-NNNNN.bin files from an earlier run that this run did not rewrite, so a glob over
+// the directory never mixes two tokenizations.
+void remove_stale_shards(const std::string& dir, const char* split, size_t written) {
+  const std::string prefix = std::string(split) + "-", suffix = ".bin";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < prefix.size() + 5 + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    uint64_t index = 0;
+    const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+    if (err != std::errc() || end != digits.data() + digits.size()) continue;
+    if (index >= written) std::filesystem::remove(e.path(), ec);
+  }
+}
+
+// Writes tokens [begin, end) of the stream as shards of at most per_shard tokens.
+std::vector<std::string> write_split(const std::string& dir, const char* split, const std::vector<uint16_t>& stream,
+                                     size_t begin, size_t end, size_t per_shard) {
+  std::vector<std::string> names;
+  std::vector<int32_t> chunk;
+  for (size_t b = begin; b < end; b += per_shard) {
+    const size_t e = std::min(end, b + per_shard);
+    chunk.assign(stream.begin() + std::ptrdiff_t(b), stream.begin() + std::ptrdiff_t(e));
+    names.push_back(shard_name(split, names.size()));
+    write_token_shard(dir + "/" + names.back(), chunk, kByteVocab);
+  }
+  remove_stale_shards(dir, split, names.size());
+  return names;
+}
+
+std::string list_names(const std::vector<std::string>& names) {
+  if (names.empty()) return "none";
+  if (names.size() <= 4) {
+    std::string s;
+    for (const auto& n : names) s += (s.empty() ? "" : " ") + n;
+    return s;
+  }
+  return names.front() + " .. " + names.back();
+}
+
+const char* kTokenizeUsage =
+    "usage: mptrain tokenize --out DIR [--val-fraction F] [--shard-tokens N] FILE...\n"
+    "  Byte-level tokenization (vocabulary 257: bytes and end-of-text). Each FILE (plain or .gz) is one\n"
+    "  document. Writes DIR/train-NNNNN.bin and DIR/val-NNNNN.bin; validation is the last F of the tokens.\n"
+    "  --val-fraction F    in [0, 1), default 0.05 (0: no validation shard)\n"
+    "  --shard-tokens N    tokens per shard, default 100000000\n";
+
+const char* kSynthUsage =
+    "usage: mptrain synth-tokens --out FILE --tokens N [--vocab V] [--seed S]\n"
+    "  Random tokens with a Zipf-like frequency profile (token k has probability ~ 1/(k+1)), for\n"
+    "  benchmarks where the text does not matter. Default vocabulary 50257 (GPT-2), seed 1.\n";
+
+bool wants_help(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) return true;
+  return false;
+}
+
+}  // namespace
+
+// ---- shard files
+
+TokenShard read_token_shard(const std::string& path) {
+  FilePtr f(std::fopen(path.c_str(), "rb"));
+  if (!f) throw InputError(path, "open", std::string("cannot open token shard: ") + std::strerror(errno));
+  struct stat st{};
+  if (::fstat(fileno(f.get()), &st) != 0 || !S_ISREG(st.st_mode))
+    throw InputError(path, "open", "not a regular file");
+  const uint64_t file_size = uint64_t(st.st_size);
+
+  uint8_t h[kShardHeaderBytes];
+  const size_t got = std::fread(h, 1, kShardHeaderBytes, f.get());
+  if (got < 8 || std::memcmp(h, kShardMagic, 8) != 0)
+    throw InputError(path, "magic", got < 8 ? "file too short for a token shard header"
+                                            : "not a token shard (expected magic \"MPTTOKEN\")");
+  if (got < kShardHeaderBytes)
+    throw InputError(path, "header", "truncated: " + std::to_string(got) + " of " +
+                                         std::to_string(kShardHeaderBytes) + " header bytes");
+  const uint32_t version = uint32_t(get_le(h + 8, 4));
+  if (version != kShardVersion)
+    throw InputError(path, "version", "unsupported version " + std::to_string(version) + " (expected 1)");
+  const uint32_t bpt = uint32_t(get_le(h + 12, 4));
+  if (bpt != 1 && bpt != 2 && bpt != 4)
+    throw InputError(path, "bytes per token", "must be 1, 2 or 4, found " + std::to_string(bpt));
+  const uint64_t count = get_le(h + 16, 8);
+  const uint64_t vocab = get_le(h + 24, 8);
+  if (vocab == 0) throw InputError(path, "vocabulary size", "is 0");
+  // Tokens are held as int32 in memory.
+  if (vocab > (uint64_t(1) << 31))
+    throw InputError(path, "vocabulary size", std::to_string(vocab) + " exceeds 2^31");
+  if (bytes_for_vocab(vocab) > bpt)
+    throw InputError(path, "bytes per token",
+                     std::to_string(bpt) + " cannot hold tokens of vocabulary size " + std::to_string(vocab));
+  const uint64_t payload = file_size - kShardHeaderBytes;
+  if (count > payload / bpt)
+    throw InputError(path, "token count", "file truncated: header says " + std::to_string(count) +
+                                              " tokens but only " + std::to_string(payload / bpt) + " are present");
+  if (count * bpt != payload)
+    throw InputError(path, "token count", "file has " + std::to_string(payload - count * bpt) +
+                                              " bytes beyond the " + std::to_string(count) + " tokens the header lists");
+
+  TokenShard s;
+  s.path = path;
+  s.vocab = vocab;
+  s.tokens.resize(size_t(count));
+  std::vector<uint8_t> buf(kChunkTokens * bpt);
+  for (uint64_t done = 0; done < count;) {
+    const size_t n = size_t(std::min<uint64_t>(kChunkTokens, count - done));
+    if (std::fread(buf.data(), bpt, n, f.get()) != n)
+      throw InputError(path, "token count", "read failed after " + std::to_string(done) + " tokens");
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t t = get_le(buf.data() + i * bpt, int(bpt));
+      if (t >= vocab)
+        throw InputError(path, "vocabulary size", "token " + std::to_string(t) + " at index " +
+                                                      std::to_string(done + i) + " is >= vocabulary size " +
+                                                      std::to_string(vocab));
+      s.tokens[size_t(done) + i] = int32_t(t);
+    }
+    done += n;
+  }
+  return s;
+}
+
+void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, uint64_t vocab) {
+  if (vocab == 0 || vocab > (uint64_t(1) << 31))
+    throw InputError(path, "vocabulary size", "must be in [1, 2^31], got " + std::to_string(vocab));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || uint64_t(tokens[i]) >= vocab)
+      throw InputError(path, "vocabulary size", "token " + std::to_string(tokens[i]) + " at index " +
+                                                    std::to_string(i) + " is outside [0, " + std::to_string(vocab) + ")");
+  const uint32_t bpt = bytes_for_vocab(vocab);
+  uint8_t h[kShardHeaderBytes] = {};
+  std::memcpy(h, kShardMagic, 8);
+  put_le(h + 8, kShardVersion, 4);
+  put_le(h + 12, bpt, 4);
+  put_le(h + 16, tokens.size(), 8);
+  put_le(h + 24, vocab, 8);
+  write_file_atomically(path, "tokens", h, sizeof h, [&](std::FILE* f) {
+    std::vector<uint8_t> buf(kChunkTokens * bpt);
+    for (size_t done = 0; done < tokens.size();) {
+      const size_t n = std::min(kChunkTokens, tokens.size() - done);
+      for (size_t i = 0; i < n; ++i) put_le(buf.data() + i * bpt, uint32_t(tokens[done + i]), int(bpt));
+      if (std::fwrite(buf.data(), bpt, n, f) != n) return false;
+      done += n;
+    }
+    return true;
+  });
+}
+
+std::vector<std::string> expand_shard_paths(const std::vector<std::string>& entries, const std::string& field) {
+  std::vector<std::string> out;
+  for (const auto& e : entries) {
+    if (!has_glob_chars(e)) {
+      struct stat st{};
+      if (::stat(e.c_str(), &st) != 0) throw InputError(e, field, "no such file");
+      out.push_back(e);
+      continue;
+    }
+    glob_t g{};
+    const int rc = ::glob(e.c_str(), GLOB_NOSORT, nullptr, &g);
+    std::vector<std::string> matches;
+    if (rc == 0)
+      for (size_t i = 0; i < g.gl_pathc; ++i) matches.emplace_back(g.gl_pathv[i]);
+    globfree(&g);
+    if (rc == GLOB_NOMATCH || (rc == 0 && matches.empty())) throw InputError(e, field, "pattern matches no file");
+    if (rc != 0) throw InputError(e, field, "cannot expand pattern (read error)");
+    // Byte order rather than glob's locale collation, so every rank and machine sees the same order.
+    std::sort(matches.begin(), matches.end());
+    out.insert(out.end(), matches.begin(), matches.end());
+  }
+  return out;
+}
+
+TokenStream load_token_stream(const std::vector<std::string>& paths) {
+  TokenStream s;
+  for (const auto& p : paths) {
+    TokenShard sh = read_token_shard(p);
+    s.vocab = std::max(s.vocab, sh.vocab);
+    if (s.tokens.empty()) {
+      s.tokens = std::move(sh.tokens);
+    } else {
+      s.tokens.insert(s.tokens.end(), sh.tokens.begin(), sh.tokens.end());
+    }
+  }
+  return s;
+}
+
+// ---- byte-level encoding
+
+std::vector<int32_t> encode_bytes(const std::vector<std::string>& documents) {
+  size_t n = 0;
+  for (const auto& d : documents) n += d.size() + 1;
+  std::vector<int32_t> t;
+  t.reserve(n);
+  for (const auto& d : documents) {
+    for (const char c : d) t.push_back(int32_t(static_cast<unsigned char>(c)));
+    t.push_back(kEndOfText);
+  }
+  return t;
+}
+
+std::string decode_bytes(const std::vector<int32_t>& tokens) {
+  std::string s;
+  s.reserve(tokens.size());
+  for (const int32_t t : tokens) {
+    if (t >= 0 && t < 256) {
+      s.push_back(char(static_cast<unsigned char>(t)));
+    } else if (t == kEndOfText) {
+      s += "\n<|endoftext|>\n";
+    } else {
+      // A model with a padded vocabulary can emit ids outside the byte vocabulary; show them rather than
+      // fail, as U+FFFD (the Unicode replacement character).
+      s += "\xEF\xBF\xBD";
+    }
+  }
+  return s;
+}
+
+// ---- windows
+
+TokenWindows::TokenWindows(const TokenStream* s, int seq_len) : s_(s), seq_len_(seq_len), count_(0) {
+  if (!s) throw std::invalid_argument("TokenWindows: null token stream");
+  if (seq_len <= 0) throw std::invalid_argument("TokenWindows: seq_len must be positive");
+  const int64_t n = int64_t(s->tokens.size());
+  count_ = n > 0 ? (n - 1) / seq_len : 0;
+}
+
+void TokenWindows::get(int64_t w, int32_t* inputs, int32_t* targets) const {
+  if (w < 0 || w >= count_)
+    throw std::out_of_range("TokenWindows: window " + std::to_string(w) + " of " + std::to_string(count_));
+  const int32_t* t = s_->tokens.data() + w * seq_len_;
+  std::memcpy(inputs, t, size_t(seq_len_) * sizeof(int32_t));
+  std::memcpy(targets, t + 1, size_t(seq_len_) * sizeof(int32_t));
+}
+
+// ---- commands
+
+int tokenize_command(int argc, char** argv) {
+  if (wants_help(argc, argv)) {
+    std::fputs(kTokenizeUsage, stdout);
+    return 0;
+  }
+  std::string out_dir;
+  double val_fraction = 0.05;
+  uint64_t shard_tokens = 100000000;
+  std::vector<std::string> files;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      std::string v;
+      if (take_option(argc, argv, i, "--out", &v)) {
+        out_dir = v;
+      } else if (take_option(argc, argv, i, "--val-fraction", &v)) {
+        val_fraction = parse_fraction("--val-fraction", v);
+      } else if (take_option(argc, argv, i, "--shard-tokens", &v)) {
+        shard_tokens = parse_u64("--shard-tokens", v, 1, uint64_t(1) << 40);
+      } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+        throw UsageError(std::string("unknown option '") + argv[i] + "'");
+      } else {
+        files.emplace_back(argv[i]);
+      }
+    }
+    if (out_dir.empty()) throw UsageError("--out DIR is required");
+    if (files.empty()) throw UsageError("no input files");
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "mptrain tokenize: %s\n%s", e.what(), kTokenizeUsage);
+    return kExitBadInput;
+  }
+
+  try {
+    // The whole corpus is held as 16-bit tokens: the validation split is the tail of the stream, which is
+    // only known once every file is read.
+    std::vector<uint16_t> stream;
+    uint64_t bytes = 0;
+    for (const auto& f : files) {
+      const std::string text = read_text_file(f);
+      bytes += text.size();
+      for (const char c : text) stream.push_back(uint16_t(static_cast<unsigned char>(c)));
+      stream.push_back(uint16_t(kEndOfText));
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec) throw InputError(out_dir, "--out", "cannot create directory: " + ec.message());
+
+    const size_t n = stream.size();
+    const size_t n_val = size_t(std::floor(double(n) * val_fraction));
+    const size_t n_train = n - n_val;
+    const auto train = write_split(out_dir, "train", stream, 0, n_train, size_t(shard_tokens));
+    const auto val = write_split(out_dir, "val", stream, n_train, n, size_t(shard_tokens));
+    std::printf("tokenize: %zu files, %llu bytes -> %zu train tokens, %zu val tokens (vocab %d) in %s: %s%s%s\n",
+                files.size(), static_cast<unsigned long long>(bytes), n_train, n_val, kByteVocab, out_dir.c_str(),
+                list_names(train).c_str(), val.empty() ? "" : ", ", val.empty() ? "" : list_names(val).c_str());
+    return 0;
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "mptrain tokenize: %s\n", e.what());
+    return kExitBadInput;
+  }
+}
+
+int synth_tokens_command(int argc, char** argv) {
+  if (wants_help(argc, argv)) {
+    std::fputs(kSynthUsage, stdout);
+    return 0;
+  }
+  std::string out;
+  uint64_t n = 0, vocab = 50257, seed = 1;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      std::string v;
+      if (take_option(argc, argv, i, "--out", &v)) {
+        out = v;
+      } else if (take_option(argc, argv, i, "--tokens", &v)) {
+        n = parse_u64("--tokens", v, 1, uint64_t(1) << 34);
+      } else if (take_option(argc, argv, i, "--vocab", &v)) {
+        vocab = parse_u64("--vocab", v, 2, uint64_t(1) << 31);
+      } else if (take_option(argc, argv, i, "--seed", &v)) {
+        seed = parse_u64("--seed", v, 0, UINT64_MAX);
+      } else {
+        throw UsageError(std::string("unexpected argument '") + argv[i] + "'");
+      }
+    }
+    if (out.empty()) throw UsageError("--out FILE is required");
+    if (n == 0) throw UsageError("--tokens N is required");
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "mptrain synth-tokens: %s\n%s", e.what(), kSynthUsage);
+    return kExitBadInput;
+  }
+
+  try {
+    // Zipf with exponent 1 over ranks, the usual first approximation of word frequencies: a few tokens
+    // dominate and most are rare, so embedding and softmax traffic look like real text's.
+    std::vector<double> cdf(static_cast<size_t>(vocab));
+    double acc = 0.0;
+    for (uint64_t k = 0; k < vocab; ++k) cdf[size_t(k)] = (acc += 1.0 / double(k + 1));
+    for (auto& c : cdf) c /= acc;
+    Rng rng(seed);
+    std::vector<int32_t> tokens(static_cast<size_t>(n));
+    for (auto& t : tokens) {
+      const double u = double(rng.next() >> 11) * (1.0 / 9007199254740992.0);  // 53 bits in [0, 1)
+      const size_t k = size_t(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+      t = int32_t(std::min<size_t>(k, size_t(vocab - 1)));
+    }
+    write_token_shard(out, tokens, vocab);
+    std::printf("synth-tokens: %llu tokens, vocab %llu, seed %llu -> %s\n", static_cast<unsigned long long>(n),
+                static_cast<unsigned long long>(vocab), static_cast<unsigned long long>(seed), out.c_str());
+    return 0;
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "mptrain synth-tokens: %s\n", e.what());
+    return kExitBadInput;
+  }
+}
+
+}  // namespace mpt
