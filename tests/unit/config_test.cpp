@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 48;
+constexpr size_t kLeafKeys = 70;
 
 class TempDir {
  public:
@@ -179,7 +179,7 @@ TEST(ConfigDefaults, DefaultJsonFedBackIsANoOp) {
 TEST(ConfigDefaults, NestingAndKeyCount) {
   const json& d = mpt::default_config_json();
   const std::set<std::string> top = {"model", "data", "precision", "loss_scale", "optimizer", "zero",
-                                     "train", "log", "checkpoint", "debug", "device"};
+                                     "train", "log", "checkpoint", "debug", "monitor", "device"};
   std::set<std::string> got;
   for (auto it = d.begin(); it != d.end(); ++it) got.insert(it.key());
   EXPECT_EQ(got, top);
@@ -214,8 +214,29 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("model.activation", "relu", model.activation),
       KEY("model.layernorm", true, model.layernorm),
       KEY("model.init_std", float(u(0.001, 0.5)), model.init_std),
-      // The only dataset there is: this one shows the key is read, not that it is wired to a new value.
-      KEY("data.dataset", "fashion-mnist", data.dataset),
+      KEY("model.n_layer", n(3, 20), model.n_layer),
+      KEY("model.n_head", 4, model.n_head),
+      KEY("model.n_embd", n(0, 2) == 0 ? 256 : 512, model.n_embd),  // 4 heads of 64 or 128
+      KEY("model.seq_len", n(65, 4000), model.seq_len),
+      KEY("model.vocab", n(300, 60000), model.vocab),
+      KEY("model.init_from", "w" + std::to_string(n(0, 100)) + ".safetensors", model.init_from),
+      KEY("data.dataset", "tokens", data.dataset),
+      KEY("data.train_shards", (std::vector<std::string>{"t" + std::to_string(n(0, 99)), "u*"}), data.train_shards),
+      KEY("data.val_shards", (std::vector<std::string>{"v" + std::to_string(n(0, 99))}), data.val_shards),
+      KEY("precision.fallback", "fp32", precision.fallback),
+      KEY("train.eval_every", n(1, 1000), train.eval_every),
+      KEY("train.eval_batches", n(1, 1000), train.eval_batches),
+      KEY("monitor.enabled", false, monitor.enabled),
+      KEY("monitor.window", n(101, 1000), monitor.window),
+      KEY("monitor.min_history", n(21, 80), monitor.min_history),
+      KEY("monitor.spike_zscore", u(1.0, 5.0), monitor.spike_zscore),
+      KEY("monitor.on_loss_spike", "skip", monitor.on_loss_spike),
+      KEY("monitor.on_grad_spike", "stop", monitor.on_grad_spike),
+      KEY("monitor.on_nan_loss", "fallback", monitor.on_nan_loss),
+      KEY("monitor.max_overflow_rate", u(0.01, 0.45), monitor.max_overflow_rate),
+      KEY("monitor.on_overflow_rate", "log", monitor.on_overflow_rate),
+      KEY("monitor.min_scale_patience", n(51, 500), monitor.min_scale_patience),
+      KEY("monitor.on_min_scale", "stop", monitor.on_min_scale),
       KEY("data.dir", "/tmp/fm" + std::to_string(n(0, 1000)), data.dir),
       // Past 2^32 so that a 32-bit read would show.
       KEY("data.train_limit", int64_t(5000000000) + n(0, 1000), data.train_limit),
@@ -572,7 +593,15 @@ TEST_F(ConfigFileTest, OutOfRangeValues) {
       {R"({"model": {"init_std": -0.1}})", "model.init_std", "must be >= 0, got -0.1"},
       {R"({"model": {"init_std": 1e300}})", "model.init_std", "must fit in a float"},
       // data
-      {R"({"data": {"dataset": "mnist"}})", "data.dataset", "must be one of {fashion-mnist}, got \"mnist\""},
+      {R"({"data": {"dataset": "mnist"}})", "data.dataset", "must be one of {fashion-mnist, tokens}, got \"mnist\""},
+      {R"({"data": {"dataset": "tokens"}})", "data.train_shards", "needs at least one training shard"},
+      {R"({"data": {"train_shards": "x.bin"}})", "data.train_shards", "expected array of strings"},
+      {R"({"model": {"type": "gpt2", "n_embd": 100, "n_head": 3}})", "model.n_embd", "must be a multiple of model.n_head"},
+      {R"({"model": {"type": "gpt2", "n_embd": 96, "n_head": 2}})", "model.n_head", "head size n_embd / n_head = 48"},
+      {R"({"precision": {"fallback": "fp8"}})", "precision.fallback", "must be one of {auto, bf16, fp32, none}"},
+      {R"({"monitor": {"on_nan_loss": "ignore"}})", "monitor.on_nan_loss", "must be one of {log, skip, fallback, stop}"},
+      {R"({"monitor": {"max_overflow_rate": 0}})", "monitor.max_overflow_rate", "must be in (0, 1], got 0"},
+      {R"({"monitor": {"window": 1}})", "monitor.window", "must be >= 2, got 1"},
       {R"({"data": {"dir": ""}})", "data.dir", "must not be empty"},
       {R"({"data": {"train_limit": -1}})", "data.train_limit", "must be >= 0, got -1"},
       {R"({"data": {"test_limit": -5}})", "data.test_limit", "must be >= 0, got -5"},
