@@ -7,7 +7,11 @@
 // reduce-scatter followed by an all-gather: each element is reduced on exactly one path and every rank
 // receives that one value, so the results are bitwise identical across ranks even when the FP32 sum is
 // not exact. (MPI_Allreduce gives no such promise: Open MPI may reduce the same element on every rank
-// in a different order.)
+// in a different order.) The reduce-scatter itself is an all-to-all that brings every rank's slice to
+// its owner, which then adds the slices in rank order 0, 1, ..., W-1. MPI's own reduce-scatter picks
+// its algorithm (and so its summation order) by message size and rank count, so all_reduce and
+// reduce_scatter of the same data could differ in the last bit at 3 ranks; with the fixed order they
+// cannot, which is what makes ZeRO stages 0, 1 and 2 bitwise equal at any world size.
 //
 // MPI counts and displacements are int, so large buffers go through in pieces of at most max_piece
 // elements; a piece is a contiguous slice of every rank's block, which keeps each piece an ordinary
@@ -74,7 +78,14 @@ class MpiCommunicator final : public Communicator {
         in = f_in_.data();
       }
       f_mine_.resize(std::max<size_t>(mine, 1));
-      MPT_MPI_CHECK(MPI_Reduce_scatter(in, f_mine_.data(), counts.data(), MPI_FLOAT, mop, comm_));
+      // Every rank sends slice r of the piece to rank r and receives its own slice from every rank.
+      std::vector<int> rcounts(static_cast<size_t>(size_), static_cast<int>(mine));
+      std::vector<int> rdispls(static_cast<size_t>(size_));
+      for (int r = 0; r < size_; ++r) rdispls[size_t(r)] = r * int(mine);
+      f_all_.resize(std::max<size_t>(mine * size_t(size_), 1));
+      MPT_MPI_CHECK(MPI_Alltoallv(in, counts.data(), displs.data(), MPI_FLOAT, f_all_.data(), rcounts.data(),
+                                  rdispls.data(), MPI_FLOAT, comm_));
+      reduce_in_rank_order(mine, mop == MPI_MAX);
       // The one rounding of a half-precision sum happens here, on the owning rank only.
       from_float_n(f_mine_.data(), static_cast<uint8_t*>(recv) + my_off * es, t, mine);
       MPT_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, static_cast<uint8_t*>(recv) + off * es,
@@ -97,7 +108,9 @@ class MpiCommunicator final : public Communicator {
       for (int r = 0; r < size_; ++r)
         to_float_n(src + (size_t(r) * recv_count + off) * es, t, f_in_.data() + size_t(r) * n, n);
       f_mine_.resize(n);
-      MPT_MPI_CHECK(MPI_Reduce_scatter_block(f_in_.data(), f_mine_.data(), int(n), MPI_FLOAT, MPI_SUM, comm_));
+      f_all_.resize(n * size_t(size_));
+      MPT_MPI_CHECK(MPI_Alltoall(f_in_.data(), int(n), MPI_FLOAT, f_all_.data(), int(n), MPI_FLOAT, comm_));
+      reduce_in_rank_order(n, false);
       from_float_n(f_mine_.data(), static_cast<uint8_t*>(recv) + off * es, t, n);
     }
   }
@@ -150,7 +163,19 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   size_t piece_ = 1, block_piece_ = 1;
   // Scratch kept between calls so that a training loop does not allocate per collective.
-  std::vector<float> f_in_, f_mine_;
+  std::vector<float> f_in_, f_mine_, f_all_;
+
+  // f_mine_[i] = f_all_[0*n + i] (+ or max) f_all_[1*n + i] ... in rank order, in FP32.
+  void reduce_in_rank_order(size_t n, bool max) {
+    for (size_t i = 0; i < n; ++i) {
+      float acc = f_all_[i];
+      for (int r = 1; r < size_; ++r) {
+        const float v = f_all_[size_t(r) * n + i];
+        acc = max ? ((v > acc || v != v) ? v : acc) : acc + v;  // a NaN wins a max
+      }
+      f_mine_[i] = acc;
+    }
+  }
   std::vector<uint8_t> staging_;
 };
 

@@ -61,6 +61,7 @@ std::string policy_summary(const std::vector<std::pair<std::string, DType>>& lay
     else
       for (const auto& e : v) out += e.first + "=" + dtype_name(e.second) + " ";
   }
+  if (!out.empty()) out.pop_back();
   return out;
 }
 

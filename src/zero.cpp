@@ -257,6 +257,21 @@ void ShardedOptimizer::take_slot(Group& g, Bucket& b) {
       best = int(k);
   }
   if (best < 0) {
+    // Every free slot is too small: the largest of them is replaced by one of this bucket's size rather
+    // than kept beside it. Slots only grow, so after the first step the set is fixed, and its capacity is
+    // what the buckets open at the same time need, not every size a slot was first made at.
+    for (size_t k = 0; k < g.slots.size(); ++k)
+      if (!g.slots[k].busy && (best < 0 || g.slots[k].buf.bytes() > g.slots[size_t(best)].buf.bytes())) best = int(k);
+  }
+  if (best >= 0 && g.slots[size_t(best)].buf.bytes() < need) {
+    Slot& sl = g.slots[size_t(best)];
+    // Its last reduce-scatter may still read it.
+    if (sl.used && ex_.cuda()) MPT_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(sl.done)));
+    sl.buf = Buffer();  // freed before the new one is made: the total never exceeds the new total
+    sl.buf = Buffer(ex_.device, need);
+    sl.used = false;
+  }
+  if (best < 0) {
     // No cap on the number of slots: a model that keeps many buckets open at once gets more memory
     // rather than a wait for a slot that only its own later gradients would free.
     Slot sl;
@@ -302,7 +317,12 @@ void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
   }
   const size_t part = size_t(b.len / world_);
   if (stage_ < 2) {
-    comm_.all_reduce(src, src, size_t(b.len), t, ReduceOp::Sum, s);
+    // Reduce-scatter into this rank's part in place, then all-gather: the very collective stage 2 runs,
+    // with the same count, so that every stage sums each element in the same order whatever algorithm
+    // the MPI library picks for a call (MPI_Reduce_scatter and MPI_Reduce_scatter_block may differ).
+    void* mine = static_cast<char*>(src) + size_t(rank_) * part * dtype_size(t);
+    comm_.reduce_scatter(src, mine, part, t, s);
+    comm_.all_gather(mine, src, part, t, s);
     b.reduced = true;
     return;
   }

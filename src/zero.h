@@ -20,8 +20,9 @@
 //      micro-batches are added into the shard (FP32 add, one rounding).
 // In every stage the overflow/norm statistics are summed over the rank's OWNED PARTS only and then over
 // ranks with ONE all-reduce of {non-finite count, sum of squares}. The reduced gradient of each element is
-// computed by one rank in all stages (the communicators all-reduce as reduce-scatter + all-gather), so
-// stages 0, 1 and 2 produce bitwise-identical parameters on the MPI path.
+// computed by one rank in all stages (stages 0/1 reduce a bucket as the same reduce-scatter that stage 2
+// runs, followed by an all-gather), so stages 0, 1 and 2 produce bitwise-identical parameters on the
+// MPI path.
 #pragma once
 
 #include <cstdint>

@@ -571,6 +571,7 @@ static __global__ void __launch_bounds__(kTcFwdThreads)
         wmma::mma_sync(acc[n], lo, fb, acc[n]);
       }
     }
+    __syncwarp();  // every lane's reads of these rows of `of` come before any lane's store
 #pragma unroll
     for (int n = 0; n < G::colblocks; ++n)
       wmma::store_matrix_sync(of + 16 * warp * G::fld + 16 * n, acc[n], G::fld, wmma::mem_row_major);

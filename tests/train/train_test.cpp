@@ -72,9 +72,10 @@ size_t count_different(const std::vector<float>& a, const std::vector<float>& b,
 
 // ZeRO-1 and ZeRO-2 against ZeRO-0 after 20 steps. Every reduced gradient element is summed by one rank
 // in all stages and the norm statistics are summed over the same owned parts in the same order, so on the
-// MPI path the stages are bitwise equal: the tolerance is zero.
+// MPI path the stages are bitwise equal: the tolerance is zero. fp32 is the sharpest case: its FP32 sums
+// are not rounded again to a half type, so with 3 or more ranks any change in summation order shows.
 TEST(Train, ZeroStagesReachTheSameParameters) {
-  for (const char* mode : {"fp16", "bf16"}) {
+  for (const char* mode : {"fp32", "fp16", "bf16"}) {
     std::vector<float> ref;
     std::vector<float> init;
     for (int stage : {0, 1, 2}) {
