@@ -30,5 +30,23 @@ run 0 "usage: mptrain train" train --help
 run 0 "summary:" train "$cfg" --set device=cpu --set data.train_limit=2048 --set data.test_limit=500 \
   --set train.steps=20 --set log.metrics="\"$tmp/m.jsonl\""
 if [ "$(grep -c '"step"' "$tmp/m.jsonl" 2>/dev/null)" -lt 20 ]; then echo "FAIL: metrics file has fewer than 20 step records"; fail=$((fail+1)); fi
-echo "$((8 - fail)) passed, $fail failed"
+# GPT-2 tiny on real English text (the fortunes package, byte-level shards) on 2 CPU ranks: the loss goes down.
+if MPTRAIN="$MPTRAIN" bash "$SRC/launch/prepare-text.sh" "$tmp/text" > "$tmp/prep" 2>&1; then
+  run 0 "summary:" train "$SRC/configs/gpt2-tiny.json" --set device=cpu --set train.steps=60 --set train.eval_every=30 \
+    --set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]" \
+    --set log.metrics="\"$tmp/g.jsonl\""
+  first=$(grep '"step":0,' "$tmp/g.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+  last=$(grep '"step":59,' "$tmp/g.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+  if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 5 && b < a - 1.5) }'; then
+    echo "ok: gpt2-tiny loss $first -> $last"
+  else
+    echo "FAIL: gpt2-tiny loss $first -> $last (want a drop of more than 1.5 from > 5)"; fail=$((fail+1))
+  fi
+  printf 'NOTATOKENSHARD' > "$tmp/text/bad-00000.bin"
+  run 2 "bad-00000.bin: magic" train "$SRC/configs/gpt2-tiny.json" --set device=cpu \
+    --set data.train_shards="[\"$tmp/text/bad-00000.bin\"]"
+else
+  echo "FAIL: launch/prepare-text.sh"; sed 's/^/    /' "$tmp/prep"; fail=$((fail+1))
+fi
+echo "$((11 - fail)) passed, $fail failed"
 [ "$fail" = 0 ]

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -200,19 +201,18 @@ TEST(Train, Zero2AccumulationMatchesZero1) {
 }
 
 // ZeRO-2 holds no full-size gradient buffer: its gradient memory is the shard plus staging slots. Buckets
-// complete in the order backward opens them, so one slot per group is open at a time: the slots are the
-// largest bucket of the fp16 group (one weight, ~0.13 MB), the first, smaller fp16 bucket (taken before
-// any larger slot existed), and the fp32 group's one bucket. That is under half of the full gradients
-// here (measured ~0.3 of them); a second large slot, held while the next bucket opens, would exceed it.
-// With accumulation one bucket-part temporary comes on top, no larger than the shard. Nothing grows from
+// complete in the order backward opens them, so one bucket per group is open at a time, and a slot too
+// small for the next bucket is replaced rather than kept: the slots are exactly the largest bucket of each
+// group (the fp16 Linear weights, the fp32 LayerNorm parameters). Here that is about 0.3 of the full
+// gradients. With accumulation one temporary of the largest bucket part comes on top. Nothing grows from
 // step to step.
 TEST(Train, Zero2KeepsOnlyAShardAndStagingSlots) {
-  // Two groups (fp16 Linear, fp32 LayerNorm) and several buckets of similar size.
+  // Two groups and several buckets of similar size.
   const std::vector<std::string> extra = {"model.hidden=[32,256,256,256,256]", "model.layernorm=true",
                                           "zero.bucket_mb=0.13"};
   const MemoryReport full = Trainer(small_config("fp16", 1, 8, extra), g_world).optimizer().memory();
   MemoryReport after[2][2];  // [grad_accum 1 or 2][after 2 or 5 steps]
-  size_t largest = 0;
+  size_t largest_sum = 0, largest_part = 0;
   int buckets = 0;
   for (int accum : {1, 2}) {
     std::vector<std::string> e = extra;
@@ -222,10 +222,29 @@ TEST(Train, Zero2KeepsOnlyAShardAndStagingSlots) {
     after[accum - 1][0] = t.optimizer().memory();
     for (int s = 0; s < 3; ++s) t.train_step();
     after[accum - 1][1] = t.optimizer().memory();
+    if (accum > 1) continue;
+    // Bucket extents from the views: a bucket starts at its first parameter (in layout order) and is
+    // padded to a multiple of world * kAlign elements.
     const ShardedOptimizer& o = t.optimizer();
     buckets = o.num_buckets();
-    for (int i = 0; i < o.num_params(); ++i)
-      largest = std::max(largest, size_t(o.spec(i).numel()) * dtype_size(o.spec(i).dtype));
+    std::map<std::pair<int, int>, std::pair<int64_t, int64_t>> extent;
+    std::map<int, size_t> largest, elem;
+    for (int i = 0; i < o.num_params(); ++i) {
+      const ParamView& v = o.view(i);
+      auto [it, fresh] = extent.try_emplace({v.group, v.bucket}, v.offset, v.offset + v.numel);
+      if (!fresh) {
+        it->second.first = std::min(it->second.first, v.offset);
+        it->second.second = std::max(it->second.second, v.offset + v.numel);
+      }
+      elem[v.group] = dtype_size(v.dtype);
+    }
+    const int64_t pad = int64_t(g_world.size) * ShardedOptimizer::kAlign;
+    for (const auto& [key, be] : extent) {
+      const size_t bytes = size_t((be.second - be.first + pad - 1) / pad * pad) * elem[key.first];
+      largest[key.first] = std::max(largest[key.first], bytes);
+      largest_part = std::max(largest_part, bytes / size_t(g_world.size));
+    }
+    for (const auto& [grp, bytes] : largest) largest_sum += bytes;
   }
   const MemoryReport& a = after[0][0];
   const MemoryReport& acc = after[1][0];
@@ -237,18 +256,17 @@ TEST(Train, Zero2KeepsOnlyAShardAndStagingSlots) {
     EXPECT_GT(m.grad_shard, 0u);
     EXPECT_LE(m.grad_shard * size_t(g_world.size), full.grads) << "the shards of all ranks exceed the full gradients";
   }
-  EXPECT_GE(a.grad_staging, largest) << "a slot holds a whole bucket";
+  EXPECT_EQ(a.grad_staging, largest_sum) << "one slot per group, of its largest bucket";
   EXPECT_LT(a.grad_staging, full.grads / 2);
-  EXPECT_GT(acc.grad_staging, a.grad_staging) << "accumulation needs the bucket-part temporary";
-  EXPECT_LE(acc.grad_staging - a.grad_staging, a.grad_shard);
+  EXPECT_EQ(acc.grad_staging - a.grad_staging, largest_part) << "accumulation: one temporary of the largest part";
   for (int k = 0; k < 2; ++k) {
     EXPECT_EQ(after[k][1].grad_staging, after[k][0].grad_staging) << "staging grew between steps, accum " << k + 1;
     EXPECT_EQ(after[k][1].total(), after[k][0].total());
   }
   if (g_world.rank == 0)
     std::printf("[ info     ] %d buckets; full gradients %zu B (ZeRO-1); ZeRO-2: grads %zu B, shard %zu B, staging %zu B, "
-                "with accumulation %zu B (largest parameter %zu B)\n",
-                buckets, full.grads, a.grads, a.grad_shard, a.grad_staging, acc.grad_staging, largest);
+                "with accumulation %zu B\n",
+                buckets, full.grads, a.grads, a.grad_shard, a.grad_staging, acc.grad_staging);
 }
 
 // W ranks with micro-batch b see, step by step, the same global batch as 1 rank with micro-batch W*b and as
