@@ -62,26 +62,46 @@ Config underflow_config(const std::string& mode, const std::string& scaling) {
   return config_from_json(j, "precision_test");
 }
 
+// What underflow does, measured directly on the first batch: the fraction of fc1/fc2 weight-gradient
+// elements that are exactly zero (every one is non-zero in fp32; the inputs are never exactly 0 after
+// normalisation, up to ReLU units dead for the whole batch). Without scaling fp16 flushes them all
+// (measured 100%); at S = 65536 only fp32's own ~1% remain.
+// The accuracy consequence is printed from short runs (it depends on the seed and the training length:
+// measured on H200 fp32 / fp16 unscaled / fp16 scaled 55.9 / 49.3 / 56.3%, README), not asserted.
 TEST(Precision, DynamicScalingRecoversFp16Underflow) {
-  struct Run { const char* mode; const char* scaling; double acc = 0; int64_t zero_grad_layers = 0; };
-  std::vector<Run> runs = {{"fp32", "off"}, {"fp16", "off"}, {"fp16", "on"}};
-  for (Run& r : runs) {
-    Trainer t(underflow_config(r.mode, r.scaling), mpi_init(nullptr, nullptr));
-    const std::vector<float> before = t.optimizer().params_as_float(0);  // fc1.weight
-    const TrainSummary s = t.run();
-    const std::vector<float> after = t.optimizer().params_as_float(0);
-    size_t moved = 0;
-    for (size_t i = 0; i < before.size(); ++i) moved += before[i] != after[i];
-    r.acc = s.test.accuracy;
-    std::printf("[ info     ] underflow case %s scaling=%s: test accuracy %.2f%%, fc1 weights moved %.1f%%\n", r.mode,
-                r.scaling, 100 * r.acc, 100.0 * double(moved) / double(before.size()));
+  auto zero_fraction = [](const char* mode, const char* scaling, int param) {
+    Trainer t(underflow_config(mode, scaling), mpi_init(nullptr, nullptr));
+    ShardedOptimizer& opt = t.optimizer();
+    const Batch b = t.train_batch(0, 256);
+    opt.zero_grads();
+    opt.set_last_micro(true);
+    const float scale = t.scaler().scale();
+    t.model().forward_backward(b, scale / 256.f, opt);
+    opt.finish_reduction();
+    const ParamView& v = opt.view(param);
+    std::vector<uint8_t> raw(size_t(v.numel) * dtype_size(v.dtype));
+    copy_to_host(v.grad, t.exec().device, raw.data(), raw.size(), t.exec().stream);
+    std::vector<float> g(size_t(v.numel));
+    to_float_n(raw.data(), v.dtype, g.data(), g.size());
+    size_t zeros = 0;
+    for (float x : g) zeros += x == 0.f;
+    return double(zeros) / double(g.size());
+  };
+  for (int param : {0, 2}) {  // fc1.weight, fc2.weight
+    const double z32 = zero_fraction("fp32", "off", param), z16 = zero_fraction("fp16", "off", param),
+                 z16s = zero_fraction("fp16", "on", param);
+    std::printf("[ info     ] param %d: exactly-zero gradient elements fp32 %.4f, fp16 unscaled %.4f, fp16 at 65536 %.4f\n",
+                param, z32, z16, z16s);
+    // fp32 has a few genuine zeros (ReLU units dead for the whole batch: measured 0-1%).
+    EXPECT_LT(z32, 0.05);
+    EXPECT_GT(z16, 0.5) << "the case must really underflow in fp16 without scaling";
+    EXPECT_LT(z16s, z32 + 0.01) << "dynamic scaling must lift the gradients into fp16's range";
   }
-  // fp16 without scaling loses clearly (measured on 1 and 2 H200: 6.5 and 19 points); with dynamic
-  // scaling the gap to fp32 is less than half of that (measured -0.4 and 3.6 points). Adam still moves
-  // weights whose gradients are tiny but not zero, so the loss is partial, not a frozen layer.
-  const double gap_off = runs[0].acc - runs[1].acc, gap_on = runs[0].acc - runs[2].acc;
-  EXPECT_GT(gap_off, 0.03);
-  EXPECT_LT(gap_on, gap_off / 2);
+  for (auto [mode, scaling] : {std::pair{"fp32", "off"}, std::pair{"fp16", "off"}, std::pair{"fp16", "on"}}) {
+    Trainer t(underflow_config(mode, scaling), mpi_init(nullptr, nullptr));
+    const TrainSummary s = t.run();
+    std::printf("[ info     ] underflow case %s scaling=%s: test accuracy %.2f%%\n", mode, scaling, 100 * s.test.accuracy);
+  }
 }
 
 // fp16 cannot represent this model's forward (init std 30: logits of ~1e5 overflow to inf at any loss
