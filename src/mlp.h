@@ -30,7 +30,7 @@ class Mlp {
 
   // Forward and backward on one micro-batch of n <= max_batch examples (x: host FP32 [n, input_dim]).
   // dL/dlogits is multiplied by grad_scale (= loss scale / (global micro-batch rows)); gradients are
-  // accumulated into the bound gradient buffers and opt.grad_ready(i) is called as each one completes.
+  // accumulated where opt.grad(i) points (stage 2: bucket staging slots) and opt.grad_ready(i) is called as each one completes.
   // Returns the sum over rows of the FP32 per-row losses (unscaled).
   double forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt);
 
