@@ -14,6 +14,7 @@ void accumulate(const void* src, void* dst, DType t, size_t n, Stream s);
 }
 namespace ops {
 inline void accumulate(const Exec& e, const void* src, void* dst, DType t, size_t n) {
+  OpScope scope(e, [&] { return OpInfo{"accumulate", double(n), double(n) * (double(dtype_size(t)) + 8)}; });
   e.cuda() ? cuda::accumulate(src, dst, t, n, e.stream) : cpu::accumulate(src, dst, t, n);
 }
 }  // namespace ops

@@ -18,9 +18,11 @@ void act_backward(Act act, const void* z, const void* dy, void* dz, DType t, siz
 }
 namespace ops {
 inline void act_forward(const Exec& e, Act act, const void* z, void* y, DType t, size_t n) {
+  OpScope scope(e, [&] { return OpInfo{"act_forward", 0, 2.0 * double(n) * double(dtype_size(t))}; });
   e.cuda() ? cuda::act_forward(act, z, y, t, n, e.stream) : cpu::act_forward(act, z, y, t, n);
 }
 inline void act_backward(const Exec& e, Act act, const void* z, const void* dy, void* dz, DType t, size_t n) {
+  OpScope scope(e, [&] { return OpInfo{"act_backward", 0, 3.0 * double(n) * double(dtype_size(t))}; });
   e.cuda() ? cuda::act_backward(act, z, dy, dz, t, n, e.stream) : cpu::act_backward(act, z, dy, dz, t, n);
 }
 }  // namespace ops

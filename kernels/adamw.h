@@ -28,6 +28,8 @@ void adamw(float* master, float* m, float* v, const float* grad, void* param_out
 namespace ops {
 inline void adamw(const Exec& e, float* master, float* m, float* v, const float* grad, void* param_out, DType pt,
                   size_t n, const AdamWHyper& h) {
+  // master, m, v read and written, grad read, the parameter written.
+  OpScope scope(e, [&] { return OpInfo{"adamw", 12.0 * double(n), double(n) * (28.0 + double(dtype_size(pt)))}; });
   e.cuda() ? cuda::adamw(master, m, v, grad, param_out, pt, n, h, e.stream)
            : cpu::adamw(master, m, v, grad, param_out, pt, n, h);
 }

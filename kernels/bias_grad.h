@@ -13,6 +13,10 @@ void bias_grad(const void* dy, DType dyt, int rows, int cols, void* db, DType db
 }
 namespace ops {
 inline void bias_grad(const Exec& e, const void* dy, DType dyt, int rows, int cols, void* db, DType dbt) {
+  OpScope scope(e, [&] {
+    return OpInfo{"bias_grad " + dims_str({rows, cols}), double(rows) * cols,
+                  double(rows) * cols * double(dtype_size(dyt)) + 2.0 * cols * double(dtype_size(dbt))};
+  });
   e.cuda() ? cuda::bias_grad(dy, dyt, rows, cols, db, dbt, e.stream) : cpu::bias_grad(dy, dyt, rows, cols, db, dbt);
 }
 }  // namespace ops

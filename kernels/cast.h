@@ -11,6 +11,7 @@ void cast(const void* x, DType xt, void* y, DType yt, size_t n, Stream s);
 }
 namespace ops {
 inline void cast(const Exec& e, const void* x, DType xt, void* y, DType yt, size_t n) {
+  OpScope scope(e, [&] { return OpInfo{"cast", 0, double(n) * double(dtype_size(xt) + dtype_size(yt))}; });
   e.cuda() ? cuda::cast(x, xt, y, yt, n, e.stream) : cpu::cast(x, xt, y, yt, n);
 }
 }  // namespace ops

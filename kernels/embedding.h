@@ -40,12 +40,17 @@ void embedding_backward(const int32_t* tokens, const int32_t* order, const int32
 namespace ops {
 inline void embedding_forward(const Exec& e, const int32_t* tokens, const void* wte, const void* wpe, DType t,
                               void* out, int rows, int T, int C) {
+  OpScope scope(e, [&] { return OpInfo{"embedding_forward", 0, 3.0 * rows * C * double(dtype_size(t)) + 4.0 * rows}; });
   e.cuda() ? cuda::embedding_forward(tokens, wte, wpe, t, out, rows, T, C, e.stream)
            : cpu::embedding_forward(tokens, wte, wpe, t, out, rows, T, C);
 }
 inline void embedding_backward(const Exec& e, const int32_t* tokens, const int32_t* order, const int32_t* starts,
                                const int32_t* uniq, int num_unique, const void* dout, DType t, void* dwte,
                                void* dwpe, int rows, int T, int C) {
+  OpScope scope(e, [&] {
+    return OpInfo{"embedding_backward", 0, double(rows) * C * double(dtype_size(t)) + 16.0 * rows +
+                                               2.0 * (num_unique + T) * C * double(dtype_size(t))};
+  });
   e.cuda() ? cuda::embedding_backward(tokens, order, starts, uniq, num_unique, dout, t, dwte, dwpe, rows, T, C, e.stream)
            : cpu::embedding_backward(tokens, order, starts, uniq, num_unique, dout, t, dwte, dwpe, rows, T, C);
 }

@@ -36,6 +36,16 @@ namespace cuda {
 void gemm(const GemmDesc& d, const Exec& e);
 }
 namespace ops {
-inline void gemm(const Exec& e, const GemmDesc& d) { e.cuda() ? cuda::gemm(d, e) : cpu::gemm(d); }
+inline void gemm(const Exec& e, const GemmDesc& d) {
+  OpScope scope(e, [&] {
+    const double es = double(dtype_size(d.dtype)), m = d.m, n = d.n, k = d.k;
+    const char* epi[] = {"", " bias", " bias+gelu", " bias+relu"};
+    std::string name = "gemm " + dims_str({d.m, d.n, d.k}) + " " + (d.trans_a ? "T" : "N") + (d.trans_b ? "T" : "N") +
+                       epi[int(d.epilogue)] + (d.beta != 0.f ? " +=C" : "");
+    const double out = m * n * es * (d.beta != 0.f ? 2 : 1) * (d.pre_act ? 2 : 1);
+    return OpInfo{std::move(name), 2 * m * n * k, (m * k + k * n) * es + out};
+  });
+  e.cuda() ? cuda::gemm(d, e) : cpu::gemm(d);
+}
 }  // namespace ops
 }  // namespace mpt

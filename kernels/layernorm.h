@@ -33,12 +33,20 @@ void residual_layernorm_forward(const void* a, const void* b, DType xt, const vo
 namespace ops {
 inline void layernorm_forward(const Exec& e, const void* x, DType xt, const void* gamma, const void* beta,
                               DType pt, void* y, float* mean, float* rstd, int rows, int cols, float eps) {
+  OpScope scope(e, [&] {
+    return OpInfo{"layernorm_forward " + dims_str({rows, cols}), 8.0 * rows * cols,
+                  2.0 * rows * cols * double(dtype_size(xt)) + 8.0 * rows};
+  });
   e.cuda() ? cuda::layernorm_forward(x, xt, gamma, beta, pt, y, mean, rstd, rows, cols, eps, e.stream)
            : cpu::layernorm_forward(x, xt, gamma, beta, pt, y, mean, rstd, rows, cols, eps);
 }
 inline void layernorm_backward(const Exec& e, const void* dy, const void* x, DType xt, const void* gamma,
                                DType pt, const float* mean, const float* rstd, void* dx, void* dgamma,
                                void* dbeta, int rows, int cols, bool accumulate_dx = false) {
+  OpScope scope(e, [&] {
+    return OpInfo{"layernorm_backward " + dims_str({rows, cols}), 12.0 * rows * cols,
+                  (accumulate_dx ? 4.0 : 3.0) * rows * cols * double(dtype_size(xt)) + 8.0 * rows};
+  });
   e.cuda() ? cuda::layernorm_backward(dy, x, xt, gamma, pt, mean, rstd, dx, dgamma, dbeta, rows, cols, e.stream,
                                       accumulate_dx)
            : cpu::layernorm_backward(dy, x, xt, gamma, pt, mean, rstd, dx, dgamma, dbeta, rows, cols, accumulate_dx);
@@ -46,6 +54,10 @@ inline void layernorm_backward(const Exec& e, const void* dy, const void* x, DTy
 inline void residual_layernorm_forward(const Exec& e, const void* a, const void* b, DType xt, const void* gamma,
                                        const void* beta, DType pt, void* res, void* y, float* mean, float* rstd,
                                        int rows, int cols, float eps) {
+  OpScope scope(e, [&] {
+    return OpInfo{"residual_layernorm_forward " + dims_str({rows, cols}), 9.0 * rows * cols,
+                  4.0 * rows * cols * double(dtype_size(xt)) + 8.0 * rows};
+  });
   e.cuda() ? cuda::residual_layernorm_forward(a, b, xt, gamma, beta, pt, res, y, mean, rstd, rows, cols, eps, e.stream)
            : cpu::residual_layernorm_forward(a, b, xt, gamma, beta, pt, res, y, mean, rstd, rows, cols, eps);
 }

@@ -22,6 +22,10 @@ void softmax_xent(const void* logits, DType lt, const int32_t* labels, int rows,
 namespace ops {
 inline void softmax_xent(const Exec& e, const void* logits, DType lt, const int32_t* labels, int rows, int cols,
                          int valid_cols, float grad_scale, float* loss, void* dlogits, int32_t* pred) {
+  OpScope scope(e, [&] {
+    return OpInfo{"softmax_xent " + dims_str({rows, cols}), 4.0 * rows * cols,
+                  double(rows) * cols * double(dtype_size(lt)) * (dlogits ? 2 : 1) + 8.0 * rows};
+  });
   e.cuda() ? cuda::softmax_xent(logits, lt, labels, rows, cols, valid_cols, grad_scale, loss, dlogits, pred, e.stream)
            : cpu::softmax_xent(logits, lt, labels, rows, cols, valid_cols, grad_scale, loss, dlogits, pred);
 }

@@ -16,6 +16,7 @@ void unscale_stats(const void* g, DType gt, size_t n, float inv_scale, float* ou
 }
 namespace ops {
 inline void unscale_stats(const Exec& e, const void* g, DType gt, size_t n, float inv_scale, float* out, float* stats) {
+  OpScope scope(e, [&] { return OpInfo{"unscale_stats", 3.0 * double(n), double(n) * (double(dtype_size(gt)) + 4)}; });
   e.cuda() ? cuda::unscale_stats(g, gt, n, inv_scale, out, stats, e.stream)
            : cpu::unscale_stats(g, gt, n, inv_scale, out, stats);
 }

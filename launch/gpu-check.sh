@@ -9,6 +9,14 @@
 #              step time, peak memory per rank
 #   smoke      the Fashion-MNIST smoke config in fp32/fp16/bf16 on 1 and all GPUs
 #   precision  mptrain analyze, the fp16-underflow case and the fallback case on a GPU
+#   attention  mptrain bench-attention (bf16, fp16; the CUDA-core kernels for scale) beside PyTorch's
+#              scaled_dot_product_attention backends (tests/reference/attention_peer.py), B=16 T=1024 H=12 D=64
+#   profile    mptrain profile of gpt2-124m at B=16 on one GPU, bf16 and fp16 (per-op tables); with
+#              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels)
+#   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
+#              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
+#              peak memory, ratio
+# GTEST_FILTER (tests part) runs only the matching GPU test cases, on 1 and 2 ranks, without ctest.
 # Data: Fashion-MNIST from $MPT_DATA_DIR (default /usr/share/datasets/fashion-mnist, else .data/fashion-mnist);
 # token shards from .data/text (launch/prepare-text.sh writes them).
 set -uo pipefail
@@ -20,7 +28,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 [ -f "$DATA/train-images-idx3-ubyte.gz" ] || DATA="$PWD/.data/fashion-mnist"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-PARTS="${*:-build tests reference gpt2 smoke precision}"
+PARTS="${*:-build tests reference gpt2 smoke precision attention profile peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
 RUN="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
@@ -34,7 +42,14 @@ if want build || [ ! -x "$MPT" ]; then
     || { tail -50 "$OUT/build.log"; exit 1; }
 fi
 
-if want tests; then
+if want tests && [ -n "${GTEST_FILTER:-}" ]; then
+  echo "== GPU tests matching $GTEST_FILTER"
+  for np in 1 $NGPU; do
+    timeout 600 mpirun -np "$np" --bind-to none build-gpu/tests/gpu_tests --gtest_filter="$GTEST_FILTER" \
+      > "$OUT/gpu-tests-np$np.log" 2>&1 || status=1
+    grep -E "^\[  (PASSED|FAILED|  OK) |Failure|error|ratio" "$OUT/gpu-tests-np$np.log" | sed "s/^/np$np: /" | head -80
+  done
+elif want tests; then
   echo "== GPU tests"
   (cd build-gpu && ctest -L gpu --output-on-failure) > "$OUT/gpu-tests.log" 2>&1 || status=1
   grep -E "tests passed|FAILED|Skipped|\[  PASSED|\[  FAILED|\[ info" "$OUT/gpu-tests.log" | head -60
@@ -92,5 +107,57 @@ if want precision; then
   $RUN -np "$NGPU" "$MPT" train configs/overflow.json --set device=cuda --set data.dir="\"$DATA\"" \
     > "$OUT/fallback.log" 2>&1 || status=1
   grep -E "fallback|summary|stability" "$OUT/fallback.log" | head -5
+fi
+if want attention; then
+  echo "== attention: mptrain kernels and PyTorch SDPA, B=16 T=1024 H=12 D=64 causal"
+  for dt in bf16 fp16; do
+    "$MPT" bench-attention --dtype $dt --out "$OUT/attn-mpt-$dt.json" 2>&1 | tee -a "$OUT/attention.log" || status=1
+    python3 tests/reference/attention_peer.py --dtype $dt --out "$OUT/attn-torch-$dt.json" 2>&1 \
+      | tee -a "$OUT/attention.log" || status=1
+  done
+  MPT_ATTENTION=simt "$MPT" bench-attention --dtype bf16 --iters 3 2>&1 | tee -a "$OUT/attention.log" || status=1
+fi
+
+if want profile; then
+  echo "== profile: gpt2-124m, B=16 T=1024, one GPU"
+  prof() {  # tag mode [env]
+    env ${3:-} timeout 300 "$MPT" profile configs/gpt2-124m.json --set device=cuda --set precision.mode="$2" \
+      --set train.batch_size=16 --out "$OUT/profile-$1.json" > "$OUT/profile-$1.log" 2>&1 || status=1
+    echo "-- $1"; head -45 "$OUT/profile-$1.log"
+  }
+  [ "${PROFILE_SIMT:-0}" = 1 ] && prof bf16-simt bf16 MPT_ATTENTION=simt
+  prof bf16 bf16
+  prof fp16 fp16
+fi
+
+if want peer; then
+  echo "== peer: PyTorch and mptrain, gpt2-124m B=16 T=1024, one GPU"
+  PSTEPS="${PEER_STEPS:-30}"
+  for dt in bf16 fp16; do
+    timeout 400 python3 tests/reference/peer_gpt2.py --dtype $dt --steps "$PSTEPS" --data .data/text/train-00000.bin \
+      --out "$OUT/peer-torch-$dt.json" > "$OUT/peer-torch-$dt.log" 2>&1 || status=1
+    grep "^peer:" "$OUT/peer-torch-$dt.log" || tail -5 "$OUT/peer-torch-$dt.log"
+    timeout 300 "$MPT" train configs/gpt2-124m.json --set device=cuda --set precision.mode=$dt \
+      --set train.batch_size=16 --set train.steps="$PSTEPS" --set train.eval_every=0 \
+      --set log.metrics="\"$OUT/peer-mpt-$dt.jsonl\"" > "$OUT/peer-mpt-$dt.log" 2>&1 || status=1
+    grep -E "^(summary|throughput)" "$OUT/peer-mpt-$dt.log"
+  done
+  python3 - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+for dt in ("bf16", "fp16"):
+    try:
+        t = json.load(open(f"{out}/peer-torch-{dt}.json"))
+        steps = [json.loads(l) for l in open(f"{out}/peer-mpt-{dt}.jsonl") if '"step_s"' in l]
+        ms = 1e3 * statistics.median(s["step_s"] for s in steps[10:])
+        summ = [json.loads(l) for l in open(f"{out}/peer-mpt-{dt}.jsonl") if '"summary"' in l][0]
+        tok = 16 * 1024 / (ms / 1e3)
+        print(f"{dt}: mptrain {ms:.1f} ms/step {tok:,.0f} tok/s, peak {summ['peak_allocated_bytes'] / 2**30:.2f} GiB "
+              f"allocated ({summ['device_used_bytes'] / 2**30:.2f} in use) | PyTorch {t['median_step_ms']:.1f} ms/step "
+              f"{t['tokens_per_s']:,.0f} tok/s, peak {t['peak_gib']:.2f} GiB allocated ({t['device_used_gib']:.2f} in use)"
+              f" | mptrain / PyTorch tokens/s = {tok / t['tokens_per_s']:.3f}")
+    except Exception as e:
+        print(f"{dt}: no comparison ({e})")
+PY
 fi
 exit $status

@@ -1,6 +1,10 @@
 #include "src/commands.h"
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -61,10 +65,36 @@ bool parse_command_args(int argc, char** argv, const std::set<std::string>& valu
   return true;
 }
 
-namespace {
+bool int_option(const CommandArgs& a, const std::string& name, int def, int lo, int* out) {
+  *out = def;
+  auto it = a.opts.find(name);
+  if (it == a.opts.end()) return true;
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(it->second.c_str(), &end, 10);
+  if (it->second.empty() || *end || errno || v < lo || v > std::numeric_limits<int>::max()) {
+    std::fprintf(stderr, "mptrain: --%s: '%s' is not an integer >= %d\n", name.c_str(), it->second.c_str(), lo);
+    return false;
+  }
+  *out = int(v);
+  return true;
+}
 
-// MPI set-up, the config (agreed on by every rank), the body, and the one exit-code policy.
-int run_with_config(const CommandArgs& a, const std::function<void(Config&, const WorldInfo&)>& body) {
+bool double_option(const CommandArgs& a, const std::string& name, double def, double* out) {
+  *out = def;
+  auto it = a.opts.find(name);
+  if (it == a.opts.end()) return true;
+  char* end = nullptr;
+  const double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end || !(v > 0) || !std::isfinite(v)) {
+    std::fprintf(stderr, "mptrain: --%s: '%s' is not a positive number\n", name.c_str(), it->second.c_str());
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+int run_config_command(const CommandArgs& a, const std::function<void(Config&, const WorldInfo&)>& body) {
   WorldInfo world = mpi_init(nullptr, nullptr);
   int code = 0;
   try {
@@ -87,6 +117,8 @@ int run_with_config(const CommandArgs& a, const std::function<void(Config&, cons
   return code;
 }
 
+namespace {
+
 Gpt2& gpt2_of(Trainer& t, const std::string& source) {
   auto* g = dynamic_cast<Gpt2*>(&t.model());
   if (!g) throw InputError(source, "model.type", "this command needs a gpt2 model");
@@ -104,7 +136,7 @@ std::vector<ParamSpec> specs_of(ShardedOptimizer& opt) {
 int train_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {}, {}, &a)) return kExitBadInput;
-  return run_with_config(a, [](Config& cfg, const WorldInfo& world) {
+  return run_config_command(a, [](Config& cfg, const WorldInfo& world) {
     Trainer t(cfg, world);
     t.run();
   });
@@ -113,7 +145,7 @@ int train_command(int argc, char** argv) {
 int export_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {"out"}, {"out"}, &a)) return kExitBadInput;
-  return run_with_config(a, [&](Config& cfg, const WorldInfo& world) {
+  return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
     Trainer t(cfg, world);
     gpt2_of(t, cfg.source);
@@ -129,7 +161,7 @@ int export_command(int argc, char** argv) {
 int dump_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {"out", "steps"}, {"out"}, &a)) return kExitBadInput;
-  return run_with_config(a, [&](Config& cfg, const WorldInfo& world) {
+  return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     if (world.size != 1) throw InputError(a.config, "", "mptrain dump runs on one rank");
     const std::string dir = a.opts.at("out");
     const int steps = a.opts.count("steps") ? std::stoi(a.opts.at("steps")) : 10;

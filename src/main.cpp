@@ -22,6 +22,10 @@ const char* kUsage =
     "                                            a K-step loss trajectory, for the PyTorch reference check\n"
     "  analyze CONFIG [--batches N] [--dtype fp16|bf16] [--out FILE.json]\n"
     "                                            per-layer precision sensitivity and recommended overrides\n"
+    "  profile CONFIG [--warmup N] [--steps N] [--out FILE.json]\n"
+    "                                            per-op times of one steady-state step, against the device's peaks\n"
+    "  bench-attention [--dtype bf16|fp16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
+    "                                            the attention kernels alone on device 0 (TFLOP/s, causal FLOPs)\n"
     "  tokenize --out DIR [--val-fraction F] FILE...   text files -> byte-level token shards\n"
     "  synth-tokens --out FILE --tokens N [--vocab V] [--seed S]   a synthetic token shard (benchmarks)\n"
     "\n"
@@ -65,6 +69,8 @@ int main(int argc, char** argv) {
   if (cmd == "export") return mpt::export_command(argc - 1, argv + 1);
   if (cmd == "analyze") return mpt::analyze_command(argc - 1, argv + 1);
   if (cmd == "dump") return mpt::dump_command(argc - 1, argv + 1);
+  if (cmd == "profile") return mpt::profile_command(argc - 1, argv + 1);
+  if (cmd == "bench-attention") return mpt::bench_attention_command(argc - 1, argv + 1);
   if (cmd == "tokenize") return mpt::tokenize_command(argc - 1, argv + 1);
   if (cmd == "synth-tokens") return mpt::synth_tokens_command(argc - 1, argv + 1);
   std::fprintf(stderr, "mptrain: unknown command '%s' (see mptrain --help)\n", cmd.c_str());

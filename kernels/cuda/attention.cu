@@ -1,4 +1,9 @@
-// CUDA version of kernels/attention.h: fused causal attention, FP32 arithmetic on CUDA cores.
+// CUDA version of kernels/attention.h. Half and bf16 storage run on tensor cores (attention_flash.cu,
+// FlashAttention-2 structure) wherever that path can (sm_80+, head dim 16/32/64/128, 16-byte aligned
+// tensors). This file holds the public launchers and the FP32 CUDA-core kernels: the path for FP32
+// storage, for devices or layouts the tensor-core path does not take, and under MPT_ATTENTION=simt.
+//
+// CUDA-core kernels: fused causal attention, FP32 arithmetic.
 //
 // Tiles. Queries and keys are cut into tiles of kTile = 64 rows; a block of 256 threads (a 16 x 16 grid,
 // tx fastest) owns one (batch, head, tile). In every tile product a thread holds a 4 x 4 block of the
@@ -26,21 +31,14 @@
 // raises the per-kernel limit and refuses, with the sizes in the message, a device that cannot give it.
 // lse may be null in the forward (evaluation). dqkv must not alias qkv, out or dout.
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <type_traits>
 
-#include <mma.h>
-
 #include "kernels/attention.h"
+#include "kernels/cuda/attention_flash.cuh"
 #include "kernels/cuda/cuda_util.cuh"
-
-// nvcuda::wmma with bf16 and TF32 fragments exists from sm_80 on; older device passes compile stubs.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define MPT_ATTENTION_TC 1
-#else
-#define MPT_ATTENTION_TC 0
-#endif
 
 namespace mpt::cuda {
 
@@ -52,8 +50,6 @@ constexpr int kSide = 16;                // threads per block = kSide x kSide
 constexpr int kThreads = kSide * kSide;
 constexpr int kPer = kTile / kSide;      // rows (and keys) per thread in a score tile
 constexpr int kPld = kTile + 16;         // row stride of score-sized tiles (P, dS)
-constexpr int kTcFwdThreads = 128;       // tensor-core forward: 4 warps
-constexpr int kTcBwdThreads = 256;       // tensor-core backward: 8 warps
 
 template <int D>
 struct Geo {
@@ -395,354 +391,6 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- tensor-core path (half and bf16 storage, sm_80+)
-//
-// Same tiles, loops and launches as above; the four tile products run on tensor cores through nvcuda::wmma
-// and everything elementwise (mask, online softmax, P, dS) stays FP32 on CUDA cores, in shared memory.
-//   S = Q K^T and dP = dO V^T: half / bf16 operands straight from storage (exact), FP32 accumulation
-//   (m16n16k16), so the scores are the FP32 computation in another summation order.
-//   O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K: the FP32 factor (P or dS) is split into two TF32
-//   parts, hi = tf32(x) and lo = tf32(x - hi), |x - hi - lo| <= 2^-22 |x|; the other factor comes from half /
-//   bf16 storage and is exact in TF32. Two m16n16k8 products per step keep the result at FP32 accuracy.
-// wmma fragments have no documented element layout, so every elementwise step goes through shared memory
-// (accumulators are stored, worked on by lanes with a known row mapping, and reloaded).
-// Forward: 4 warps, warp w owns query rows 16w..16w+15 (S, softmax state, O). Backward: 8 warps; each
-// computes two 16 x 16 blocks of S and dP, then warp w accumulates rows 16 (w % 4).. of dK/dV (or dQ) for
-// the column blocks n = w / 4, w / 4 + 2, ...
-#if MPT_ATTENTION_TC
-namespace {
-namespace wmma = nvcuda::wmma;
-constexpr int kSld = kTile + 4;  // float row stride of score tiles (wmma: a multiple of 4 floats)
-
-template <int D>
-struct TcGeo {
-  static constexpr int hld = D + 8;  // element stride of half / bf16 tiles (wmma: a multiple of 8)
-  static constexpr int fld = D + 4;  // stride of FP32 operand tiles
-  static constexpr int colblocks = D / 16;
-  static constexpr int my_cols = (colblocks + 1) / 2;  // column blocks per backward warp (at most)
-  // Sizes in bytes, all multiples of 32, so every 16-row block starts 256-bit aligned as wmma requires.
-  static constexpr size_t htile = size_t(kTile) * hld * 2;
-  static constexpr size_t ftile = size_t(kTile) * fld * 4;
-  static constexpr size_t stile = size_t(kTile) * kSld * 4;
-};
-template <int D> constexpr size_t forward_tc_smem() { return 2 * TcGeo<D>::htile + 2 * TcGeo<D>::ftile + TcGeo<D>::stile + kTile * 4; }
-template <int D> constexpr size_t dkdv_tc_smem() { return 4 * TcGeo<D>::htile + 2 * TcGeo<D>::ftile + 2 * TcGeo<D>::stile + 2 * kTile * 4; }
-template <int D> constexpr size_t dq_tc_smem() { return 4 * TcGeo<D>::htile + TcGeo<D>::ftile + 2 * TcGeo<D>::stile + 2 * kTile * 4; }
-
-// Rows [row0, row0 + kTile) of a head slice into shared memory with row stride `dld`, as stored (T) or as
-// FP32 (float); rows at or past T are zero. blockDim.x threads.
-template <class T, class Dst, int D>
-__device__ __forceinline__ void load_tile_tc(Dst* dst, int dld, const T* __restrict__ src, size_t ld, int row0, int T_) {
-  for (int idx = int(threadIdx.x); idx < kTile * D; idx += int(blockDim.x)) {
-    const int r = idx / D, c = idx % D;
-    const int row = row0 + r;
-    const float v = row < T_ ? to_f32(src[size_t(row) * ld + c]) : 0.f;
-    dst[r * dld + c] = from_f32<Dst>(v);
-  }
-}
-
-template <class F> __device__ __forceinline__ void to_tf32(F& f) {
-#pragma unroll
-  for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
-}
-template <class F> __device__ __forceinline__ void split_tf32(F& hi, F& lo) {
-#pragma unroll
-  for (int i = 0; i < hi.num_elements; ++i) {
-    const float v = hi.x[i];
-    hi.x[i] = wmma::__float_to_tf32(v);
-    lo.x[i] = wmma::__float_to_tf32(v - hi.x[i]);
-  }
-}
-
-// out[16 x 16] (float, stride ldo) = a[16 rows x D] b[16 rows x D]^T, both stored row-major in T.
-template <class T, int D>
-__device__ __forceinline__ void block_abt_tc(float* o, int ldo, const T* a, const T* b) {
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-  wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-  for (int k = 0; k < D / 16; ++k) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-    wmma::load_matrix_sync(fa, a + 16 * k, TcGeo<D>::hld);
-    wmma::load_matrix_sync(fb, b + 16 * k, TcGeo<D>::hld);
-    wmma::mma_sync(acc, fa, fb, acc);
-  }
-  wmma::store_matrix_sync(o, acc, ldo, wmma::mem_row_major);
-}
-
-// acc[n] += A B_n over 64 inner indices, A a [16 x 64] FP32 block (split hi / lo) read with layout LA from
-// `a` (stride kSld; row-major: a[i * kSld + k], col-major: a[k * kSld + i]), B_n the [64 x 16] FP32 block at
-// column block `first + 2 n` of `b` (stride fld). Blocks past the head dim are skipped.
-template <class LA, int D>
-__device__ __forceinline__ void accumulate_tc(wmma::fragment<wmma::accumulator, 16, 16, 8, float> (&acc)[TcGeo<D>::my_cols],
-                                              const float* a, const float* b, int first) {
-  constexpr bool row = std::is_same<LA, wmma::row_major>::value;
-#pragma unroll 2
-  for (int k = 0; k < kTile / 8; ++k) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> hi, lo;
-    wmma::load_matrix_sync(hi, a + (row ? 8 * k : 8 * k * kSld), kSld);
-    split_tf32(hi, lo);
-#pragma unroll
-    for (int n = 0; n < TcGeo<D>::my_cols; ++n) {
-      const int cb = first + 2 * n;
-      if (cb >= TcGeo<D>::colblocks) continue;
-      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
-      wmma::load_matrix_sync(fb, b + 8 * k * TcGeo<D>::fld + 16 * cb, TcGeo<D>::fld);
-      to_tf32(fb);
-      wmma::mma_sync(acc[n], hi, fb, acc[n]);
-      wmma::mma_sync(acc[n], lo, fb, acc[n]);
-    }
-  }
-}
-}  // namespace
-#endif  // MPT_ATTENTION_TC
-
-template <class T, int D>
-static __global__ void __launch_bounds__(kTcFwdThreads)
-    attention_forward_tc_kernel(const T* __restrict__ qkv, T* __restrict__ out, float* __restrict__ lse, int T_, int H,
-                                float scale) {
-#if MPT_ATTENTION_TC
-  using G = TcGeo<D>;
-  extern __shared__ __align__(128) unsigned char tc_smem[];
-  T* qh = reinterpret_cast<T*>(tc_smem);
-  T* kh = qh + kTile * G::hld;
-  float* vf = reinterpret_cast<float*>(kh + kTile * G::hld);
-  float* of = vf + kTile * G::fld;
-  float* sf = of + kTile * G::fld;
-  float* lrow = sf + kTile * kSld;
-  const int h = int(blockIdx.x % unsigned(H)), b = int(blockIdx.x / unsigned(H));
-  const int qt = int(gridDim.y - 1 - blockIdx.y);
-  const int q0 = qt * kTile;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const size_t C = size_t(H) * D, ld = 3 * C;
-  const T* xq = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D;
-  load_tile_tc<T, T, D>(qh, G::hld, xq, ld, q0, T_);
-  for (int idx = int(threadIdx.x); idx < kTile * G::fld; idx += int(blockDim.x)) of[idx] = 0.f;
-
-  // Row r of the tile belongs to the lane pair (2 (r % 16), 2 (r % 16) + 1) of warp r / 16; each lane of the
-  // pair takes every other column, and both keep the row's running max and sum.
-  const int r = 16 * warp + lane / 2, half = lane % 2, row = q0 + r;
-  float m = -INFINITY, l = 0.f;
-  float* srow = sf + r * kSld;
-  float* orow = of + r * G::fld;
-  for (int kt = 0; kt <= qt; ++kt) {
-    const int k0 = kt * kTile;
-    __syncthreads();  // every warp is done with kh / vf (and qh, of are visible)
-    load_tile_tc<T, T, D>(kh, G::hld, xq + C, ld, k0, T_);
-    load_tile_tc<T, float, D>(vf, G::fld, xq + 2 * C, ld, k0, T_);
-    __syncthreads();
-#pragma unroll
-    for (int n = 0; n < kTile / 16; ++n)
-      block_abt_tc<T, D>(sf + 16 * warp * kSld + 16 * n, kSld, qh + 16 * warp * G::hld, kh + 16 * n * G::hld);
-    __syncwarp();
-    float mx = -INFINITY;
-    for (int c = half; c < kTile; c += 2) {
-      const float v = k0 + c <= row ? srow[c] * scale : -INFINITY;
-      srow[c] = v;
-      mx = fmaxf(mx, v);
-    }
-    const float mnew = fmaxf(m, fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)));
-    const float alpha = expf(m - mnew);  // as in the CUDA-core kernel: the maximum is finite from tile 0 on
-    float rs = 0.f;
-    for (int c = half; c < kTile; c += 2) {
-      const float p = expf(srow[c] - mnew);
-      srow[c] = p;
-      rs += p;
-    }
-    l = l * alpha + (rs + __shfl_xor_sync(0xffffffffu, rs, 1));
-    m = mnew;
-    for (int c = half; c < D; c += 2) orow[c] *= alpha;
-    __syncwarp();
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[G::colblocks];
-#pragma unroll
-    for (int n = 0; n < G::colblocks; ++n)
-      wmma::load_matrix_sync(acc[n], of + 16 * warp * G::fld + 16 * n, G::fld, wmma::mem_row_major);
-#pragma unroll 2
-    for (int k = 0; k < kTile / 8; ++k) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> hi, lo;
-      wmma::load_matrix_sync(hi, sf + 16 * warp * kSld + 8 * k, kSld);
-      split_tf32(hi, lo);
-#pragma unroll
-      for (int n = 0; n < G::colblocks; ++n) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, vf + 8 * k * G::fld + 16 * n, G::fld);
-        to_tf32(fb);
-        wmma::mma_sync(acc[n], hi, fb, acc[n]);
-        wmma::mma_sync(acc[n], lo, fb, acc[n]);
-      }
-    }
-    __syncwarp();  // every lane's reads of these rows of `of` come before any lane's store
-#pragma unroll
-    for (int n = 0; n < G::colblocks; ++n)
-      wmma::store_matrix_sync(of + 16 * warp * G::fld + 16 * n, acc[n], G::fld, wmma::mem_row_major);
-  }
-  if (half == 0) {
-    lrow[r] = l;
-    if (lse && row < T_) lse[(size_t(b) * size_t(H) + size_t(h)) * size_t(T_) + size_t(row)] = m + logf(l);
-  }
-  __syncthreads();
-  for (int idx = int(threadIdx.x); idx < kTile * D; idx += int(blockDim.x)) {
-    const int rr = idx / D, c = idx % D;
-    if (q0 + rr < T_)
-      store_f32(out, (size_t(b) * size_t(T_) + size_t(q0 + rr)) * C + size_t(h) * D + size_t(c),
-                of[rr * G::fld + c] / lrow[rr]);
-  }
-#else
-  __trap();
-#endif
-}
-
-#if MPT_ATTENTION_TC
-namespace {
-// S and dP of one (query tile, key tile) pair into sf / df (two 16 x 16 blocks of each per warp), then,
-// after a barrier, P (into sf) and dS (into df) elementwise with the CUDA-core kernels' formulas.
-template <class T, int D>
-__device__ __forceinline__ void probs_and_dscores_tc(float* sf, float* df, const T* qh, const T* gh, const T* kh,
-                                                     const T* vh, const float* lse_s, const float* delta_s, int q0,
-                                                     int k0, int T_, float scale) {
-  const int warp = int(threadIdx.x) / 32;
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int blk = 2 * warp + e, i0 = blk / 4, j0 = blk % 4;
-    block_abt_tc<T, D>(sf + 16 * i0 * kSld + 16 * j0, kSld, qh + 16 * i0 * TcGeo<D>::hld, kh + 16 * j0 * TcGeo<D>::hld);
-    block_abt_tc<T, D>(df + 16 * i0 * kSld + 16 * j0, kSld, gh + 16 * i0 * TcGeo<D>::hld, vh + 16 * j0 * TcGeo<D>::hld);
-  }
-  __syncthreads();
-  for (int idx = int(threadIdx.x); idx < kTile * kTile; idx += int(blockDim.x)) {
-    const int r = idx / kTile, c = idx % kTile, row = q0 + r;
-    float* ps = sf + r * kSld + c;
-    float* ds = df + r * kSld + c;
-    const float p = (row < T_ && k0 + c <= row) ? expf(*ps * scale - lse_s[r]) : 0.f;
-    *ps = p;
-    *ds = p * (*ds - delta_s[r]);
-  }
-  __syncthreads();
-}
-}  // namespace
-#endif  // MPT_ATTENTION_TC
-
-template <class T, int D>
-static __global__ void __launch_bounds__(kTcBwdThreads)
-    attention_dkdv_tc_kernel(const T* __restrict__ dout, const T* __restrict__ qkv, const float* __restrict__ lse,
-                             const float* __restrict__ delta, T* __restrict__ dqkv, int T_, int H, float scale) {
-#if MPT_ATTENTION_TC
-  using G = TcGeo<D>;
-  extern __shared__ __align__(128) unsigned char tc_smem[];
-  T* kh = reinterpret_cast<T*>(tc_smem);
-  T* vh = kh + kTile * G::hld;
-  T* qh = vh + kTile * G::hld;
-  T* gh = qh + kTile * G::hld;
-  float* qf = reinterpret_cast<float*>(gh + kTile * G::hld);
-  float* gf = qf + kTile * G::fld;
-  float* sf = gf + kTile * G::fld;
-  float* df = sf + kTile * kSld;
-  float* lse_s = df + kTile * kSld;
-  float* delta_s = lse_s + kTile;
-  const int h = int(blockIdx.x % unsigned(H)), b = int(blockIdx.x / unsigned(H));
-  const int kt = int(blockIdx.y), k0 = kt * kTile, nt = int(gridDim.y);
-  const int warp = int(threadIdx.x) / 32, rb = warp % 4, first = warp / 4;
-  const size_t C = size_t(H) * D, ld = 3 * C, bh = size_t(b) * size_t(H) + size_t(h);
-  const T* xq = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D;
-  const T* xg = dout + size_t(b) * size_t(T_) * C + size_t(h) * D;
-  load_tile_tc<T, T, D>(kh, G::hld, xq + C, ld, k0, T_);
-  load_tile_tc<T, T, D>(vh, G::hld, xq + 2 * C, ld, k0, T_);
-
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> dk[G::my_cols], dv[G::my_cols];
-#pragma unroll
-  for (int n = 0; n < G::my_cols; ++n) {
-    wmma::fill_fragment(dk[n], 0.f);
-    wmma::fill_fragment(dv[n], 0.f);
-  }
-  for (int qt = kt; qt < nt; ++qt) {
-    const int q0 = qt * kTile;
-    __syncthreads();  // every warp is done with the previous query tile
-    load_tile_tc<T, T, D>(qh, G::hld, xq, ld, q0, T_);
-    load_tile_tc<T, T, D>(gh, G::hld, xg, C, q0, T_);
-    load_tile_tc<T, float, D>(qf, G::fld, xq, ld, q0, T_);
-    load_tile_tc<T, float, D>(gf, G::fld, xg, C, q0, T_);
-    load_row_stats(lse_s, delta_s, lse + bh * size_t(T_), delta + bh * size_t(T_), q0, T_);
-    __syncthreads();
-    probs_and_dscores_tc<T, D>(sf, df, qh, gh, kh, vh, lse_s, delta_s, q0, k0, T_, scale);
-    // Rows 16 rb.. of P^T and dS^T are columns 16 rb.. of the stored [query][key] tiles: col-major reads.
-    accumulate_tc<wmma::col_major, D>(dv, sf + 16 * rb, gf, first);
-    accumulate_tc<wmma::col_major, D>(dk, df + 16 * rb, qf, first);
-  }
-  __syncthreads();  // qf / gf become the staging area of dK / dV
-#pragma unroll
-  for (int n = 0; n < G::my_cols; ++n) {
-    const int cb = first + 2 * n;
-    if (cb >= G::colblocks) continue;
-    wmma::store_matrix_sync(qf + 16 * rb * G::fld + 16 * cb, dk[n], G::fld, wmma::mem_row_major);
-    wmma::store_matrix_sync(gf + 16 * rb * G::fld + 16 * cb, dv[n], G::fld, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = int(threadIdx.x); idx < kTile * D; idx += int(blockDim.x)) {
-    const int r = idx / D, c = idx % D, key = k0 + r;
-    if (key >= T_) continue;
-    T* drow = dqkv + (size_t(b) * size_t(T_) + size_t(key)) * ld + size_t(h) * D;
-    store_f32(drow, C + size_t(c), qf[r * G::fld + c] * scale);
-    store_f32(drow, 2 * C + size_t(c), gf[r * G::fld + c]);
-  }
-#else
-  __trap();
-#endif
-}
-
-template <class T, int D>
-static __global__ void __launch_bounds__(kTcBwdThreads)
-    attention_dq_tc_kernel(const T* __restrict__ dout, const T* __restrict__ qkv, const float* __restrict__ lse,
-                           const float* __restrict__ delta, T* __restrict__ dqkv, int T_, int H, float scale) {
-#if MPT_ATTENTION_TC
-  using G = TcGeo<D>;
-  extern __shared__ __align__(128) unsigned char tc_smem[];
-  T* qh = reinterpret_cast<T*>(tc_smem);
-  T* gh = qh + kTile * G::hld;
-  T* kh = gh + kTile * G::hld;
-  T* vh = kh + kTile * G::hld;
-  float* kf = reinterpret_cast<float*>(vh + kTile * G::hld);
-  float* sf = kf + kTile * G::fld;
-  float* df = sf + kTile * kSld;
-  float* lse_s = df + kTile * kSld;
-  float* delta_s = lse_s + kTile;
-  const int h = int(blockIdx.x % unsigned(H)), b = int(blockIdx.x / unsigned(H));
-  const int qt = int(gridDim.y - 1 - blockIdx.y), q0 = qt * kTile;
-  const int warp = int(threadIdx.x) / 32, rb = warp % 4, first = warp / 4;
-  const size_t C = size_t(H) * D, ld = 3 * C, bh = size_t(b) * size_t(H) + size_t(h);
-  const T* xq = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D;
-  load_tile_tc<T, T, D>(qh, G::hld, xq, ld, q0, T_);
-  load_tile_tc<T, T, D>(gh, G::hld, dout + size_t(b) * size_t(T_) * C + size_t(h) * D, C, q0, T_);
-  load_row_stats(lse_s, delta_s, lse + bh * size_t(T_), delta + bh * size_t(T_), q0, T_);
-
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> dq[G::my_cols];
-#pragma unroll
-  for (int n = 0; n < G::my_cols; ++n) wmma::fill_fragment(dq[n], 0.f);
-  for (int kt = 0; kt <= qt; ++kt) {
-    const int k0 = kt * kTile;
-    __syncthreads();  // every warp is done with the previous key tile (and qh, gh, row stats are visible)
-    load_tile_tc<T, T, D>(kh, G::hld, xq + C, ld, k0, T_);
-    load_tile_tc<T, T, D>(vh, G::hld, xq + 2 * C, ld, k0, T_);
-    load_tile_tc<T, float, D>(kf, G::fld, xq + C, ld, k0, T_);
-    __syncthreads();
-    probs_and_dscores_tc<T, D>(sf, df, qh, gh, kh, vh, lse_s, delta_s, q0, k0, T_, scale);
-    accumulate_tc<wmma::row_major, D>(dq, df + 16 * rb * kSld, kf, first);
-  }
-  __syncthreads();  // kf becomes the staging area of dQ
-#pragma unroll
-  for (int n = 0; n < G::my_cols; ++n) {
-    const int cb = first + 2 * n;
-    if (cb < G::colblocks) wmma::store_matrix_sync(kf + 16 * rb * G::fld + 16 * cb, dq[n], G::fld, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = int(threadIdx.x); idx < kTile * D; idx += int(blockDim.x)) {
-    const int r = idx / D, c = idx % D, row = q0 + r;
-    if (row < T_)
-      store_f32(dqkv, (size_t(b) * size_t(T_) + size_t(row)) * ld + size_t(h) * D + size_t(c), kf[r * G::fld + c] * scale);
-  }
-#else
-  __trap();
-#endif
-}
-
 // ---- host launchers
 
 namespace {
@@ -776,17 +424,17 @@ template <class K> void allow_smem(K kernel, size_t bytes, const char* op, int D
   MPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-// Half and bf16 storage run on tensor cores where the device has them (sm_80+); false here sends every
-// dtype to the CUDA-core kernels.
-constexpr bool kUseTensorCores = true;
-bool tensor_cores(DType t) {
-  if (!kUseTensorCores || !is_half(t)) return false;
-  int major = 0;
-  MPT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, current_device()));
-  return major >= 8;
-}
-
 dim3 tile_grid(int B, int T, int H) { return dim3(unsigned(B) * unsigned(H), ceil_div(size_t(T), kTile)); }
+
+// MPT_ATTENTION=simt sends half and bf16 to the CUDA-core kernels too (for comparisons and profiles); read
+// once per process.
+bool simt_forced() {
+  static const bool forced = [] {
+    const char* v = std::getenv("MPT_ATTENTION");
+    return v && std::string(v) == "simt";
+  }();
+  return forced;
+}
 }  // namespace
 
 void attention_forward(const void* qkv, void* out, float* lse, DType t, int B, int T, int H, int D, Stream s) {
@@ -794,9 +442,13 @@ void attention_forward(const void* qkv, void* out, float* lse, DType t, int B, i
   check_args(op, B, T, H, D);
   if (B == 0 || T == 0 || H == 0) return;
   if (!qkv || !out) kernel_arg_error(op, "null pointer");
-  const float scale = 1.f / std::sqrt(float(D));
-  const bool tc = tensor_cores(t);
   const cudaStream_t st = to_cuda(s);
+  const void* ptrs[] = {qkv, out};
+  if (!simt_forced() && flash::usable(t, D, ptrs, 2)) {
+    flash::forward(qkv, out, lse, t, B, T, H, D, st);
+    return;
+  }
+  const float scale = 1.f / std::sqrt(float(D));
   const dim3 grid = tile_grid(B, T, H);
   dispatch_dtype(t, op, [&](auto tag) {
     using E = typename decltype(tag)::type;
@@ -804,15 +456,6 @@ void attention_forward(const void* qkv, void* out, float* lse, DType t, int B, i
     E* o = static_cast<E*>(out);
     dispatch_head_dim(D, [&](auto dim) {
       constexpr int HD = decltype(dim)::value;
-      if constexpr (!std::is_same_v<E, float>) {
-        if (tc) {
-          const size_t smem = forward_tc_smem<HD>();
-          allow_smem(attention_forward_tc_kernel<E, HD>, smem, op, D);
-          attention_forward_tc_kernel<E, HD><<<grid, kTcFwdThreads, smem, st>>>(x, o, lse, T, H, scale);
-          MPT_LAUNCH_CHECK("attention_forward_tc_kernel");
-          return;
-        }
-      }
       const size_t smem = forward_smem<HD>();
       allow_smem(attention_forward_kernel<E, HD>, smem, op, D);
       attention_forward_kernel<E, HD><<<grid, kThreads, smem, st>>>(x, o, lse, T, H, scale);
@@ -828,9 +471,10 @@ void attention_backward(const void* dout, const void* qkv, const void* out, cons
   if (B == 0 || T == 0 || H == 0) return;
   if (!dout || !qkv || !out || !lse || !delta || !dqkv) kernel_arg_error(op, "null pointer");
   const float scale = 1.f / std::sqrt(float(D));
-  const bool tc = tensor_cores(t);
   const cudaStream_t st = to_cuda(s);
   const size_t rows = size_t(B) * size_t(H) * size_t(T);
+  const void* ptrs[] = {dout, qkv, dqkv};
+  const bool flash_ok = !simt_forced() && flash::usable(t, D, ptrs, 3);
   dispatch_dtype(t, op, [&](auto tag) {
     using E = typename decltype(tag)::type;
     const E* g = static_cast<const E*>(dout);
@@ -839,21 +483,13 @@ void attention_backward(const void* dout, const void* qkv, const void* out, cons
     attention_delta_kernel<E><<<grid_for(rows * 32), kBlock, 0, st>>>(g, static_cast<const E*>(out), delta, rows, T,
                                                                       H, D);
     MPT_LAUNCH_CHECK("attention_delta_kernel");
+    if (flash_ok) {
+      flash::backward(dout, qkv, lse, delta, dqkv, t, B, T, H, D, st);
+      return;
+    }
     dispatch_head_dim(D, [&](auto dim) {
       constexpr int HD = decltype(dim)::value;
       const dim3 grid = tile_grid(B, T, H);
-      if constexpr (!std::is_same_v<E, float>) {
-        if (tc) {
-          const size_t smem_kv = dkdv_tc_smem<HD>(), smem_q = dq_tc_smem<HD>();
-          allow_smem(attention_dkdv_tc_kernel<E, HD>, smem_kv, op, D);
-          allow_smem(attention_dq_tc_kernel<E, HD>, smem_q, op, D);
-          attention_dkdv_tc_kernel<E, HD><<<grid, kTcBwdThreads, smem_kv, st>>>(g, x, lse, delta, dx, T, H, scale);
-          MPT_LAUNCH_CHECK("attention_dkdv_tc_kernel");
-          attention_dq_tc_kernel<E, HD><<<grid, kTcBwdThreads, smem_q, st>>>(g, x, lse, delta, dx, T, H, scale);
-          MPT_LAUNCH_CHECK("attention_dq_tc_kernel");
-          return;
-        }
-      }
       const size_t smem_kv = dkdv_smem<HD>(), smem_q = dq_smem<HD>();
       allow_smem(attention_dkdv_kernel<E, HD>, smem_kv, op, D);
       allow_smem(attention_dq_kernel<E, HD>, smem_q, op, D);

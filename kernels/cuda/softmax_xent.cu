@@ -1,12 +1,19 @@
 // CUDA version of kernels/softmax_xent.h: one block per row, everything in FP32.
 //
-// Pass 1 finds the row maximum and its lowest index, pass 2 sums exp(x - max) over the valid columns,
+// Half and bf16 rows whose width is a multiple of 8 (16-byte vectors) and at most 112 KiB take the staged
+// path: a block reads its row from memory once into shared memory, and the max, the sum of exponentials
+// and the gradient all come from there, so the logits are read once and the gradient written once (the
+// bandwidth floor). Other rows take the general path below.
+//
+// General path. Pass 1 finds the row maximum and its lowest index, pass 2 sums exp(x - max) over the valid columns,
 // pass 3 writes dlogits (padding and ignored rows get exact zeros). The block reductions are fixed-order,
 // so the loss bits are the same run after run. The logit of the label is read before the first barrier and
 // every dlogits element is written by the thread that read it in the same pass, so dlogits may alias logits.
 // A label >= valid_cols is a caller bug that a kernel cannot throw for: that row's loss is NaN (so the step
 // is flagged non-finite) and its gradient is zero.
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_util.cuh"
 #include "kernels/softmax_xent.h"
@@ -98,12 +105,136 @@ static __global__ void softmax_xent_kernel(const T* logits, const int32_t* __res
   }
 }
 
+// ---- staged path: one row per block, read from memory once into shared memory (16-byte vectors of 8
+// half / bf16 values); the max, the sum of exponentials and the gradient passes run over the staged copy.
+namespace {
+constexpr int kStagedThreads = 512;
+constexpr size_t kStagedMaxBytes = 112 * 1024;  // two rows per multiprocessor in flight on sm_80+ / sm_90
+
+__device__ __forceinline__ void unpack8(const uint4& v, const __half*, float (&f)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __half22float2(h[i]);
+    f[2 * i] = t.x, f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ void unpack8(const uint4& v, const __nv_bfloat16*, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x, f[2 * i + 1] = t.y;
+  }
+}
+template <class T> __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  uint4 v;
+  T* h = reinterpret_cast<T*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h[i] = from_f32<T>(f[i]);
+  return v;
+}
+}  // namespace
+
+template <class T>
+static __global__ void __launch_bounds__(kStagedThreads)
+    softmax_xent_staged_kernel(const T* logits, const int32_t* __restrict__ labels, int cols, int valid_cols,
+                               float grad_scale, float* __restrict__ loss, T* dlogits, int32_t* __restrict__ pred) {
+  extern __shared__ uint4 row_s[];
+  __shared__ float shm[33];
+  __shared__ float smax[32];
+  __shared__ int sidx[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int row = blockIdx.x;
+  const size_t off = size_t(row) * size_t(cols);
+  const uint4* xv = reinterpret_cast<const uint4*>(logits + off);
+  const int nvec = cols / 8;
+  const int y = labels[row];
+  const bool ignored = y < 0, bad = y >= valid_cols;
+  // Pass 1 (memory): stage the row; max and its lowest index (each thread walks its columns in order).
+  float best = -INFINITY;
+  int bi = valid_cols;
+  for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
+    const uint4 raw = xv[v];
+    row_s[v] = raw;
+    float f[8];
+    unpack8(raw, static_cast<const T*>(nullptr), f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
+  }
+  warp_argmax(best, bi, valid_cols);
+  if (lane == 0) smax[warp] = best, sidx[warp] = bi;
+  __syncthreads();
+  if (warp == 0) {
+    best = lane < nwarps ? smax[lane] : -INFINITY;
+    bi = lane < nwarps ? sidx[lane] : valid_cols;
+    warp_argmax(best, bi, valid_cols);
+    if (lane == 0) smax[0] = best, sidx[0] = bi;
+  }
+  __syncthreads();
+  const float mx = smax[0];
+  const int arg = sidx[0];
+  // Pass 2 (shared memory): sum of exp(x - max); the label's logit.
+  float se = 0.f;
+  for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
+    float f[8];
+    unpack8(row_s[v], static_cast<const T*>(nullptr), f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      if (v * 8 + i < valid_cols) se += expf(f[i] - mx);
+  }
+  const float sum = block_sum(se, shm);
+  if (threadIdx.x == 0) {
+    const float xy = (!ignored && !bad) ? to_f32(reinterpret_cast<const T*>(row_s)[y]) : 0.f;
+    loss[row] = ignored ? 0.f : (bad ? NAN : (mx - xy) + logf(sum));
+    if (pred) pred[row] = arg < valid_cols ? arg : 0;
+  }
+  if (!dlogits) return;
+  // Pass 3: the gradient, written once.
+  const float inv_sum = 1.f / sum;
+  uint4* dv = reinterpret_cast<uint4*>(dlogits + off);
+  for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
+    float f[8];
+    unpack8(row_s[v], static_cast<const T*>(nullptr), f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int j = v * 8 + i;
+      float g = 0.f;
+      if (!ignored && !bad && j < valid_cols) {
+        const float p = __fmul_rn(expf(f[i] - mx), inv_sum);  // no FMA with the - 1 below
+        g = grad_scale * (p - (j == y ? 1.f : 0.f));
+      }
+      f[i] = g;
+    }
+    dv[v] = pack8<T>(f);
+  }
+}
+
 void softmax_xent(const void* logits, DType lt, const int32_t* labels, int rows, int cols, int valid_cols,
                   float grad_scale, float* loss, void* dlogits, int32_t* pred, Stream s) {
   if (rows < 0 || cols < 0) kernel_arg_error("softmax_xent", "negative shape");
   if (rows == 0) return;
   if (valid_cols < 1 || valid_cols > cols) kernel_arg_error("softmax_xent", "valid_cols must be in [1, cols]");
   if (!logits || !labels || !loss) kernel_arg_error("softmax_xent", "null pointer");
+  const bool aligned = reinterpret_cast<uintptr_t>(logits) % 16 == 0 && reinterpret_cast<uintptr_t>(dlogits) % 16 == 0;
+  const size_t row_bytes = size_t(cols) * dtype_size(lt);
+  if (is_half(lt) && aligned && cols % 8 == 0 && row_bytes <= kStagedMaxBytes) {
+    dispatch_dtype(lt, "softmax_xent", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      if constexpr (!std::is_same_v<T, float>) {
+        auto* k = softmax_xent_staged_kernel<T>;
+        if (row_bytes > 48 * 1024)
+          MPT_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kStagedMaxBytes)));
+        const int threads = std::min(kStagedThreads, std::max(32, (cols / 8 + 31) / 32 * 32));
+        k<<<unsigned(rows), unsigned(threads), row_bytes, to_cuda(s)>>>(static_cast<const T*>(logits), labels, cols,
+                                                                         valid_cols, grad_scale, loss,
+                                                                         static_cast<T*>(dlogits), pred);
+      }
+    });
+    MPT_LAUNCH_CHECK("softmax_xent_staged_kernel");
+    return;
+  }
   dispatch_dtype(lt, "softmax_xent", [&](auto tag) {
     using T = typename decltype(tag)::type;
     softmax_xent_kernel<T><<<unsigned(std::min(rows, 1 << 30)), row_block(cols), 0, to_cuda(s)>>>(

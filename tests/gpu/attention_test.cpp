@@ -1,8 +1,10 @@
-// cuda::attention_forward / attention_backward against the CPU twins.
+// cuda::attention_forward / attention_backward against the CPU twins. FP32 storage runs the CUDA-core
+// kernels; half and bf16 run the tensor-core kernels (kernels/cuda/attention_flash.cu) on sm_80+.
 //
-// Tolerances. Both sides run the same FP32 formulas and differ in summation order (tiles, shuffle trees,
-// FMA contraction) and in expf / logf against glibc's. The rounding error of an FP32 sum of n terms behaves
-// like a random walk, ~2^-24 sqrt(n) times the terms' size; the bounds use 2^-20 (16x) and generous sizes:
+// Tolerances, FP32 part. Both sides run the same FP32 formulas and differ in summation order (tiles, shuffle
+// trees, tensor-core accumulation, FMA contraction) and in exp / log against glibc's. The rounding error of
+// an FP32 sum of n terms behaves like a random walk, ~2^-24 sqrt(n) times the terms' size; the bounds use
+// 2^-20 (16x) and generous sizes:
 //   score s_tj = scale q_t.k_j      error ~ u sqrt(D) S_t, S_t = scale |q_t| max_j |k_j| (Cauchy-Schwarz)
 //   P_tj = exp(s_tj - m)            relative error ~ u (sqrt(D) S_t + 2 S_t + 2) (score error, the rounded
 //                                   argument |s - m| <= 2 S_t, exp)
@@ -15,10 +17,22 @@
 //   dq_td = scale sum_j dS_tj k_jd  sum_j P_tj = 1, so ~ u scale max|k_.d| W_t (F_t + sqrt(t + 1))
 //   dk_jd = scale sum_t dS_tj q_td  ~ u scale max|q_.d| sum_{t>=j} P_tj W_t (F_t + sqrt(T - j))
 //   dv_jd = sum_t P_tj dout_td      ~ u max|dout_.d| sum_{t>=j} P_tj (F_t + sqrt(T - j))
-// (the column sums of P come from a float64 pass over the scores). A half output adds one ulp of its dtype
-// (one final rounding on each side). At T = 1024 the FP32 part is ~1e-4 of the outputs' size while
-// dropping one key of a row moves that row by ~1 / T of it and a lost tile by far more; at small T a
-// single key weighs far more. Every output is first filled with NaN bytes, so an unwritten element fails.
+// (the column sums of P come from a float64 pass over the scores).
+//
+// Tolerances, half part. The tensor-core kernels round P (out, dv) and dS (dq, dk) to the storage dtype as
+// the A operand of a product (the CPU twin keeps them FP32): with u_t = 2^-8 (bf16) or 2^-11 (fp16) each
+// term P_tj v_jd moves by at most u_t P_tj |v_jd|, so an element moves by at most
+//   out_td: u_t sum_j P_tj |v_jd|        dv_jd: u_t sum_t P_tj |dout_td|
+//   dq_td:  u_t scale sum_j |dS_tj k_jd|  dk_jd: u_t scale sum_t |dS_tj q_td|
+// and one ulp for the two final roundings. That worst case is loose at large T (the roundings are
+// independent and mostly cancel), so each output also passes a statistical test: a rounding error uniform
+// in +-u_t |x| has variance <= u_t^2 x^2 / 3, so the sum over all elements of diff^2 must stay below the sum
+// of the predicted variances, sigma^2 = u_t^2 / 3 sum_j term_j^2 + ulp^2 / 4 (two final roundings of values
+// that differ by d differ by at most ulp with probability d / ulp; ulp d <= d^2 + ulp^2 / 4) + (FP32 bound
+// / 3)^2. The test requires the ratio to be <= 2 (a correct kernel measures well under 1). Dropping one key of
+// a row at T = 1024 raises the ratio by ~(P v)^2 / (u_t^2 / 3 sum (P v)^2) ~ 3 / (u_t^2 T), over 100 for bf16,
+// so the statistic sees errors far below the elementwise worst case.
+// Every output is first filled with NaN bytes, so an unwritten element fails.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -152,6 +166,88 @@ Bounds fp32_bounds(const Layout& L, const std::vector<float>& x, const std::vect
   return R;
 }
 
+// The half part of the bounds (top of the file): per element, the worst case W = sum e_j and the random-walk
+// variance V = sum e_j^2 / 3 of rounding P and dS to t, e_j the bound on term j's rounding error (u_t |term|;
+// for fp16 at least 2^-25 |factor|, half the smallest subnormal). Zero for FP32 storage.
+struct HalfTerms {
+  std::vector<double> out_w, out_v, dqkv_w, dqkv_v;
+};
+
+HalfTerms half_terms(const Layout& L, DType t, const std::vector<float>& x, const std::vector<float>& o,
+                     const std::vector<float>& g, const std::vector<float>& lse) {
+  const Shape s = L.s;
+  const int T = s.T, D = s.D;
+  const bool bwd = !g.empty();
+  HalfTerms R;
+  R.out_w.assign(L.n_out(), 0), R.out_v.assign(L.n_out(), 0);
+  if (bwd) R.dqkv_w.assign(L.n_qkv(), 0), R.dqkv_v.assign(L.n_qkv(), 0);
+  if (!is_half(t)) return R;
+  // Rounding error bound of a value x: u_t |x|, or half fp16's smallest subnormal below its normal range.
+  const double u = t == DType::BF16 ? 0x1p-8 : 0x1p-11, tiny = t == DType::F16 ? 0x1p-25 : 0.0;
+  auto rerr = [&](double v) { return std::max(u * std::fabs(v), tiny); };
+  const double scale = 1.0 / std::sqrt(double(D));
+  std::vector<double> q(D), gr(D);
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h)
+      for (int tt = 0; tt < T; ++tt) {
+        double delta = 0;
+        for (int i = 0; i < D; ++i) {
+          q[i] = x[L.qkv(b, tt, 0, h, i)];
+          if (bwd) gr[i] = g[L.o(b, tt, h, i)], delta += gr[i] * double(o[L.o(b, tt, h, i)]);
+        }
+        const double l = lse[L.bht(b, h, tt)];
+        for (int j = 0; j <= tt; ++j) {
+          const float* kj = &x[L.qkv(b, j, 1, h, 0)];
+          const float* vj = &x[L.qkv(b, j, 2, h, 0)];
+          double sc = 0, dp = 0;
+          for (int i = 0; i < D; ++i) {
+            sc += q[i] * double(kj[i]);
+            if (bwd) dp += gr[i] * double(vj[i]);
+          }
+          const double p = std::exp(sc * scale - l), ep = rerr(p);
+          for (int i = 0; i < D; ++i) {
+            const double a = ep * std::fabs(double(vj[i]));
+            R.out_w[L.o(b, tt, h, i)] += a;
+            R.out_v[L.o(b, tt, h, i)] += a * a / 3;
+          }
+          if (!bwd) continue;
+          const double eds = rerr(p * (dp - delta)) * scale;
+          for (int i = 0; i < D; ++i) {
+            const double aq = eds * std::fabs(double(kj[i]));  // dq_t
+            const double ak = eds * std::fabs(q[i]);           // dk_j
+            const double av = ep * std::fabs(gr[i]);           // dv_j
+            const size_t iq = L.qkv(b, tt, 0, h, i), ik = L.qkv(b, j, 1, h, i), iv = L.qkv(b, j, 2, h, i);
+            R.dqkv_w[iq] += aq, R.dqkv_v[iq] += aq * aq / 3;
+            R.dqkv_w[ik] += ak, R.dqkv_v[ik] += ak * ak / 3;
+            R.dqkv_w[iv] += av, R.dqkv_v[iv] += av * av / 3;
+          }
+        }
+      }
+  return R;
+}
+
+// Sum of squared differences over the sum of predicted variances (see the top of the file); <= 2 passes.
+::testing::AssertionResult random_walk(const std::string& what, const std::vector<float>& got,
+                                       const std::vector<float>& ref, const std::vector<double>& fp32,
+                                       const std::vector<double>& var, DType t) {
+  if (!is_half(t)) return ::testing::AssertionSuccess();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = double(got[i]) - double(ref[i]), e = ulp(t, ref[i]), f = fp32[i] / 3;
+    num += d * d;
+    den += var[i] + e * e / 4 + f * f;
+  }
+  const double ratio = den > 0 ? num / den : 0;
+  if (!(ratio <= 2.0))
+    return ::testing::AssertionFailure() << what << ": sum diff^2 / sum predicted variance = " << ratio << " > 2";
+  return ::testing::AssertionSuccess() << what << ": ratio " << ratio;
+}
+
+std::vector<double> plus(std::vector<double> a, const std::vector<double>& b) {
+  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+  return a;
+}
+
 // got vs ref (values of dtype t), |diff| <= bound + (half dtypes) one ulp of ref.
 ::testing::AssertionResult matches(const std::string& what, const std::vector<float>& got,
                                    const std::vector<float>& ref, const std::vector<double>& bound, DType t) {
@@ -180,9 +276,11 @@ TEST_P(AttentionGpu, ForwardMatchesCpu) {
     const std::vector<uint8_t> got_out = to_host<uint8_t>(dout, ref_out.size());
     const std::vector<float> got_lse = to_host<float>(dlse, ref_lse.size());
 
-    const std::vector<float> ro = to_floats(ref_out, t);
-    const Bounds bd = fp32_bounds(L, to_floats(qkv, t), ro, {}, ref_lse);
-    EXPECT_TRUE(matches("out", to_floats(got_out, t), ro, bd.out, t));
+    const std::vector<float> ro = to_floats(ref_out, t), go = to_floats(got_out, t), xf = to_floats(qkv, t);
+    const Bounds bd = fp32_bounds(L, xf, ro, {}, ref_lse);
+    const HalfTerms ht = half_terms(L, t, xf, ro, {}, ref_lse);
+    EXPECT_TRUE(matches("out", go, ro, plus(bd.out, ht.out_w), t));
+    EXPECT_TRUE(random_walk("out", go, ro, bd.out, ht.out_v, t));
     EXPECT_TRUE(matches("lse", got_lse, ref_lse, bd.lse, DType::F32));
 
     // Without lse (evaluation) the output is the same, bit for bit.
@@ -217,9 +315,23 @@ TEST_P(AttentionGpu, BackwardMatchesCpu) {
     const std::vector<float> got_delta = to_host<float>(ddelta, lse.size());
     const std::vector<float> got_dqkv = to_floats(to_host<uint8_t>(ddqkv, qkv.size()), t);
 
-    const Bounds bd = fp32_bounds(L, to_floats(qkv, t), to_floats(out, t), to_floats(dout, t), lse);
+    const std::vector<float> xf = to_floats(qkv, t), of = to_floats(out, t), gf = to_floats(dout, t);
+    const std::vector<float> rd = to_floats(ref_dqkv, t);
+    const Bounds bd = fp32_bounds(L, xf, of, gf, lse);
+    const HalfTerms ht = half_terms(L, t, xf, of, gf, lse);
     EXPECT_TRUE(matches("delta", got_delta, ref_delta, bd.delta, DType::F32));
-    EXPECT_TRUE(matches("dqkv", got_dqkv, to_floats(ref_dqkv, t), bd.dqkv, t));
+    EXPECT_TRUE(matches("dqkv", got_dqkv, rd, plus(bd.dqkv, ht.dqkv_w), t));
+    // The statistic per part: q, k and v gradients have different sizes and error sources.
+    const size_t C = L.C();
+    for (int part = 0; part < 3; ++part) {
+      std::vector<float> a, r;
+      std::vector<double> f, v;
+      for (size_t i = 0; i < rd.size(); ++i)
+        if ((i % (3 * C)) / C == size_t(part)) {
+          a.push_back(got_dqkv[i]), r.push_back(rd[i]), f.push_back(bd.dqkv[i]), v.push_back(ht.dqkv_v[i]);
+        }
+      EXPECT_TRUE(random_walk(std::string("d") + "qkv"[part], a, r, f, v, t));
+    }
   }
 }
 
@@ -254,6 +366,37 @@ TEST_P(AttentionGpu, Deterministic) {
     EXPECT_EQ(gdl, first_delta) << "delta";
     EXPECT_EQ(gd, first_dqkv) << "dqkv";
   }
+}
+
+// An overflowed (infinite) query element must surface as a non-finite output row, for the loss scaler to
+// see, and leave every other row bit for bit as it was.
+TEST_P(AttentionGpu, NonFiniteQueryStaysInItsRow) {
+  const DType t = GetParam();
+  Rng r = fresh_rng();
+  const Shape s{2, 77, 2, 64, false};
+  const Layout L{s};
+  std::vector<uint8_t> qkv = make_qkv(r, t, L);
+  const int t0 = int(r.below(uint64_t(s.T)));
+  const size_t nbytes = L.n_out() * dtype_size(t);
+  DeviceBuffer dx = to_device(qkv), o1(nbytes), o2(nbytes);
+  cuda::attention_forward(dx.get(), o1.get(), nullptr, t, s.B, s.T, s.H, s.D, stream());
+  store_elem(qkv.data(), t, L.qkv(0, t0, 0, 1, 5), INFINITY);
+  DeviceBuffer dx2 = to_device(qkv);
+  cuda::attention_forward(dx2.get(), o2.get(), nullptr, t, s.B, s.T, s.H, s.D, stream());
+  const std::vector<uint8_t> a = to_host<uint8_t>(o1, nbytes), b = to_host<uint8_t>(o2, nbytes);
+  size_t bad = 0;
+  for (int bb = 0; bb < s.B; ++bb)
+    for (int tt = 0; tt < s.T; ++tt)
+      for (int h = 0; h < s.H; ++h)
+        for (int i = 0; i < s.D; ++i) {
+          const size_t o = L.o(bb, tt, h, i), es = dtype_size(t);
+          const bool hit = bb == 0 && tt == t0 && h == 1;
+          const bool ok = hit ? !std::isfinite(load_elem(b.data(), t, o))
+                              : std::memcmp(&a[o * es], &b[o * es], es) == 0;
+          if (!ok && ++bad <= 5)
+            ADD_FAILURE() << "b " << bb << " t " << tt << " h " << h << " i " << i << " (t0 " << t0 << ")";
+        }
+  EXPECT_EQ(bad, 0u);
 }
 
 TEST_P(AttentionGpu, BadArgumentsThrow) {
