@@ -28,6 +28,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 [ -f "$DATA/train-images-idx3-ubyte.gz" ] || DATA="$PWD/.data/fashion-mnist"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+NPS=$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')  # 1 rank, and all GPUs when there are more
 PARTS="${*:-build tests reference gpt2 smoke precision attention profile peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
@@ -44,7 +45,7 @@ fi
 
 if want tests && [ -n "${GTEST_FILTER:-}" ]; then
   echo "== GPU tests matching $GTEST_FILTER"
-  for np in 1 $NGPU; do
+  for np in $NPS; do
     timeout 600 mpirun -np "$np" --bind-to none build-gpu/tests/gpu_tests --gtest_filter="$GTEST_FILTER" \
       > "$OUT/gpu-tests-np$np.log" 2>&1 || status=1
     grep -E "^\[  (PASSED|FAILED|  OK) |Failure|error|ratio" "$OUT/gpu-tests-np$np.log" | sed "s/^/np$np: /" | head -80
@@ -54,7 +55,7 @@ elif want tests; then
   (cd build-gpu && ctest -L gpu --output-on-failure) > "$OUT/gpu-tests.log" 2>&1 || status=1
   grep -E "tests passed|FAILED|Skipped|\[  PASSED|\[  FAILED|\[ info" "$OUT/gpu-tests.log" | head -60
   echo "== training tests on GPUs"
-  for np in 1 $NGPU; do
+  for np in $NPS; do
     MPT_TEST_DEVICE=cuda timeout 300 mpirun -np "$np" --bind-to none build-gpu/tests/train_tests > "$OUT/train-tests-np$np.log" 2>&1 || status=1
     grep -E "info|OK \]|FAILED|Failure|PASSED|SKIPPED" "$OUT/train-tests-np$np.log" | sed "s/^/np$np: /"
   done
@@ -84,7 +85,7 @@ fi
 
 if want smoke; then
   echo "== smoke"
-  for np in 1 $NGPU; do
+  for np in $NPS; do
     for mode in fp32 fp16 bf16; do
       $RUN -np "$np" "$MPT" train configs/smoke.json --set device=cuda --set precision.mode=$mode \
         --set data.dir="\"$DATA\"" --set log.metrics="\"$OUT/smoke-$mode-np$np.jsonl\"" > "$OUT/smoke-$mode-np$np.log" 2>&1 || status=1
