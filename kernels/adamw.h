@@ -17,13 +17,30 @@ struct AdamWHyper {
   float grad_coef = 1.f;
 };
 
+// The whole shard in one launch (adamw_segments): the shard is a list of segments, each a run of elements
+// updated alike. Segment k covers master / m / v [store, store + len); its gradient is read in the storage
+// dtype gt at grad + grad_off and is still loss-scaled: g = (float(grad) * grad_unscale) * h.grad_coef, the
+// two products rounded as written (the same bits as unscaling into an FP32 buffer first). The parameter is
+// written at params + param_off (dtype pt), and weight decay applies only where decay != 0. Segments are at
+// most kAdamWSegmentMax elements long (the CUDA version runs one block per segment); `segs` points to
+// memory of the executing device (host for cpu::, device for cuda::).
+inline constexpr int64_t kAdamWSegmentMax = 8192;
+struct AdamWSegment {
+  int64_t store = 0, len = 0, grad_off = 0, param_off = 0;
+  int32_t decay = 0, reserved = 0;
+};
+
 namespace cpu {
 void adamw(float* master, float* m, float* v, const float* grad, void* param_out, DType pt, size_t n,
            const AdamWHyper& h);
+void adamw_segments(float* master, float* m, float* v, const void* grad, DType gt, float grad_unscale, void* params,
+                    DType pt, const AdamWSegment* segs, int nsegs, const AdamWHyper& h);
 }
 namespace cuda {
 void adamw(float* master, float* m, float* v, const float* grad, void* param_out, DType pt, size_t n,
            const AdamWHyper& h, Stream s);
+void adamw_segments(float* master, float* m, float* v, const void* grad, DType gt, float grad_unscale, void* params,
+                    DType pt, const AdamWSegment* segs, int nsegs, const AdamWHyper& h, Stream s);
 }
 namespace ops {
 inline void adamw(const Exec& e, float* master, float* m, float* v, const float* grad, void* param_out, DType pt,
@@ -32,6 +49,17 @@ inline void adamw(const Exec& e, float* master, float* m, float* v, const float*
   OpScope scope(e, [&] { return OpInfo{"adamw", 12.0 * double(n), double(n) * (28.0 + double(dtype_size(pt)))}; });
   e.cuda() ? cuda::adamw(master, m, v, grad, param_out, pt, n, h, e.stream)
            : cpu::adamw(master, m, v, grad, param_out, pt, n, h);
+}
+// elems: the total length of the segments (for the profile only).
+inline void adamw_segments(const Exec& e, float* master, float* m, float* v, const void* grad, DType gt,
+                           float grad_unscale, void* params, DType pt, const AdamWSegment* segs, int nsegs,
+                           int64_t elems, const AdamWHyper& h) {
+  OpScope scope(e, [&] {
+    return OpInfo{"adamw_segments", 12.0 * double(elems),
+                  double(elems) * (24.0 + double(dtype_size(gt)) + double(dtype_size(pt)))};
+  });
+  e.cuda() ? cuda::adamw_segments(master, m, v, grad, gt, grad_unscale, params, pt, segs, nsegs, h, e.stream)
+           : cpu::adamw_segments(master, m, v, grad, gt, grad_unscale, params, pt, segs, nsegs, h);
 }
 }  // namespace ops
 }  // namespace mpt

@@ -26,7 +26,6 @@ uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
 }
 
 char* at(Buffer& b, int64_t elem, DType t) { return b.as<char>() + elem * int64_t(dtype_size(t)); }
-float* atf(Buffer& b, int64_t elem) { return b.as<float>() + elem; }
 
 cudaStream_t cu(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 
@@ -125,7 +124,34 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     g.master = Buffer(dev, size_t(g.owned_elems) * 4);
     g.m = Buffer(dev, size_t(g.owned_elems) * 4);
     g.v = Buffer(dev, size_t(g.owned_elems) * 4);
-    g.g32 = Buffer(dev, size_t(g.owned_elems) * 4);
+    // The update and the statistics run over segment lists (one launch each per group): every owned range
+    // cut into pieces the kernels take whole. The statistics cover the rank's own parts only.
+    std::vector<AdamWSegment> asegs;
+    std::vector<StatSegment> ssegs;
+    for (const Range& r : g.owned) {
+      const int64_t gbase = stage_ == 2 ? r.store : r.flat;
+      for (int64_t c = 0; c < r.len; c += kAdamWSegmentMax) {
+        AdamWSegment a;
+        a.store = r.store + c;
+        a.len = std::min(kAdamWSegmentMax, r.len - c);
+        a.grad_off = gbase + c;
+        a.param_off = r.flat + c;
+        a.decay = r.decay ? 1 : 0;
+        asegs.push_back(a);
+        g.update_elems += a.len;
+      }
+      if (!r.own_part) continue;
+      for (int64_t c = 0; c < r.len; c += kStatSegmentMax) {
+        ssegs.push_back(StatSegment{gbase + c, std::min(kStatSegmentMax, r.len - c)});
+        g.stat_elems += ssegs.back().len;
+      }
+    }
+    g.n_update_segs = int(asegs.size());
+    g.n_stat_segs = int(ssegs.size());
+    g.update_segs = Buffer(dev, asegs.size() * sizeof(AdamWSegment));
+    g.stat_segs = Buffer(dev, ssegs.size() * sizeof(StatSegment));
+    copy_from_host(asegs.data(), g.update_segs.data(), dev, g.update_segs.bytes(), ex_.stream);
+    copy_from_host(ssegs.data(), g.stat_segs.data(), dev, g.stat_segs.bytes(), ex_.stream);
     g.m.zero(ex_.stream);
     g.v.zero(ex_.stream);
     g.params.zero(ex_.stream);
@@ -136,8 +162,8 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     views_[i].param = at(g.params, views_[i].offset, g.dtype);
     views_[i].grad = stage_ < 2 ? at(g.grads, views_[i].offset, g.dtype) : nullptr;
   }
-  // stats_[0..1]: this rank's owned-part statistics; [2..3]: scratch for stage 0's other parts.
-  stats_ = Buffer(ex_.device, 4 * sizeof(float));
+  // stats_[0..1]: this rank's owned-part statistics.
+  stats_ = Buffer(ex_.device, 2 * sizeof(float));
   if (ex_.cuda()) {
     cudaEvent_t a, b;
     MPT_CUDA_CHECK(cudaEventCreateWithFlags(&a, cudaEventDisableTiming));
@@ -391,18 +417,16 @@ StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
   float* stats = stats_.as<float>();
   const float inv_scale = float(1.0 / (double(loss_scale) * double(world_)));
   for (Group& g : groups_) {
-    for (const Range& r : g.owned) {
-      const void* src = stage_ == 2 ? static_cast<const void*>(at(g.grad_shard, r.store, g.dtype))
-                                    : static_cast<const void*>(at(g.grads, r.flat, g.dtype));
-      ops::unscale_stats(ex_, src, g.dtype, size_t(r.len), inv_scale, atf(g.g32, r.store),
-                         r.own_part ? stats : stats + 2);
-    }
+    const void* src = stage_ == 2 ? g.grad_shard.data() : g.grads.data();
+    ops::unscale_stats_segments(ex_, src, g.dtype, g.stat_segs.as<StatSegment>(), g.n_stat_segs, g.stat_elems,
+                                inv_scale, stats);
   }
   comm_.all_reduce(stats, stats, 2, DType::F32, ReduceOp::Sum, ex_.stream);
   float host[2];
   copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);
 
   StepStats st;
+  st.grad_unscale = inv_scale;
   st.nonfinite = host[0];
   st.overflow = host[0] > 0.f || !std::isfinite(host[1]);
   if (st.overflow) return st;
@@ -419,11 +443,10 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
   h.bc2 = float(1.0 - std::pow(double(hyper.beta2), double(adam_step_)));
   h.grad_coef = float(st.clip_coef);
   for (Group& g : groups_) {
-    for (const Range& r : g.owned) {
-      h.weight_decay = r.decay ? hyper.weight_decay : 0.f;
-      ops::adamw(ex_, atf(g.master, r.store), atf(g.m, r.store), atf(g.v, r.store), atf(g.g32, r.store),
-                 at(g.params, r.flat, g.dtype), g.dtype, size_t(r.len), h);
-    }
+    const void* grad = stage_ == 2 ? g.grad_shard.data() : g.grads.data();
+    ops::adamw_segments(ex_, g.master.as<float>(), g.m.as<float>(), g.v.as<float>(), grad, g.dtype, st.grad_unscale,
+                        g.params.data(), g.dtype, g.update_segs.as<AdamWSegment>(), g.n_update_segs, g.update_elems,
+                        h);
   }
   if (stage_ > 0) {
     for (Group& g : groups_) {
@@ -538,7 +561,6 @@ MemoryReport ShardedOptimizer::memory() const {
     m.grad_shard += g.grad_shard.bytes();
     m.master += g.master.bytes();
     m.adam += g.m.bytes() + g.v.bytes();
-    m.grad_fp32 += g.g32.bytes();
   }
   m.grad_staging += accum_tmp_.bytes();
   return m;

@@ -31,6 +31,7 @@
 
 #include "comm/communicator.h"
 #include "kernels/adamw.h"
+#include "kernels/unscale_stats.h"
 #include "kernels/exec.h"
 #include "src/buffer.h"
 
@@ -69,13 +70,14 @@ struct StepStats {
   double nonfinite = 0;
   double grad_norm = 0;              // global L2 norm of the unscaled gradient
   double clip_coef = 1;
+  float grad_unscale = 1;            // 1 / (loss scale * world): what the update multiplies the gradient by
 };
 
 struct MemoryReport {
-  size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0, grad_fp32 = 0;
+  size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0;
   size_t grad_staging = 0;           // stage 2: bucket staging slots allocated so far (peak), and the
                                      // one bucket-part temporary of micro-batches after the first
-  size_t total() const { return params + grads + grad_shard + master + adam + grad_fp32 + grad_staging; }
+  size_t total() const { return params + grads + grad_shard + master + adam + grad_staging; }
 };
 
 class ShardedOptimizer {
@@ -156,7 +158,12 @@ class ShardedOptimizer {
     std::vector<Bucket> buckets;
     std::vector<Range> owned;        // owned parts (stage 0: every part), split at parameter edges
     int64_t owned_elems = 0;
-    Buffer params, grads, grad_shard, master, m, v, g32;
+    Buffer params, grads, grad_shard, master, m, v;
+    // The update's and the statistics' segment lists (kernels/adamw.h, kernels/unscale_stats.h), on the
+    // executing device.
+    Buffer update_segs, stat_segs;
+    int n_update_segs = 0, n_stat_segs = 0;
+    int64_t update_elems = 0, stat_elems = 0;
     std::vector<Slot> slots;         // stage 2
   };
 

@@ -2,6 +2,7 @@
 #include "kernels/adamw.h"
 
 #include <cmath>
+#include <vector>
 
 namespace mpt::cpu {
 
@@ -24,6 +25,24 @@ void adamw(float* master, float* m, float* v, const float* grad, void* param_out
     m[i] = mi;
     v[i] = vi;
     if (param_out) store_elem(param_out, pt, i, p);
+  }
+}
+
+void adamw_segments(float* master, float* m, float* v, const void* grad, DType gt, float grad_unscale, void* params,
+                    DType pt, const AdamWSegment* segs, int nsegs, const AdamWHyper& h) {
+  if (nsegs <= 0) return;
+  if (!master || !m || !v || !grad || !segs) kernel_arg_error("adamw_segments", "null pointer");
+  std::vector<float> g;
+  for (int k = 0; k < nsegs; ++k) {
+    const AdamWSegment& s = segs[k];
+    if (s.len < 0 || s.len > kAdamWSegmentMax) kernel_arg_error("adamw_segments", "segment length out of range");
+    g.resize(size_t(s.len));
+    to_float_n(static_cast<const char*>(grad) + size_t(s.grad_off) * dtype_size(gt), gt, g.data(), g.size());
+    for (float& x : g) x *= grad_unscale;
+    AdamWHyper hk = h;
+    if (!s.decay) hk.weight_decay = 0.f;
+    adamw(master + s.store, m + s.store, v + s.store, g.data(),
+          params ? static_cast<char*>(params) + size_t(s.param_off) * dtype_size(pt) : nullptr, pt, size_t(s.len), hk);
   }
 }
 

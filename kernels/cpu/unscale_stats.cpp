@@ -50,4 +50,32 @@ void unscale_stats(const void* g, DType gt, size_t n, float inv_scale, float* ou
   stats[1] += total;
 }
 
+void unscale_stats_segments(const void* g, DType gt, const StatSegment* segs, int nsegs, float inv_scale,
+                            float* stats) {
+  if (nsegs <= 0) return;
+  if (!g || !segs || !stats) kernel_arg_error("unscale_stats_segments", "null pointer");
+  const size_t es = dtype_size(gt);
+  float buf[kStatSegmentMax];
+  float count = 0.f, total = 0.f;
+  for (int k = 0; k < nsegs; ++k) {
+    const StatSegment& s = segs[k];
+    if (s.len < 0 || s.len > kStatSegmentMax) kernel_arg_error("unscale_stats_segments", "segment length out of range");
+    to_float_n(static_cast<const char*>(g) + size_t(s.off) * es, gt, buf, size_t(s.len));
+    // Per segment: eight interleaved lanes combined in order, as in unscale_stats; then segment order.
+    float lane[kLanes] = {};
+    size_t bad = 0;
+    for (int64_t i = 0; i < s.len; ++i) {
+      const float u = buf[i] * inv_scale;
+      if (finite(buf[i])) lane[i % kLanes] += u * u;
+      else ++bad;
+    }
+    float seg = 0.f;
+    for (int l = 0; l < kLanes; ++l) seg += lane[l];
+    total += seg;
+    count += float(bad);
+  }
+  stats[0] += count;
+  stats[1] += total;
+}
+
 }  // namespace mpt::cpu

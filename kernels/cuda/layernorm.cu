@@ -5,10 +5,12 @@
 // (every GPT-2 width in half precision) take one warp per row, reading the row once with vector loads; other
 // rows take one block per row and re-read the row from L1/L2 for each pass. The residual variant forms
 // res = a + b in the same kernel, so res is written once and never read back from memory by the warp path.
-// Backward: dx by one warp or one block per row, the same split; dgamma and dbeta by a deterministic column reduction like bias_grad's
-// (32-column tiles x row chunks, fixed summation order, chunk partials in the per-stream FP32 scratch,
-// then a fixed-order pass that adds them into dgamma / dbeta and rounds once). The column reduction runs
-// before dx is written, so dx may share storage with dy or x.
+// Backward, rows in registers: one kernel reads dy and x once, writes dx and leaves per-block partials of
+// dgamma and dbeta (fixed summation order), and a second adds the partials in block order into dgamma /
+// dbeta, rounding once. Other rows: dgamma and dbeta by a deterministic column reduction like bias_grad's
+// (32-column tiles x row chunks, chunk partials in the per-stream FP32 scratch, the same finishing pass),
+// then dx by one block per row. Either way every lane (thread) reads its dy and x before dx is written, so
+// dx may share storage with dy or x.
 #include "kernels/cuda/cuda_util.cuh"
 #include "kernels/layernorm.h"
 
@@ -22,6 +24,7 @@ constexpr int kRowThreads = 8;
 constexpr int kChunkRows = 256;
 constexpr int kWarpRows = 4;      // rows (one warp each) per block of the register-resident kernels
 constexpr int kMaxLanePacks = 8;  // packs per lane those kernels hold; wider rows take the block kernels
+constexpr unsigned kFusedBlocks = 512;  // grid of the fused backward: partials per column it leaves
 
 int row_block(int cols) { return cols <= 128 ? 32 : (cols <= 1024 ? 128 : 256); }
 unsigned row_grid(int rows) { return unsigned(std::min(rows, 1 << 30)); }
@@ -164,17 +167,38 @@ static __global__ void layernorm_forward_kernel(const T* a, const T* b, const P*
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd; with
 // `accumulate` the old dx is added in FP32 before the one rounding.
-// Warp-per-row version: dy and x of the row stay in registers. dx may alias dy or x, as every lane has
-// read its own packs before it writes them.
+// Warp-per-row version with dgamma and dbeta fused in: dy and x of the row stay in registers, and each lane
+// also sums dy * xhat and dy over the
+// rows its warp visits, for its own columns, in registers; the block's warps are then added in warp order
+// through shared memory into one partial per block ([2][gridDim.x][cols] in `partial`), which
+// layernorm_param_finish_kernel adds in block order. dy and x are read once for everything. The grid depends
+// only on the row count, so the summation order, and the bits, are the same on every run and device.
 template <class T, class P, int V, int K>
 static __global__ void __launch_bounds__(kWarpRows * 32)
-    layernorm_dx_warp_kernel(const T* dy, const T* x, const P* __restrict__ gamma, const float* __restrict__ mean,
-                             const float* __restrict__ rstd, T* dx, int rows, int cols, bool accumulate) {
+    layernorm_backward_warp_kernel(const T* dy, const T* x, const P* __restrict__ gamma,
+                                   const float* __restrict__ mean, const float* __restrict__ rstd, T* dx, int rows,
+                                   int cols, bool accumulate, float* __restrict__ partial) {
   using XP = Pack<T, V>;
   using PP = Pack<P, V>;
-  const int lane = threadIdx.x & 31, packs = cols / V;
+  extern __shared__ float red[];  // [kWarpRows][2][cols]
+  const int lane = threadIdx.x & 31, warp = int(threadIdx.x >> 5), packs = cols / V;
   const float inv_cols = 1.f / float(cols);
-  for (int row = blockIdx.x * kWarpRows + int(threadIdx.x >> 5); row < rows; row += gridDim.x * kWarpRows) {
+  // Up to 4 packs per lane the sums live in registers; wider rows keep them in the warp's own slice of
+  // `red` (each element owned by one lane, so no atomics), which would otherwise spill.
+  constexpr bool kRegSums = K <= 4;
+  float ag[kRegSums ? K : 1][V], ab[kRegSums ? K : 1][V];
+  float* wg = red + (warp * 2) * cols;
+  float* wb = wg + cols;
+  if constexpr (kRegSums) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int e = 0; e < V; ++e) ag[k][e] = ab[k][e] = 0.f;
+  } else {
+    for (int j = lane; j < cols; j += 32) wg[j] = wb[j] = 0.f;
+    __syncwarp();
+  }
+  for (int row = blockIdx.x * kWarpRows + warp; row < rows; row += gridDim.x * kWarpRows) {
     const size_t off = size_t(row) * size_t(cols);
     const float mu = mean[row], r = rstd[row];
     XP dv[K], xv[K];
@@ -188,9 +212,17 @@ static __global__ void __launch_bounds__(kWarpRows * 32)
         const PP g = reinterpret_cast<const PP*>(gamma)[q];
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          const float gy = to_f32(dv[k].v[e]) * to_f32(g.v[e]);
+          const float d = to_f32(dv[k].v[e]), xhat = (to_f32(xv[k].v[e]) - mu) * r;
+          const float gy = d * to_f32(g.v[e]);
           s1 += gy;
-          s2 += gy * ((to_f32(xv[k].v[e]) - mu) * r);
+          s2 += gy * xhat;
+          if constexpr (kRegSums) {
+            ag[k][e] += d * xhat;
+            ab[k][e] += d;
+          } else {
+            wg[q * V + e] += d * xhat;
+            wb[q * V + e] += d;
+          }
         }
       }
     }
@@ -216,6 +248,24 @@ static __global__ void __launch_bounds__(kWarpRows * 32)
         *dst = o;
       }
     }
+  }
+  if constexpr (kRegSums) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) wg[q * V + e] = ag[k][e], wb[q * V + e] = ab[k][e];
+      }
+    }
+  }
+  __syncthreads();
+  for (int j = int(threadIdx.x); j < cols; j += int(blockDim.x)) {
+    float tg = 0.f, tb = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarpRows; ++w) tg += red[(w * 2) * cols + j], tb += red[(w * 2 + 1) * cols + j];
+    partial[size_t(blockIdx.x) * size_t(cols) + j] = tg;
+    partial[(size_t(gridDim.x) + blockIdx.x) * size_t(cols) + j] = tb;
   }
 }
 
@@ -373,11 +423,46 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
   if (rows == 0 || cols == 0) return;
   if (!dy || !x || !gamma || !mean || !rstd || !dx || !dgamma || !dbeta)
     kernel_arg_error("layernorm_backward", "null pointer");
+  const cudaStream_t st = to_cuda(s);
+  // Rows in registers (the usual case): dx, dgamma and dbeta in one pass over dy and x, then the fixed-order
+  // addition of the per-block partials.
+  bool fused = false;
+  dispatch_dtype(xt, "layernorm_backward", [&](auto xtag) {
+    using T = typename decltype(xtag)::type;
+    dispatch_dtype(pt, "layernorm_backward", [&](auto ptag) {
+      using P = typename decltype(ptag)::type;
+      const int k = lane_packs<T, P>(cols, {dy, x, dx}, {gamma});
+      const size_t red_bytes = size_t(kWarpRows) * 2 * size_t(cols) * sizeof(float);
+      if (!k) return;
+      fused = true;
+      auto* kern = [&] {
+        const void* f = nullptr;
+        with_lane_packs(k, [&](auto kc) {
+          f = reinterpret_cast<const void*>(layernorm_backward_warp_kernel<T, P, kPackOf<T>, decltype(kc)::value>);
+        });
+        return f;
+      }();
+      if (red_bytes > 48 * 1024)
+        MPT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(red_bytes)));
+      const unsigned blocks = std::min<unsigned>(kFusedBlocks, warp_grid(rows));
+      float* partial = static_cast<float*>(stream_scratch(s, 2 * size_t(blocks) * size_t(cols) * sizeof(float)));
+      with_lane_packs(k, [&](auto kc) {
+        constexpr int K = decltype(kc)::value;
+        layernorm_backward_warp_kernel<T, P, kPackOf<T>, K><<<blocks, kWarpRows * 32, red_bytes, st>>>(
+            static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const P*>(gamma), mean, rstd,
+            static_cast<T*>(dx), rows, cols, accumulate_dx, partial);
+      });
+      MPT_LAUNCH_CHECK("layernorm_backward_warp_kernel");
+      layernorm_param_finish_kernel<P><<<grid_for(size_t(cols)), kBlock, 0, st>>>(
+          partial, int(blocks), cols, static_cast<P*>(dgamma), static_cast<P*>(dbeta));
+      MPT_LAUNCH_CHECK("layernorm_param_finish_kernel");
+    });
+  });
+  if (fused) return;
   const int chunk_rows = std::max(kChunkRows, int((int64_t(rows) + 65534) / 65535));
   const int chunks = int((int64_t(rows) + chunk_rows - 1) / chunk_rows);
   float* partial =
       chunks > 1 ? static_cast<float*>(stream_scratch(s, 2 * size_t(chunks) * size_t(cols) * sizeof(float))) : nullptr;
-  const cudaStream_t st = to_cuda(s);
   dispatch_dtype(xt, "layernorm_backward", [&](auto xtag) {
     using T = typename decltype(xtag)::type;
     dispatch_dtype(pt, "layernorm_backward", [&](auto ptag) {
@@ -395,21 +480,10 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
         layernorm_param_finish_kernel<P><<<grid_for(size_t(cols)), kBlock, 0, st>>>(partial, chunks, cols, dg, db);
         MPT_LAUNCH_CHECK("layernorm_param_finish_kernel");
       }
-      const P* gp = static_cast<const P*>(gamma);
-      T* dxp = static_cast<T*>(dx);
-      const int k = lane_packs<T, P>(cols, {dy, x, dx}, {gamma});
-      if (k) {
-        with_lane_packs(k, [&](auto kc) {
-          constexpr int K = decltype(kc)::value;
-          layernorm_dx_warp_kernel<T, P, kPackOf<T>, K><<<warp_grid(rows), kWarpRows * 32, 0, st>>>(
-              dyp, xp, gp, mean, rstd, dxp, rows, cols, accumulate_dx);
-        });
-        MPT_LAUNCH_CHECK("layernorm_dx_warp_kernel");
-      } else {
-        layernorm_dx_kernel<T, P><<<row_grid(rows), row_block(cols), 0, st>>>(dyp, xp, gp, mean, rstd, dxp, rows, cols,
-                                                                             accumulate_dx);
-        MPT_LAUNCH_CHECK("layernorm_dx_kernel");
-      }
+      layernorm_dx_kernel<T, P><<<row_grid(rows), row_block(cols), 0, st>>>(dyp, xp, static_cast<const P*>(gamma),
+                                                                           mean, rstd, static_cast<T*>(dx), rows, cols,
+                                                                           accumulate_dx);
+      MPT_LAUNCH_CHECK("layernorm_dx_kernel");
     });
   });
 }

@@ -154,14 +154,26 @@ static __global__ void __launch_bounds__(kStagedThreads)
   // Pass 1 (memory): stage the row; max and its lowest index (each thread walks its columns in order).
   float best = -INFINITY;
   int bi = valid_cols;
-  for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
-    const uint4 raw = xv[v];
-    row_s[v] = raw;
-    float f[8];
-    unpack8(raw, static_cast<const T*>(nullptr), f);
+  // Four loads in flight per thread before the first use.
+  constexpr int kUnroll = 4;
+  for (int v0 = int(threadIdx.x); v0 < nvec; v0 += kUnroll * int(blockDim.x)) {
+    uint4 raw[kUnroll];
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
-      if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * int(blockDim.x);
+      if (v < nvec) raw[u] = xv[v];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int v = v0 + u * int(blockDim.x);
+      if (v >= nvec) break;
+      row_s[v] = raw[u];
+      float f[8];
+      unpack8(raw[u], static_cast<const T*>(nullptr), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
+    }
   }
   warp_argmax(best, bi, valid_cols);
   if (lane == 0) smax[warp] = best, sidx[warp] = bi;

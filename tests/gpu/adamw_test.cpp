@@ -92,6 +92,49 @@ TEST_P(AdamWGpu, NullParamOutUpdatesStateOnly) {
   EXPECT_NE(to_host<float>(a_master, n), master) << "no update happened";
 }
 
+// The one-launch update of a shard: segments of every length up to the maximum, gradients in the storage
+// dtype still loss-scaled, decay on some segments only; three steps. Same operations in the same order as
+// the CPU twin: master, m and v bit for bit, the parameter within one rounding (the same one, so equal).
+TEST_P(AdamWGpu, SegmentsMatchCpu) {
+  const DType pt = GetParam();
+  Rng r = fresh_rng();
+  std::vector<AdamWSegment> segs;
+  int64_t store = 0, off = 0;
+  for (int64_t len : {kAdamWSegmentMax, int64_t(1), int64_t(37), int64_t(1000), int64_t(4097), kAdamWSegmentMax - 1}) {
+    AdamWSegment a;
+    a.store = store;
+    a.len = len;
+    a.grad_off = off;
+    a.param_off = off + 3;
+    a.decay = int(r.below(2));
+    segs.push_back(a);
+    store += len;
+    off += len + 64;
+  }
+  const size_t shard = size_t(store), flat = size_t(off + 3);
+  std::vector<float> master(shard), m(shard, 0.f), v(shard, 0.f);
+  for (auto& x : master) x = r.uniform(-1.f, 1.f);
+  std::vector<uint8_t> params(flat * dtype_size(pt), 0x5A);
+  DeviceBuffer dmaster = to_device(master), dm = to_device(m), dv = to_device(v), dparams = to_device(params);
+  DeviceBuffer dsegs = to_device(segs);
+  for (int step = 1; step <= kSteps; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    std::vector<uint8_t> grad(flat * dtype_size(pt));
+    for (size_t i = 0; i < flat; ++i) store_elem(grad.data(), pt, i, r.uniform(-1.f, 1.f) * 4096.f);
+    const AdamWHyper h = hyper_for_step(step, r);
+    const float unscale = 1.f / 3000.f;
+    cpu::adamw_segments(master.data(), m.data(), v.data(), grad.data(), pt, unscale, params.data(), pt, segs.data(),
+                        int(segs.size()), h);
+    DeviceBuffer dgrad = to_device(grad);
+    cuda::adamw_segments(dmaster.as<float>(), dm.as<float>(), dv.as<float>(), dgrad.get(), pt, unscale, dparams.get(),
+                         pt, dsegs.as<AdamWSegment>(), int(segs.size()), h, stream());
+    EXPECT_EQ(to_host<float>(dmaster, shard), master);
+    EXPECT_EQ(to_host<float>(dm, shard), m);
+    EXPECT_EQ(to_host<float>(dv, shard), v);
+    EXPECT_TRUE(same_bits("params", to_host<uint8_t>(dparams, params.size()), params, pt));
+  }
+}
+
 TEST_P(AdamWGpu, BadArgumentsThrow) {
   const DType pt = GetParam();
   DeviceBuffer b(64);

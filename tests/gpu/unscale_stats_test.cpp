@@ -10,6 +10,7 @@
 //      error behaves like a random walk of ~2^-24 sqrt(length of the summation chain) <= 2^-24 sqrt(n);
 //      the tolerance 2^-22 sqrt(n) relative is far above that and still far below any real mistake, which
 //      case (1) pins down anyway.
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/unscale_stats.h"
@@ -98,6 +99,41 @@ TEST_P(UnscaleStatsGpu, StatsOnlyAndDeterministic) {
     const std::vector<float> again = run(g, t, n, 0.5f, stats0, rep == 1).second;  // rep 1: out == nullptr
     EXPECT_EQ(float_bits(again[0]), float_bits(first[0])) << "run " << rep;
     EXPECT_EQ(float_bits(again[1]), float_bits(first[1])) << "run " << rep;
+  }
+}
+
+// The segment form over a buffer with gaps between segments: exact inputs (case 1) must give the CPU's bits,
+// general ones the sum within the tolerance above; the count is exact either way, and elements outside the
+// segments (non-finite ones among them) must not count. Repeated runs give the same bits.
+TEST_P(UnscaleStatsGpu, SegmentsMatchCpu) {
+  const DType t = GetParam();
+  Rng r = fresh_rng();
+  for (bool exact : {true, false}) {
+    const size_t n = exact ? 60000 : (size_t(1) << 21);
+    const std::vector<uint8_t> g = grads(r, t, n, exact);
+    std::vector<StatSegment> segs;
+    int64_t covered = 0;
+    for (int64_t off = 0; off < int64_t(n);) {
+      const int64_t len = std::min<int64_t>(1 + int64_t(r.below(kStatSegmentMax)), int64_t(n) - off);
+      if (r.below(4) != 0) segs.push_back(StatSegment{off, len}), covered += len;
+      off += len;
+    }
+    const float inv = exact ? 0.25f : 1.f / 3072.f;
+    std::vector<float> ref = {2.f, 0.75f};
+    cpu::unscale_stats_segments(g.data(), t, segs.data(), int(segs.size()), inv, ref.data());
+    DeviceBuffer dg = to_device(g), dsegs = to_device(segs);
+    std::vector<float> first;
+    for (int rep = 0; rep < 2; ++rep) {
+      DeviceBuffer dstats = to_device(std::vector<float>{2.f, 0.75f});
+      cuda::unscale_stats_segments(dg.get(), t, dsegs.as<StatSegment>(), int(segs.size()), inv, dstats.as<float>(),
+                                   stream());
+      const std::vector<float> got = to_host<float>(dstats, 2);
+      EXPECT_EQ(got[0], ref[0]) << "non-finite count";
+      if (exact) EXPECT_EQ(got[1], ref[1]) << "sum of squares";
+      else EXPECT_NEAR(got[1], ref[1], std::ldexp(std::sqrt(double(covered)), -22) * ref[1]) << "sum of squares";
+      if (rep == 0) first = got;
+      else EXPECT_EQ(float_bits(got[1]), float_bits(first[1])) << "not deterministic";
+    }
   }
 }
 

@@ -48,6 +48,57 @@ AdamWHyper random_hyper(Rng& rng) {
 
 class AdamWTest : public ::testing::TestWithParam<DType> {};
 
+// Random segments over a shard, as the optimizer builds them: store ranges in order, gradients and
+// parameters at other offsets, decay on some. Segment lengths 1..kAdamWSegmentMax.
+std::vector<AdamWSegment> random_segments(Rng& rng, int64_t* shard, int64_t* flat) {
+  std::vector<AdamWSegment> s;
+  int64_t store = 0, off = 64 * int64_t(rng.below(4));
+  const int n = 2 + int(rng.below(6));
+  for (int k = 0; k < n; ++k) {
+    AdamWSegment a;
+    a.store = store;
+    a.len = k == 0 ? kAdamWSegmentMax : 1 + int64_t(rng.below(3000));
+    a.grad_off = off;
+    a.param_off = off + 7;  // parameters at another place than their gradients
+    a.decay = int(rng.below(2));
+    s.push_back(a);
+    store += a.len;
+    off += a.len + int64_t(rng.below(100));
+  }
+  *shard = store;
+  *flat = off + 7;
+  return s;
+}
+
+// adamw_segments is the per-element update of adamw after g = (grad * grad_unscale) rounded to FP32: equal,
+// bit for bit, to unscaling each segment into an FP32 buffer and calling adamw with the segment's decay.
+TEST_P(AdamWTest, SegmentsEqualUnscaleThenUpdate) {
+  const DType gt = GetParam();
+  Rng rng = test::fresh_rng();
+  int64_t shard = 0, flat = 0;
+  const std::vector<AdamWSegment> segs = random_segments(rng, &shard, &flat);
+  const AdamWHyper h = random_hyper(rng);
+  const float unscale = 1.f / 3072.f;
+  State a = random_state(rng, size_t(shard));
+  State b = a;
+  std::vector<uint8_t> grad = test::random_buffer(rng, gt, size_t(flat), -300.f, 300.f);
+  std::vector<uint8_t> pa(size_t(flat) * dtype_size(gt), 0xAB), pb = pa;
+  cpu::adamw_segments(a.p.data(), a.m.data(), a.v.data(), grad.data(), gt, unscale, pa.data(), gt, segs.data(),
+                      int(segs.size()), h);
+  for (const AdamWSegment& s : segs) {
+    std::vector<float> g32(size_t(s.len));
+    for (int64_t i = 0; i < s.len; ++i) g32[size_t(i)] = load_elem(grad.data(), gt, size_t(s.grad_off + i)) * unscale;
+    AdamWHyper hs = h;
+    if (!s.decay) hs.weight_decay = 0.f;
+    cpu::adamw(b.p.data() + s.store, b.m.data() + s.store, b.v.data() + s.store, g32.data(),
+               pb.data() + size_t(s.param_off) * dtype_size(gt), gt, size_t(s.len), hs);
+  }
+  EXPECT_EQ(a.p, b.p);
+  EXPECT_EQ(a.m, b.m);
+  EXPECT_EQ(a.v, b.v);
+  EXPECT_EQ(pa, pb);  // including the bytes outside every segment, untouched on both sides
+}
+
 TEST_P(AdamWTest, StepMatchesReference) {
   const DType pt = GetParam();
   Rng rng = test::fresh_rng();

@@ -2,6 +2,7 @@
 // of the finite unscaled values.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -112,6 +113,42 @@ TEST_P(UnscaleStatsTest, RandomValuesMatchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, UnscaleStatsTest, ::testing::Values(DType::F32, DType::F16, DType::BF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// The segment form: exact statistics (the integer gradients of the exact test above) over segments that
+// skip parts of the buffer; elements outside every segment, non-finite ones included, must not count.
+TEST(UnscaleStats, SegmentsCountOnlyTheirElements) {
+  Rng rng = test::fresh_rng();
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const size_t n = 40000;
+    std::vector<uint8_t> g(n * dtype_size(t));
+    for (size_t i = 0; i < n; ++i) {
+      int k = int(rng.below(33)) - 16;
+      if (k == 0) k = 1;
+      store_elem(g.data(), t, i, float(k) * 1024.f);
+    }
+    const std::vector<bool> bad = inject_nonfinite(rng, g, t, n, 40);
+    std::vector<StatSegment> segs;
+    for (int64_t off = 0; off < int64_t(n);) {
+      const int64_t len = std::min<int64_t>(1 + int64_t(rng.below(kStatSegmentMax)), int64_t(n) - off);
+      if (rng.below(3) != 0) segs.push_back(StatSegment{off, len});
+      off += len;
+    }
+    double want_count = 0, want_sumsq = 0;
+    for (const StatSegment& s : segs)
+      for (int64_t i = s.off; i < s.off + s.len; ++i) {
+        if (bad[size_t(i)]) {
+          ++want_count;
+        } else {
+          const double u = double(load_elem(g.data(), t, size_t(i))) / 1024.0;
+          want_sumsq += u * u;
+        }
+      }
+    float stats[2] = {1.f, 3.f};
+    cpu::unscale_stats_segments(g.data(), t, segs.data(), int(segs.size()), 1.f / 1024.f, stats);
+    EXPECT_EQ(stats[0], 1.0 + want_count) << dtype_name(t);
+    EXPECT_EQ(stats[1], 3.0 + want_sumsq) << dtype_name(t);
+  }
+}
 
 TEST(UnscaleStats, EmptyShardLeavesStatsUnchanged) {
   float stats[2] = {1.f, 2.5f};
