@@ -54,8 +54,8 @@ elif want tests; then
   echo "== GPU tests"
   (cd build-gpu && ctest -L gpu --output-on-failure) > "$OUT/gpu-tests.log" 2>&1 || status=1
   grep -E "tests passed|FAILED|Skipped|\[  PASSED|\[  FAILED|\[ info" "$OUT/gpu-tests.log" | head -60
-  echo "== training tests on GPUs"
-  for np in $NPS; do
+  [ "${SKIP_TRAIN_TESTS:-0}" = 1 ] || echo "== training tests on GPUs"
+  [ "${SKIP_TRAIN_TESTS:-0}" = 1 ] || for np in $NPS; do
     MPT_TEST_DEVICE=cuda timeout 300 mpirun -np "$np" --bind-to none build-gpu/tests/train_tests > "$OUT/train-tests-np$np.log" 2>&1 || status=1
     grep -E "info|OK \]|FAILED|Failure|PASSED|SKIPPED" "$OUT/train-tests-np$np.log" | sed "s/^/np$np: /"
   done
@@ -117,6 +117,15 @@ if want attention; then
       | tee -a "$OUT/attention.log" || status=1
   done
   MPT_ATTENTION=simt "$MPT" bench-attention --dtype bf16 --iters 3 2>&1 | tee -a "$OUT/attention.log" || status=1
+  if [ "${ATTN_SWEEP:-0}" = 1 ]; then
+    echo "-- block shapes at D=64 (MPT_FLASH), bf16; backward parts alone (MPT_FLASH_BWD)"
+    for cfg in fwd=4x2,dkdv=4,dq=4 fwd=8x1,dkdv=8,dq=8 fwd=4x1,dkdv=4,dq=8 fwd=8x2,dkdv=8,dq=4; do
+      echo "$cfg: $(MPT_FLASH=$cfg "$MPT" bench-attention --dtype bf16 --iters 10 2>&1 | grep -E 'forward|backward' | tr -s ' ' | tr '\n' ' ')"
+      for part in dkdv dq; do
+        echo "  $part only: $(MPT_FLASH=$cfg MPT_FLASH_BWD=$part "$MPT" bench-attention --dtype bf16 --iters 10 2>&1 | grep backward | tr -s ' ')"
+      done
+    done 2>&1 | tee -a "$OUT/attention-sweep.log"
+  fi
 fi
 
 if want profile; then

@@ -33,7 +33,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -45,13 +48,10 @@ using namespace mpt::cuda_detail;
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr int kKeys = 64;     // keys per forward / dQ step, queries per dK/dV step
 constexpr int kPad = 8;       // elements added to each shared-memory row
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int D> constexpr int fwd_wm() { return D <= 64 ? 2 : 1; }
 // The backward kernels keep their two A strips (Q and dO, or K and V) in registers across the loop up to
 // D = 64; at D = 128 that would spill, so they are re-read from shared memory each step.
 template <int D> constexpr bool kReloadA = D > 64;
@@ -142,14 +142,14 @@ template <> struct Mma<__half> {
 };
 
 // Rows [row0, row0 + ROWS) of a head slice (element row stride ld) into a shared tile of stride D + kPad;
-// rows at or past T are zero-filled. Issued by all kThreads threads; the caller commits the group.
-template <int ROWS, int D, class T>
+// rows at or past T are zero-filled. Issued by all NT threads of the block; the caller commits the group.
+template <int ROWS, int D, int NT, class T>
 __device__ __forceinline__ void load_rows(T* dst, const T* __restrict__ src, size_t ld, int row0, int T_) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static_assert((ROWS * kChunks) % kThreads == 0, "tile does not split evenly over the block");
+  static_assert((ROWS * kChunks) % NT == 0, "tile does not split evenly over the block");
 #pragma unroll
-  for (int i = 0; i < ROWS * kChunks / kThreads; ++i) {
-    const int idx = int(threadIdx.x) + i * kThreads;
+  for (int i = 0; i < ROWS * kChunks / NT; ++i) {
+    const int idx = int(threadIdx.x) + i * NT;
     const int r = idx / kChunks, c = idx % kChunks, row = row0 + r;
     const bool ok = row < T_;
     cp_async16(dst + r * (D + kPad) + c * 8, src + size_t(ok ? row : 0) * ld + c * 8, ok);
@@ -158,7 +158,7 @@ __device__ __forceinline__ void load_rows(T* dst, const T* __restrict__ src, siz
 
 // n row statistics (lse or delta) starting at row0 into shared memory; rows at or past T read as 0.
 __device__ __forceinline__ void load_stats(float* dst, const float* __restrict__ src, int row0, int T_, int n) {
-  for (int r = int(threadIdx.x); r < n; r += kThreads) {
+  for (int r = int(threadIdx.x); r < n; r += int(blockDim.x)) {
     const bool ok = row0 + r < T_;
     cp_async4(dst + r, src + (ok ? row0 + r : 0), ok);
   }
@@ -232,22 +232,22 @@ template <class T> __device__ __forceinline__ void store_pair(T* p, float a, flo
   *reinterpret_cast<uint32_t*>(p) = Mma<T>::pack(a, b);
 }
 
-template <int D> constexpr size_t forward_smem() {
-  return size_t(kWarps * 16 * fwd_wm<D>() + 4 * kKeys) * (D + kPad) * 2;
+template <int D, int NW, int WM> constexpr size_t forward_smem() {
+  return size_t(NW * 16 * WM + 4 * kKeys) * (D + kPad) * 2;
 }
-template <int D> constexpr size_t dq_smem() { return size_t(2 * kWarps * 16 + 4 * kKeys) * (D + kPad) * 2; }
-template <int D> constexpr size_t dkdv_smem() { return dq_smem<D>() + 4 * kKeys * sizeof(float); }
+template <int D, int NW> constexpr size_t dq_smem() { return size_t(2 * NW * 16 + 4 * kKeys) * (D + kPad) * 2; }
+template <int D, int NW> constexpr size_t dkdv_smem() { return dq_smem<D, NW>() + 4 * kKeys * sizeof(float); }
 
 }  // namespace
 
 // ---- forward
 
-template <class T, int D>
-static __global__ void __launch_bounds__(kThreads)
+template <class T, int D, int NW, int WM>
+static __global__ void __launch_bounds__(NW * 32, NW * WM <= 8 ? 2 : 1)
     flash_forward_kernel(const T* __restrict__ qkv, T* __restrict__ out, float* __restrict__ lse, int T_, int H,
                          float scale) {
 #if MPT_FLASH
-  constexpr int WM = fwd_wm<D>(), BM = kWarps * 16 * WM, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
+  constexpr int NT = NW * 32, BM = NW * 16 * WM, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);
   T* ks = qs + BM * LD;          // two stages of kKeys rows
@@ -258,9 +258,9 @@ static __global__ void __launch_bounds__(kThreads)
   const size_t C = size_t(H) * D, ld = 3 * C;
   const T* base = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D;
   const int ntiles = (min(q0 + BM, T_) - 1) / kKeys + 1;
-  load_rows<BM, D>(qs, base, ld, q0, T_);
-  load_rows<kKeys, D>(ks, base + C, ld, 0, T_);
-  load_rows<kKeys, D>(vs, base + 2 * C, ld, 0, T_);
+  load_rows<BM, D, NT>(qs, base, ld, q0, T_);
+  load_rows<kKeys, D, NT>(ks, base + C, ld, 0, T_);
+  load_rows<kKeys, D, NT>(vs, base + 2 * C, ld, 0, T_);
   cp_async_commit();
 
   const float sl2 = scale * kLog2e;
@@ -274,8 +274,8 @@ static __global__ void __launch_bounds__(kThreads)
   for (int j = 0; j < ntiles; ++j) {
     const int st = j & 1;
     if (j + 1 < ntiles) {  // the other stage was released by the barrier that ended the previous step
-      load_rows<kKeys, D>(ks + (st ^ 1) * kKeys * LD, base + C, ld, (j + 1) * kKeys, T_);
-      load_rows<kKeys, D>(vs + (st ^ 1) * kKeys * LD, base + 2 * C, ld, (j + 1) * kKeys, T_);
+      load_rows<kKeys, D, NT>(ks + (st ^ 1) * kKeys * LD, base + C, ld, (j + 1) * kKeys, T_);
+      load_rows<kKeys, D, NT>(vs + (st ^ 1) * kKeys * LD, base + 2 * C, ld, (j + 1) * kKeys, T_);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -353,12 +353,12 @@ static __global__ void __launch_bounds__(kThreads)
 
 // ---- backward: dQ (query-major)
 
-template <class T, int D>
-static __global__ void __launch_bounds__(kThreads)
+template <class T, int D, int NW>
+static __global__ void __launch_bounds__(NW * 32)
     flash_dq_kernel(const T* __restrict__ dout, const T* __restrict__ qkv, const float* __restrict__ lse,
                     const float* __restrict__ delta, T* __restrict__ dqkv, int T_, int H, float scale) {
 #if MPT_FLASH
-  constexpr int BM = kWarps * 16, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
+  constexpr int NT = NW * 32, BM = NW * 16, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);
   T* gs = qs + BM * LD;
@@ -370,10 +370,10 @@ static __global__ void __launch_bounds__(kThreads)
   const size_t C = size_t(H) * D, ld = 3 * C;
   const T* base = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D;
   const int ntiles = (min(q0 + BM, T_) - 1) / kKeys + 1;
-  load_rows<BM, D>(qs, base, ld, q0, T_);
-  load_rows<BM, D>(gs, dout + size_t(b) * size_t(T_) * C + size_t(h) * D, C, q0, T_);
-  load_rows<kKeys, D>(ks, base + C, ld, 0, T_);
-  load_rows<kKeys, D>(vs, base + 2 * C, ld, 0, T_);
+  load_rows<BM, D, NT>(qs, base, ld, q0, T_);
+  load_rows<BM, D, NT>(gs, dout + size_t(b) * size_t(T_) * C + size_t(h) * D, C, q0, T_);
+  load_rows<kKeys, D, NT>(ks, base + C, ld, 0, T_);
+  load_rows<kKeys, D, NT>(vs, base + 2 * C, ld, 0, T_);
   cp_async_commit();
 
   const float sl2 = scale * kLog2e;
@@ -392,8 +392,8 @@ static __global__ void __launch_bounds__(kThreads)
   for (int j = 0; j < ntiles; ++j) {
     const int st = j & 1;
     if (j + 1 < ntiles) {
-      load_rows<kKeys, D>(ks + (st ^ 1) * kKeys * LD, base + C, ld, (j + 1) * kKeys, T_);
-      load_rows<kKeys, D>(vs + (st ^ 1) * kKeys * LD, base + 2 * C, ld, (j + 1) * kKeys, T_);
+      load_rows<kKeys, D, NT>(ks + (st ^ 1) * kKeys * LD, base + C, ld, (j + 1) * kKeys, T_);
+      load_rows<kKeys, D, NT>(vs + (st ^ 1) * kKeys * LD, base + 2 * C, ld, (j + 1) * kKeys, T_);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -448,12 +448,12 @@ static __global__ void __launch_bounds__(kThreads)
 
 // ---- backward: dK and dV (key-major)
 
-template <class T, int D>
-static __global__ void __launch_bounds__(kThreads)
+template <class T, int D, int NW>
+static __global__ void __launch_bounds__(NW * 32)
     flash_dkdv_kernel(const T* __restrict__ dout, const T* __restrict__ qkv, const float* __restrict__ lse,
                       const float* __restrict__ delta, T* __restrict__ dqkv, int T_, int H, float scale) {
 #if MPT_FLASH
-  constexpr int BK = kWarps * 16, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
+  constexpr int NT = NW * 32, BK = NW * 16, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* ks = reinterpret_cast<T*>(smem);
   T* vs = ks + BK * LD;
@@ -472,13 +472,13 @@ static __global__ void __launch_bounds__(kThreads)
   const int first = k0 / kKeys, ntiles = (T_ - 1) / kKeys + 1;
   auto load_queries = [&](int tile, int stage) {
     const int q = tile * kKeys;
-    load_rows<kKeys, D>(qs + stage * kKeys * LD, base, ld, q, T_);
-    load_rows<kKeys, D>(gs + stage * kKeys * LD, gbase, C, q, T_);
+    load_rows<kKeys, D, NT>(qs + stage * kKeys * LD, base, ld, q, T_);
+    load_rows<kKeys, D, NT>(gs + stage * kKeys * LD, gbase, C, q, T_);
     load_stats(ls + stage * kKeys, lse_bh, q, T_, kKeys);
     load_stats(dls + stage * kKeys, delta_bh, q, T_, kKeys);
   };
-  load_rows<BK, D>(ks, base + C, ld, k0, T_);
-  load_rows<BK, D>(vs, base + 2 * C, ld, k0, T_);
+  load_rows<BK, D, NT>(ks, base + C, ld, k0, T_);
+  load_rows<BK, D, NT>(vs, base + 2 * C, ld, k0, T_);
   load_queries(first, 0);
   cp_async_commit();
 
@@ -558,8 +558,44 @@ static __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- launchers
+//
+// Block shapes. Defaults: forward 4 warps x 32 query rows (D <= 64) or x 16 (D = 128); dK/dV and dQ 4 warps
+// x 16 rows. At D = 64 (GPT-2's head size) other shapes are compiled too, for the benchmark sweep:
+// MPT_FLASH="fwd=NWxWM,dkdv=NW,dq=NW" with fwd in {4x2, 8x1, 4x1, 8x2} and dkdv, dq in {4, 8} picks them
+// (read once per process; anything else keeps the defaults). MPT_FLASH_BWD=dkdv or dq runs only that
+// backward kernel (timing only: the other part of dqkv is then not written).
 
 namespace {
+
+struct Shapes {
+  int fwd_nw = 4, fwd_wm = 2, dkdv_nw = 4, dq_nw = 4;
+  int bwd_parts = 3;  // bit 0: dK/dV, bit 1: dQ
+};
+
+const Shapes& shapes_from_env() {
+  static const Shapes s = [] {
+    Shapes r;
+    if (const char* v = std::getenv("MPT_FLASH")) {
+      const std::string e = v;
+      auto field = [&](const std::string& key) -> std::string {
+        const size_t p = e.find(key + "=");
+        if (p == std::string::npos) return "";
+        const size_t q = e.find(',', p);
+        return e.substr(p + key.size() + 1, q == std::string::npos ? std::string::npos : q - p - key.size() - 1);
+      };
+      const std::string f = field("fwd"), k = field("dkdv"), q = field("dq");
+      if (f == "4x2" || f == "8x1" || f == "4x1" || f == "8x2") r.fwd_nw = f[0] - '0', r.fwd_wm = f[2] - '0';
+      if (k == "4" || k == "8") r.dkdv_nw = k[0] - '0';
+      if (q == "4" || q == "8") r.dq_nw = q[0] - '0';
+    }
+    if (const char* v = std::getenv("MPT_FLASH_BWD")) {
+      if (std::string(v) == "dkdv") r.bwd_parts = 1;
+      if (std::string(v) == "dq") r.bwd_parts = 2;
+    }
+    return r;
+  }();
+  return s;
+}
 
 template <class F> void dispatch(DType t, int D, F&& f) {
   auto dims = [&](auto tag) {
@@ -584,6 +620,34 @@ int max_smem_optin() {
   return v;
 }
 
+template <class E, int HD, int NW, int WM>
+void launch_forward(const E* x, E* o, float* lse, int B, int T, int H, float scale, cudaStream_t s) {
+  constexpr int BM = NW * 16 * WM;
+  const size_t smem = forward_smem<HD, NW, WM>();
+  set_smem(flash_forward_kernel<E, HD, NW, WM>, smem);
+  const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), BM));
+  flash_forward_kernel<E, HD, NW, WM><<<grid, NW * 32, smem, s>>>(x, o, lse, T, H, scale);
+  MPT_LAUNCH_CHECK("flash_forward_kernel");
+}
+
+template <class E, int HD, int NW>
+void launch_dkdv(const E* g, const E* x, const float* lse, const float* delta, E* dx, int B, int T, int H, float scale,
+                 cudaStream_t s) {
+  const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), NW * 16));
+  set_smem(flash_dkdv_kernel<E, HD, NW>, dkdv_smem<HD, NW>());
+  flash_dkdv_kernel<E, HD, NW><<<grid, NW * 32, dkdv_smem<HD, NW>(), s>>>(g, x, lse, delta, dx, T, H, scale);
+  MPT_LAUNCH_CHECK("flash_dkdv_kernel");
+}
+
+template <class E, int HD, int NW>
+void launch_dq(const E* g, const E* x, const float* lse, const float* delta, E* dx, int B, int T, int H, float scale,
+               cudaStream_t s) {
+  const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), NW * 16));
+  set_smem(flash_dq_kernel<E, HD, NW>, dq_smem<HD, NW>());
+  flash_dq_kernel<E, HD, NW><<<grid, NW * 32, dq_smem<HD, NW>(), s>>>(g, x, lse, delta, dx, T, H, scale);
+  MPT_LAUNCH_CHECK("flash_dq_kernel");
+}
+
 }  // namespace
 
 bool usable(DType t, int D, const void* const* ptrs, int nptrs) {
@@ -596,42 +660,47 @@ bool usable(DType t, int D, const void* const* ptrs, int nptrs) {
   size_t need = 0;
   dispatch(t, D, [&](auto, auto dim) {
     constexpr int HD = decltype(dim)::value;
-    need = std::max({forward_smem<HD>(), dq_smem<HD>(), dkdv_smem<HD>()});
+    need = std::max({forward_smem<HD, 4, (HD <= 64 ? 2 : 1)>(), dq_smem<HD, 4>(), dkdv_smem<HD, 4>()});
+    if (HD == 64) need = std::max({need, forward_smem<HD, 8, 2>(), dq_smem<HD, 8>(), dkdv_smem<HD, 8>()});
   });
   return need <= size_t(max_smem_optin());
 }
 
 void forward(const void* qkv, void* out, float* lse, DType t, int B, int T, int H, int D, cudaStream_t s) {
   const float scale = 1.f / std::sqrt(float(D));
+  const Shapes& sh = shapes_from_env();
   dispatch(t, D, [&](auto tag, auto dim) {
     using E = typename decltype(tag)::type;
     constexpr int HD = decltype(dim)::value;
-    constexpr int BM = kWarps * 16 * fwd_wm<HD>();
-    const size_t smem = forward_smem<HD>();
-    set_smem(flash_forward_kernel<E, HD>, smem);
-    const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), BM));
-    flash_forward_kernel<E, HD><<<grid, kThreads, smem, s>>>(static_cast<const E*>(qkv), static_cast<E*>(out), lse, T,
-                                                             H, scale);
-    MPT_LAUNCH_CHECK("flash_forward_kernel");
+    const E* x = static_cast<const E*>(qkv);
+    E* o = static_cast<E*>(out);
+    if constexpr (HD == 64) {
+      if (sh.fwd_nw == 8 && sh.fwd_wm == 1) return launch_forward<E, HD, 8, 1>(x, o, lse, B, T, H, scale, s);
+      if (sh.fwd_nw == 4 && sh.fwd_wm == 1) return launch_forward<E, HD, 4, 1>(x, o, lse, B, T, H, scale, s);
+      if (sh.fwd_nw == 8 && sh.fwd_wm == 2) return launch_forward<E, HD, 8, 2>(x, o, lse, B, T, H, scale, s);
+    }
+    launch_forward<E, HD, 4, (HD <= 64 ? 2 : 1)>(x, o, lse, B, T, H, scale, s);
   });
 }
 
 void backward(const void* dout, const void* qkv, const float* lse, const float* delta, void* dqkv, DType t, int B,
               int T, int H, int D, cudaStream_t s) {
   const float scale = 1.f / std::sqrt(float(D));
+  const Shapes& sh = shapes_from_env();
   dispatch(t, D, [&](auto tag, auto dim) {
     using E = typename decltype(tag)::type;
     constexpr int HD = decltype(dim)::value;
     const E* g = static_cast<const E*>(dout);
     const E* x = static_cast<const E*>(qkv);
     E* dx = static_cast<E*>(dqkv);
-    const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), kWarps * 16));
-    set_smem(flash_dkdv_kernel<E, HD>, dkdv_smem<HD>());
-    flash_dkdv_kernel<E, HD><<<grid, kThreads, dkdv_smem<HD>(), s>>>(g, x, lse, delta, dx, T, H, scale);
-    MPT_LAUNCH_CHECK("flash_dkdv_kernel");
-    set_smem(flash_dq_kernel<E, HD>, dq_smem<HD>());
-    flash_dq_kernel<E, HD><<<grid, kThreads, dq_smem<HD>(), s>>>(g, x, lse, delta, dx, T, H, scale);
-    MPT_LAUNCH_CHECK("flash_dq_kernel");
+    if (sh.bwd_parts & 1) {
+      if (HD == 64 && sh.dkdv_nw == 8) launch_dkdv<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, B, T, H, scale, s);
+      else launch_dkdv<E, HD, 4>(g, x, lse, delta, dx, B, T, H, scale, s);
+    }
+    if (sh.bwd_parts & 2) {
+      if (HD == 64 && sh.dq_nw == 8) launch_dq<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, B, T, H, scale, s);
+      else launch_dq<E, HD, 4>(g, x, lse, delta, dx, B, T, H, scale, s);
+    }
   });
 }
 
