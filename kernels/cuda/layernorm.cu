@@ -24,7 +24,8 @@ constexpr int kRowThreads = 8;
 constexpr int kChunkRows = 256;
 constexpr int kWarpRows = 4;      // rows (one warp each) per block of the register-resident kernels
 constexpr int kMaxLanePacks = 8;  // packs per lane those kernels hold; wider rows take the block kernels
-constexpr unsigned kFusedBlocks = 512;  // grid of the fused backward: partials per column it leaves
+constexpr int kBwdWarps = 8;            // warps per block of the fused backward
+constexpr unsigned kFusedBlocks = 256;  // its grid: partials per column it leaves
 
 int row_block(int cols) { return cols <= 128 ? 32 : (cols <= 1024 ? 128 : 256); }
 unsigned row_grid(int rows) { return unsigned(std::min(rows, 1 << 30)); }
@@ -167,48 +168,59 @@ static __global__ void layernorm_forward_kernel(const T* a, const T* b, const P*
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd; with
 // `accumulate` the old dx is added in FP32 before the one rounding.
-// Warp-per-row version with dgamma and dbeta fused in: dy and x of the row stay in registers, and each lane
-// also sums dy * xhat and dy over the
-// rows its warp visits, for its own columns, in registers; the block's warps are then added in warp order
-// through shared memory into one partial per block ([2][gridDim.x][cols] in `partial`), which
-// layernorm_param_finish_kernel adds in block order. dy and x are read once for everything. The grid depends
-// only on the row count, so the summation order, and the bits, are the same on every run and device.
+// Warp-per-row version with dgamma and dbeta fused in. dy and x of the row stay in registers (the next
+// row's are loaded while this one is worked on), and each lane also adds dy * xhat and dy for its own
+// columns into its warp's slice of shared memory (each element owned by one lane: no atomics, no barrier).
+// At the end the block's warps are added in warp order into one partial per block ([2][gridDim.x][cols]
+// in `partial`), which layernorm_param_finish_kernel adds in block order. dy and x are read once for
+// everything. The grid depends only on the row count, so the summation order, and the bits, are the same on
+// every run and device.
 template <class T, class P, int V, int K>
-static __global__ void __launch_bounds__(kWarpRows * 32)
+static __global__ void __launch_bounds__(kBwdWarps * 32)
     layernorm_backward_warp_kernel(const T* dy, const T* x, const P* __restrict__ gamma,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, T* dx, int rows,
                                    int cols, bool accumulate, float* __restrict__ partial) {
   using XP = Pack<T, V>;
   using PP = Pack<P, V>;
-  extern __shared__ float red[];  // [kWarpRows][2][cols]
+  extern __shared__ float red[];  // [kBwdWarps][2][cols]
   const int lane = threadIdx.x & 31, warp = int(threadIdx.x >> 5), packs = cols / V;
   const float inv_cols = 1.f / float(cols);
-  // Up to 4 packs per lane the sums live in registers; wider rows keep them in the warp's own slice of
-  // `red` (each element owned by one lane, so no atomics), which would otherwise spill.
-  constexpr bool kRegSums = K <= 4;
-  float ag[kRegSums ? K : 1][V], ab[kRegSums ? K : 1][V];
   float* wg = red + (warp * 2) * cols;
   float* wb = wg + cols;
-  if constexpr (kRegSums) {
 #pragma unroll
-    for (int k = 0; k < K; ++k)
+  for (int k = 0; k < K; ++k) {
+    const int q = k * 32 + lane;
+    if (q < packs) {
 #pragma unroll
-      for (int e = 0; e < V; ++e) ag[k][e] = ab[k][e] = 0.f;
-  } else {
-    for (int j = lane; j < cols; j += 32) wg[j] = wb[j] = 0.f;
-    __syncwarp();
+      for (int e = 0; e < V; ++e) wg[q * V + e] = wb[q * V + e] = 0.f;
+    }
   }
-  for (int row = blockIdx.x * kWarpRows + warp; row < rows; row += gridDim.x * kWarpRows) {
+  const int stride = int(gridDim.x) * kBwdWarps;
+  int row = int(blockIdx.x) * kBwdWarps + warp;
+  XP dv[K], xv[K];
+  auto load = [&](int r, XP (&d)[K], XP (&xx)[K]) {
+    const size_t off = size_t(r) * size_t(cols);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int q = k * 32 + lane;
+      if (q < packs) {
+        d[k] = reinterpret_cast<const XP*>(dy + off)[q];
+        xx[k] = reinterpret_cast<const XP*>(x + off)[q];
+      }
+    }
+  };
+  if (row < rows) load(row, dv, xv);
+  while (row < rows) {
+    const int next = row + stride;
+    XP dn[K], xn[K];
+    if (next < rows) load(next, dn, xn);
     const size_t off = size_t(row) * size_t(cols);
     const float mu = mean[row], r = rstd[row];
-    XP dv[K], xv[K];
     float s1 = 0.f, s2 = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int q = k * 32 + lane;
       if (q < packs) {
-        dv[k] = reinterpret_cast<const XP*>(dy + off)[q];
-        xv[k] = reinterpret_cast<const XP*>(x + off)[q];
         const PP g = reinterpret_cast<const PP*>(gamma)[q];
 #pragma unroll
         for (int e = 0; e < V; ++e) {
@@ -216,13 +228,8 @@ static __global__ void __launch_bounds__(kWarpRows * 32)
           const float gy = d * to_f32(g.v[e]);
           s1 += gy;
           s2 += gy * xhat;
-          if constexpr (kRegSums) {
-            ag[k][e] += d * xhat;
-            ab[k][e] += d;
-          } else {
-            wg[q * V + e] += d * xhat;
-            wb[q * V + e] += d;
-          }
+          wg[q * V + e] += d * xhat;
+          wb[q * V + e] += d;
         }
       }
     }
@@ -248,22 +255,15 @@ static __global__ void __launch_bounds__(kWarpRows * 32)
         *dst = o;
       }
     }
-  }
-  if constexpr (kRegSums) {
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int q = k * 32 + lane;
-      if (q < packs) {
-#pragma unroll
-        for (int e = 0; e < V; ++e) wg[q * V + e] = ag[k][e], wb[q * V + e] = ab[k][e];
-      }
-    }
+    for (int k = 0; k < K; ++k) dv[k] = dn[k], xv[k] = xn[k];
+    row = next;
   }
   __syncthreads();
   for (int j = int(threadIdx.x); j < cols; j += int(blockDim.x)) {
     float tg = 0.f, tb = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarpRows; ++w) tg += red[(w * 2) * cols + j], tb += red[(w * 2 + 1) * cols + j];
+    for (int w = 0; w < kBwdWarps; ++w) tg += red[(w * 2) * cols + j], tb += red[(w * 2 + 1) * cols + j];
     partial[size_t(blockIdx.x) * size_t(cols) + j] = tg;
     partial[(size_t(gridDim.x) + blockIdx.x) * size_t(cols) + j] = tb;
   }
@@ -432,7 +432,7 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
     dispatch_dtype(pt, "layernorm_backward", [&](auto ptag) {
       using P = typename decltype(ptag)::type;
       const int k = lane_packs<T, P>(cols, {dy, x, dx}, {gamma});
-      const size_t red_bytes = size_t(kWarpRows) * 2 * size_t(cols) * sizeof(float);
+      const size_t red_bytes = size_t(kBwdWarps) * 2 * size_t(cols) * sizeof(float);
       if (!k) return;
       fused = true;
       auto* kern = [&] {
@@ -444,11 +444,11 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
       }();
       if (red_bytes > 48 * 1024)
         MPT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(red_bytes)));
-      const unsigned blocks = std::min<unsigned>(kFusedBlocks, warp_grid(rows));
+      const unsigned blocks = std::min<unsigned>(kFusedBlocks, ceil_div(size_t(rows), kBwdWarps));
       float* partial = static_cast<float*>(stream_scratch(s, 2 * size_t(blocks) * size_t(cols) * sizeof(float)));
       with_lane_packs(k, [&](auto kc) {
         constexpr int K = decltype(kc)::value;
-        layernorm_backward_warp_kernel<T, P, kPackOf<T>, K><<<blocks, kWarpRows * 32, red_bytes, st>>>(
+        layernorm_backward_warp_kernel<T, P, kPackOf<T>, K><<<blocks, kBwdWarps * 32, red_bytes, st>>>(
             static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const P*>(gamma), mean, rstd,
             static_cast<T*>(dx), rows, cols, accumulate_dx, partial);
       });

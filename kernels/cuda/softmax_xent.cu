@@ -106,7 +106,8 @@ static __global__ void softmax_xent_kernel(const T* logits, const int32_t* __res
 }
 
 // ---- staged path: one row per block, read from memory once into shared memory (16-byte vectors of 8
-// half / bf16 values); the max, the sum of exponentials and the gradient passes run over the staged copy.
+// half / bf16 values) while the max and the sum of exponentials are formed (online); the gradient pass runs
+// over the staged copy.
 namespace {
 constexpr int kStagedThreads = 512;
 constexpr size_t kStagedMaxBytes = 112 * 1024;  // two rows per multiprocessor in flight on sm_80+ / sm_90
@@ -151,8 +152,10 @@ static __global__ void __launch_bounds__(kStagedThreads)
   const int nvec = cols / 8;
   const int y = labels[row];
   const bool ignored = y < 0, bad = y >= valid_cols;
-  // Pass 1 (memory): stage the row; max and its lowest index (each thread walks its columns in order).
-  float best = -INFINITY;
+  // Pass 1 (memory): stage the row; max and its lowest index (each thread walks its columns in order), and
+  // the sum of exp(x - max) kept online (rescaled when the thread's max grows), so the exponentials of the
+  // sum are computed while the loads are in flight and the row is walked twice in all, not three times.
+  float best = -INFINITY, run = 0.f;
   int bi = valid_cols;
   // Four loads in flight per thread before the first use.
   constexpr int kUnroll = 4;
@@ -170,33 +173,53 @@ static __global__ void __launch_bounds__(kStagedThreads)
       row_s[v] = raw[u];
       float f[8];
       unpack8(raw[u], static_cast<const T*>(nullptr), f);
+      const float before = best;
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
+      if (best == -INFINITY) continue;  // no valid column yet
+      float add = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (v * 8 + i < valid_cols) add += expf(f[i] - best);
+      run = (before == best ? run : run * expf(before - best)) + add;
     }
   }
-  warp_argmax(best, bi, valid_cols);
-  if (lane == 0) smax[warp] = best, sidx[warp] = bi;
+  // Block merge of (max, index, sum): a larger max rescales the other sum; fixed shuffle / warp order.
+  auto merge = [&](float ob, int oi, float orun) {
+    const float m = fmaxf(best, ob);
+    const float a = best == m ? run : (best == -INFINITY ? 0.f : run * expf(best - m));
+    const float c = ob == m ? orun : (ob == -INFINITY ? 0.f : orun * expf(ob - m));
+    merge_max(best, bi, ob, oi, valid_cols);
+    best = m == -INFINITY ? best : m;
+    run = a + c;
+  };
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    const float orun = __shfl_xor_sync(0xffffffffu, run, o);
+    merge(ob, oi, orun);
+  }
+  if (lane == 0) smax[warp] = best, sidx[warp] = bi, shm[warp] = run;
   __syncthreads();
   if (warp == 0) {
     best = lane < nwarps ? smax[lane] : -INFINITY;
     bi = lane < nwarps ? sidx[lane] : valid_cols;
-    warp_argmax(best, bi, valid_cols);
-    if (lane == 0) smax[0] = best, sidx[0] = bi;
+    run = lane < nwarps ? shm[lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      const float orun = __shfl_xor_sync(0xffffffffu, run, o);
+      merge(ob, oi, orun);
+    }
+    if (lane == 0) smax[0] = best, sidx[0] = bi, shm[32] = run;
   }
   __syncthreads();
   const float mx = smax[0];
   const int arg = sidx[0];
-  // Pass 2 (shared memory): sum of exp(x - max); the label's logit.
-  float se = 0.f;
-  for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
-    float f[8];
-    unpack8(row_s[v], static_cast<const T*>(nullptr), f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-      if (v * 8 + i < valid_cols) se += expf(f[i] - mx);
-  }
-  const float sum = block_sum(se, shm);
+  const float sum = shm[32];
   if (threadIdx.x == 0) {
     const float xy = (!ignored && !bad) ? to_f32(reinterpret_cast<const T*>(row_s)[y]) : 0.f;
     loss[row] = ignored ? 0.f : (bad ? NAN : (mx - xy) + logf(sum));

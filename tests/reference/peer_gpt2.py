@@ -70,7 +70,7 @@ class Gpt2(nn.Module):
             x = b(x)
         logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head
         logits = logits[..., : self.V]
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def read_shard(path):
@@ -131,7 +131,7 @@ def main():
             starts = rng.integers(0, len(tokens) - T - 1, size=B)
             x = np.stack([tokens[s:s + T + 1] for s in starts])
         x = torch.from_numpy(x).pin_memory().cuda(non_blocking=True)
-        return x[:, :-1], x[:, 1:]
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     times, losses = [], []
     for step in range(a.steps):
