@@ -25,7 +25,7 @@ constexpr int kChunkRows = 256;
 constexpr int kWarpRows = 4;      // rows (one warp each) per block of the register-resident kernels
 constexpr int kMaxLanePacks = 8;  // packs per lane those kernels hold; wider rows take the block kernels
 constexpr int kBwdWarps = 8;            // warps per block of the fused backward
-constexpr unsigned kFusedBlocks = 256;  // its grid: partials per column it leaves
+constexpr unsigned kFusedBlocks = 528;  // its grid (4 blocks on each of 132 multiprocessors): partials per column
 
 int row_block(int cols) { return cols <= 128 ? 32 : (cols <= 1024 ? 128 : 256); }
 unsigned row_grid(int rows) { return unsigned(std::min(rows, 1 << 30)); }
@@ -168,21 +168,23 @@ static __global__ void layernorm_forward_kernel(const T* a, const T* b, const P*
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma, xhat = (x - mean) * rstd; with
 // `accumulate` the old dx is added in FP32 before the one rounding.
-// Warp-per-row version with dgamma and dbeta fused in. dy and x of the row stay in registers (the next
-// row's are loaded while this one is worked on), and each lane also adds dy * xhat and dy for its own
-// columns into its warp's slice of shared memory (each element owned by one lane: no atomics, no barrier).
+// Warp-per-row version with dgamma and dbeta fused in: a warp walks its rows, each in two passes over dy
+// and x (the second from cache), and each lane also adds dy * xhat and dy for its own columns into its
+// warp's slice of shared memory (each element owned by one lane: no atomics, no barrier).
 // At the end the block's warps are added in warp order into one partial per block ([2][gridDim.x][cols]
-// in `partial`), which layernorm_param_finish_kernel adds in block order. dy and x are read once for
-// everything. The grid depends only on the row count, so the summation order, and the bits, are the same on
+// in `partial`), which layernorm_param_finish_kernel adds in block order. dy and x come from memory once
+// (the second pass finds them in cache). The grid depends only on the row count, so the summation order, and the bits, are the same on
 // every run and device.
 template <class T, class P, int V, int K>
-static __global__ void __launch_bounds__(kBwdWarps * 32)
+static __global__ void __launch_bounds__(kBwdWarps * 32, 4)
     layernorm_backward_warp_kernel(const T* dy, const T* x, const P* __restrict__ gamma,
                                    const float* __restrict__ mean, const float* __restrict__ rstd, T* dx, int rows,
                                    int cols, bool accumulate, float* __restrict__ partial) {
   using XP = Pack<T, V>;
   using PP = Pack<P, V>;
-  extern __shared__ float red[];  // [kBwdWarps][2][cols]
+  // red[warp][sum][e][q]: column q * V + e of a warp's two sums. Lanes own consecutive q, so a warp's 32
+  // accesses to one (sum, e) plane hit 32 different banks.
+  extern __shared__ float red[];
   const int lane = threadIdx.x & 31, warp = int(threadIdx.x >> 5), packs = cols / V;
   const float inv_cols = 1.f / float(cols);
   float* wg = red + (warp * 2) * cols;
@@ -192,53 +194,41 @@ static __global__ void __launch_bounds__(kBwdWarps * 32)
     const int q = k * 32 + lane;
     if (q < packs) {
 #pragma unroll
-      for (int e = 0; e < V; ++e) wg[q * V + e] = wb[q * V + e] = 0.f;
+      for (int e = 0; e < V; ++e) wg[e * packs + q] = wb[e * packs + q] = 0.f;
     }
   }
-  const int stride = int(gridDim.x) * kBwdWarps;
-  int row = int(blockIdx.x) * kBwdWarps + warp;
-  XP dv[K], xv[K];
-  auto load = [&](int r, XP (&d)[K], XP (&xx)[K]) {
-    const size_t off = size_t(r) * size_t(cols);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int q = k * 32 + lane;
-      if (q < packs) {
-        d[k] = reinterpret_cast<const XP*>(dy + off)[q];
-        xx[k] = reinterpret_cast<const XP*>(x + off)[q];
-      }
-    }
-  };
-  if (row < rows) load(row, dv, xv);
-  while (row < rows) {
-    const int next = row + stride;
-    XP dn[K], xn[K];
-    if (next < rows) load(next, dn, xn);
+  for (int row = int(blockIdx.x) * kBwdWarps + warp; row < rows; row += int(gridDim.x) * kBwdWarps) {
     const size_t off = size_t(row) * size_t(cols);
     const float mu = mean[row], r = rstd[row];
+    const XP* dyr = reinterpret_cast<const XP*>(dy + off);
+    const XP* xr = reinterpret_cast<const XP*>(x + off);
     float s1 = 0.f, s2 = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int q = k * 32 + lane;
       if (q < packs) {
+        const XP dv = dyr[q], xv = xr[q];
         const PP g = reinterpret_cast<const PP*>(gamma)[q];
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          const float d = to_f32(dv[k].v[e]), xhat = (to_f32(xv[k].v[e]) - mu) * r;
+          const float d = to_f32(dv.v[e]), xhat = (to_f32(xv.v[e]) - mu) * r;
           const float gy = d * to_f32(g.v[e]);
           s1 += gy;
           s2 += gy * xhat;
-          wg[q * V + e] += d * xhat;
-          wb[q * V + e] += d;
+          wg[e * packs + q] += d * xhat;
+          wb[e * packs + q] += d;
         }
       }
     }
     const float mg = warp_sum(s1) * inv_cols;
     const float mgx = warp_sum(s2) * inv_cols;
+    // Second pass over the row: dy and x again (cache hits: the warp read them just now), which keeps the
+    // registers few and the multiprocessor full of warps.
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int q = k * 32 + lane;
       if (q < packs) {
+        const XP dv = dyr[q], xv = xr[q];
         const PP g = reinterpret_cast<const PP*>(gamma)[q];
         XP* dst = reinterpret_cast<XP*>(dx + off) + q;
         XP old{};
@@ -246,8 +236,8 @@ static __global__ void __launch_bounds__(kBwdWarps * 32)
         XP o;
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          const float gy = to_f32(dv[k].v[e]) * to_f32(g.v[e]);
-          const float xhat = (to_f32(xv[k].v[e]) - mu) * r;
+          const float gy = to_f32(dv.v[e]) * to_f32(g.v[e]);
+          const float xhat = (to_f32(xv.v[e]) - mu) * r;
           float v = r * (gy - mg - xhat * mgx);
           if (accumulate) v += to_f32(old.v[e]);
           o.v[e] = from_f32<T>(v);
@@ -255,15 +245,13 @@ static __global__ void __launch_bounds__(kBwdWarps * 32)
         *dst = o;
       }
     }
-#pragma unroll
-    for (int k = 0; k < K; ++k) dv[k] = dn[k], xv[k] = xn[k];
-    row = next;
   }
   __syncthreads();
   for (int j = int(threadIdx.x); j < cols; j += int(blockDim.x)) {
     float tg = 0.f, tb = 0.f;
 #pragma unroll
-    for (int w = 0; w < kBwdWarps; ++w) tg += red[(w * 2) * cols + j], tb += red[(w * 2 + 1) * cols + j];
+    const int at = (j % V) * packs + j / V;
+    for (int w = 0; w < kBwdWarps; ++w) tg += red[(w * 2) * cols + at], tb += red[(w * 2 + 1) * cols + at];
     partial[size_t(blockIdx.x) * size_t(cols) + j] = tg;
     partial[(size_t(gridDim.x) + blockIdx.x) * size_t(cols) + j] = tb;
   }

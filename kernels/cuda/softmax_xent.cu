@@ -110,6 +110,15 @@ static __global__ void softmax_xent_kernel(const T* logits, const int32_t* __res
 // over the staged copy.
 namespace {
 constexpr int kStagedThreads = 512;
+constexpr float kLog2e = 1.4426950408889634f;
+// exp(x - m) as 2^(x log2 e - m log2 e): one FMA and the hardware exp2 (relative error ~2^-22, plus the
+// FMA's rounding of the argument), instead of expf's longer sequence. The staged path is for half and bf16
+// logits, whose gradient is rounded to 8 or 11 bits anyway.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 constexpr size_t kStagedMaxBytes = 112 * 1024;  // two rows per multiprocessor in flight on sm_80+ / sm_90
 
 __device__ __forceinline__ void unpack8(const uint4& v, const __half*, float (&f)[8]) {
@@ -174,22 +183,42 @@ static __global__ void __launch_bounds__(kStagedThreads)
       float f[8];
       unpack8(raw[u], static_cast<const T*>(nullptr), f);
       const float before = best;
+      if (v * 8 + 8 <= valid_cols) {  // every column valid: max of the eight, then the index if it is new
+        float m8 = f[0];
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
-      if (best == -INFINITY) continue;  // no valid column yet
-      float add = 0.f;
+        for (int i = 1; i < 8; ++i) m8 = fmaxf(m8, f[i]);
+        if (m8 > best) {
+          int idx = 7;
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        if (v * 8 + i < valid_cols) add += expf(f[i] - best);
-      run = (before == best ? run : run * expf(before - best)) + add;
+          for (int i = 6; i >= 0; --i) idx = f[i] == m8 ? i : idx;
+          best = m8;
+          bi = v * 8 + idx;
+        }
+        if (best == -INFINITY) continue;
+        const float ml = best * kLog2e;
+        float add = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) add += fast_exp2(fmaf(f[i], kLog2e, -ml));
+        run = (before == best ? run : run * fast_exp2((before - best) * kLog2e)) + add;
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          if (v * 8 + i < valid_cols) merge_max(best, bi, f[i], v * 8 + i, valid_cols);
+        if (best == -INFINITY) continue;
+        const float ml = best * kLog2e;
+        float add = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          if (v * 8 + i < valid_cols) add += fast_exp2(fmaf(f[i], kLog2e, -ml));
+        run = (before == best ? run : run * fast_exp2((before - best) * kLog2e)) + add;
+      }
     }
   }
   // Block merge of (max, index, sum): a larger max rescales the other sum; fixed shuffle / warp order.
   auto merge = [&](float ob, int oi, float orun) {
     const float m = fmaxf(best, ob);
-    const float a = best == m ? run : (best == -INFINITY ? 0.f : run * expf(best - m));
-    const float c = ob == m ? orun : (ob == -INFINITY ? 0.f : orun * expf(ob - m));
+    const float a = best == m ? run : (best == -INFINITY ? 0.f : run * fast_exp2((best - m) * kLog2e));
+    const float c = ob == m ? orun : (ob == -INFINITY ? 0.f : orun * fast_exp2((ob - m) * kLog2e));
     merge_max(best, bi, ob, oi, valid_cols);
     best = m == -INFINITY ? best : m;
     run = a + c;
@@ -226,21 +255,32 @@ static __global__ void __launch_bounds__(kStagedThreads)
     if (pred) pred[row] = arg < valid_cols ? arg : 0;
   }
   if (!dlogits) return;
-  // Pass 3: the gradient, written once.
-  const float inv_sum = 1.f / sum;
+  // Pass 3: the gradient, written once. Padding columns and ignored rows get exact zeros.
+  const float inv_sum = 1.f / sum, ml = mx * kLog2e;
+  const bool zero_row = ignored || bad;
   uint4* dv = reinterpret_cast<uint4*>(dlogits + off);
   for (int v = int(threadIdx.x); v < nvec; v += int(blockDim.x)) {
     float f[8];
     unpack8(row_s[v], static_cast<const T*>(nullptr), f);
+    const int c0 = v * 8;
+    if (!zero_row && c0 + 8 <= valid_cols) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int j = v * 8 + i;
-      float g = 0.f;
-      if (!ignored && !bad && j < valid_cols) {
-        const float p = __fmul_rn(expf(f[i] - mx), inv_sum);  // no FMA with the - 1 below
-        g = grad_scale * (p - (j == y ? 1.f : 0.f));
+      for (int i = 0; i < 8; ++i) f[i] = grad_scale * __fmul_rn(fast_exp2(fmaf(f[i], kLog2e, -ml)), inv_sum);
+      if (y >= c0 && y < c0 + 8) {  // the label's column: scale * (p - 1), p without FMA into the - 1
+        const float p = __fmul_rn(fast_exp2(fmaf(to_f32(reinterpret_cast<const T*>(row_s)[y]), kLog2e, -ml)), inv_sum);
+        f[y - c0] = grad_scale * (p - 1.f);
       }
-      f[i] = g;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int j = c0 + i;
+        float g = 0.f;
+        if (!zero_row && j < valid_cols) {
+          const float p = __fmul_rn(fast_exp2(fmaf(f[i], kLog2e, -ml)), inv_sum);
+          g = grad_scale * (p - (j == y ? 1.f : 0.f));
+        }
+        f[i] = g;
+      }
     }
     dv[v] = pack8<T>(f);
   }

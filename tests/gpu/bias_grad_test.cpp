@@ -20,7 +20,8 @@ namespace {
 struct Shape { int rows, cols; };
 // Column counts are not multiples of the 32-column tile; 4097 and 65000 rows need several row chunks
 // (65000 x 255/256 < 2^16 keeps the exact-sum test exact).
-const Shape kShapes[] = {{1, 1}, {1, 37}, {37, 1000}, {4097, 37}, {1000, 4097}, {65000, 3}, {300, 1}};
+// Widths that are multiples of 8 (1000, 768, 3072) take the 16-byte path for half dy.
+const Shape kShapes[] = {{1, 1}, {1, 37}, {37, 1000}, {4097, 37}, {1000, 4097}, {65000, 3}, {300, 1}, {2048, 768}, {513, 3072}};
 
 std::vector<uint8_t> multiples_of_2m8(Rng& r, DType t, size_t n) {
   std::vector<uint8_t> b(n * dtype_size(t));
