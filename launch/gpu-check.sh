@@ -12,7 +12,8 @@
 #   attention  mptrain bench-attention (bf16, fp16; the CUDA-core kernels for scale) beside PyTorch's
 #              scaled_dot_product_attention backends (tests/reference/attention_peer.py), B=16 T=1024 H=12 D=64
 #   profile    mptrain profile of gpt2-124m at B=16 on one GPU, bf16 and fp16 (per-op tables); with
-#              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels)
+#              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels);
+#              PROFILE_MODES="bf16" profiles that precision only
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -136,8 +137,7 @@ if want profile; then
     echo "-- $1"; head -45 "$OUT/profile-$1.log"
   }
   [ "${PROFILE_SIMT:-0}" = 1 ] && prof bf16-simt bf16 MPT_ATTENTION=simt
-  prof bf16 bf16
-  prof fp16 fp16
+  for m in ${PROFILE_MODES:-bf16 fp16}; do prof "$m" "$m"; done
 fi
 
 if want peer; then

@@ -5,9 +5,9 @@
 // (every GPT-2 width in half precision) take one warp per row, reading the row once with vector loads; other
 // rows take one block per row and re-read the row from L1/L2 for each pass. The residual variant forms
 // res = a + b in the same kernel, so res is written once and never read back from memory by the warp path.
-// Backward, rows in registers: one kernel reads dy and x once, writes dx and leaves per-block partials of
-// dgamma and dbeta (fixed summation order), and a second adds the partials in block order into dgamma /
-// dbeta, rounding once. Other rows: dgamma and dbeta by a deterministic column reduction like bias_grad's
+// Backward, rows that fit a warp: one kernel walks the rows (a warp per row, two passes over the row, the
+// second from cache), writes dx and leaves per-block partials of dgamma and dbeta (fixed summation order),
+// and a second adds the partials in a fixed order into dgamma / dbeta, rounding once. Other rows: dgamma and dbeta by a deterministic column reduction like bias_grad's
 // (32-column tiles x row chunks, chunk partials in the per-stream FP32 scratch, the same finishing pass),
 // then dx by one block per row. Either way every lane (thread) reads its dy and x before dx is written, so
 // dx may share storage with dy or x.
@@ -172,7 +172,7 @@ static __global__ void layernorm_forward_kernel(const T* a, const T* b, const P*
 // and x (the second from cache), and each lane also adds dy * xhat and dy for its own columns into its
 // warp's slice of shared memory (each element owned by one lane: no atomics, no barrier).
 // At the end the block's warps are added in warp order into one partial per block ([2][gridDim.x][cols]
-// in `partial`), which layernorm_param_finish_kernel adds in block order. dy and x come from memory once
+// in `partial`), which layernorm_param_finish_wide_kernel adds in a fixed order. dy and x come from memory once
 // (the second pass finds them in cache). The grid depends only on the row count, so the summation order, and the bits, are the same on
 // every run and device.
 template <class T, class P, int V, int K>
@@ -249,8 +249,8 @@ static __global__ void __launch_bounds__(kBwdWarps * 32, 4)
   __syncthreads();
   for (int j = int(threadIdx.x); j < cols; j += int(blockDim.x)) {
     float tg = 0.f, tb = 0.f;
-#pragma unroll
     const int at = (j % V) * packs + j / V;
+#pragma unroll
     for (int w = 0; w < kBwdWarps; ++w) tg += red[(w * 2) * cols + at], tb += red[(w * 2 + 1) * cols + at];
     partial[size_t(blockIdx.x) * size_t(cols) + j] = tg;
     partial[(size_t(gridDim.x) + blockIdx.x) * size_t(cols) + j] = tb;
@@ -341,6 +341,31 @@ static __global__ void layernorm_param_finish_kernel(const float* __restrict__ p
     }
     if (dgamma) store_f32(dgamma, j, load_f32(dgamma, j) + tg);
     if (dbeta) store_f32(dbeta, j, load_f32(dbeta, j) + tb);
+  }
+}
+
+// The fused backward leaves hundreds of partials per column; one thread per column adding them in turn
+// would wait on memory hundreds of times. Here a block of 32 x 32 threads owns 32 columns: thread (tx, ty)
+// adds partials ty, ty + 32, ... of column tx in turn, then the 32 sums are added in ty order. Fixed order.
+template <class P>
+static __global__ void __launch_bounds__(1024)
+    layernorm_param_finish_wide_kernel(const float* __restrict__ partial, int chunks, int cols, P* __restrict__ dgamma,
+                                       P* __restrict__ dbeta) {
+  __shared__ float sg[32][33], sb[32][33];
+  const int tx = threadIdx.x, ty = threadIdx.y, j = blockIdx.x * 32 + tx;
+  const float* pg = partial;
+  const float* pb = partial + size_t(chunks) * size_t(cols);
+  float tg = 0.f, tb = 0.f;
+  if (j < cols)
+    for (int c = ty; c < chunks; c += 32) tg += pg[size_t(c) * size_t(cols) + j], tb += pb[size_t(c) * size_t(cols) + j];
+  sg[ty][tx] = tg;
+  sb[ty][tx] = tb;
+  __syncthreads();
+  if (ty == 0 && j < cols) {
+    float g = sg[0][tx], b = sb[0][tx];
+    for (int q = 1; q < 32; ++q) g += sg[q][tx], b += sb[q][tx];
+    if (dgamma) store_f32(dgamma, j, load_f32(dgamma, j) + g);
+    if (dbeta) store_f32(dbeta, j, load_f32(dbeta, j) + b);
   }
 }
 
@@ -441,9 +466,9 @@ void layernorm_backward(const void* dy, const void* x, DType xt, const void* gam
             static_cast<T*>(dx), rows, cols, accumulate_dx, partial);
       });
       MPT_LAUNCH_CHECK("layernorm_backward_warp_kernel");
-      layernorm_param_finish_kernel<P><<<grid_for(size_t(cols)), kBlock, 0, st>>>(
+      layernorm_param_finish_wide_kernel<P><<<ceil_div(size_t(cols), 32), dim3(32, 32), 0, st>>>(
           partial, int(blocks), cols, static_cast<P*>(dgamma), static_cast<P*>(dbeta));
-      MPT_LAUNCH_CHECK("layernorm_param_finish_kernel");
+      MPT_LAUNCH_CHECK("layernorm_param_finish_wide_kernel");
     });
   });
   if (fused) return;
