@@ -42,11 +42,28 @@ if MPTRAIN="$MPTRAIN" bash "$SRC/launch/prepare-text.sh" "$tmp/text" > "$tmp/pre
   else
     echo "FAIL: gpt2-tiny loss $first -> $last (want a drop of more than 1.5 from > 5)"; fail=$((fail+1))
   fi
+  # The per-op profile of one step (1 rank): a table whose rows add up to no more than the step, with the
+  # attention, GEMM and loss rows present and every row's rate computed.
+  run 0 "sum of the ops above" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu --warmup 1 --steps 2 \
+    --set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]" \
+    --out "$tmp/prof.json"
+  if /usr/bin/env python3 - "$tmp/prof.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+names = [r["op"] for r in p["rows"]]
+ok = p["step_ms"] > 0 and 0.5 * p["step_ms"] <= p["ops_ms"] <= 1.02 * p["step_ms"]
+ok = ok and abs(sum(r["ms"] for r in p["rows"]) - p["ops_ms"]) < 1e-6 * max(1.0, p["ops_ms"])
+for want in ("attention_forward", "attention_backward", "gemm", "softmax_xent", "adamw_segments", "layernorm_backward"):
+    ok = ok and any(n.startswith(want) for n in names)
+ok = ok and all(r["rate"] > 0 and r["launches"] >= 1 for r in p["rows"])
+sys.exit(0 if ok else 1)
+PY
+  then echo "ok: profile table adds up"; else echo "FAIL: profile JSON"; head -c 2000 "$tmp/prof.json"; fail=$((fail+1)); fi
   printf 'NOTATOKENSHARD' > "$tmp/text/bad-00000.bin"
   run 2 "bad-00000.bin: magic" train "$SRC/configs/gpt2-tiny.json" --set device=cpu \
     --set data.train_shards="[\"$tmp/text/bad-00000.bin\"]"
 else
   echo "FAIL: launch/prepare-text.sh"; sed 's/^/    /' "$tmp/prep"; fail=$((fail+1))
 fi
-echo "$((11 - fail)) passed, $fail failed"
+echo "$((13 - fail)) passed, $fail failed"
 [ "$fail" = 0 ]
