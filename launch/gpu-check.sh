@@ -19,7 +19,9 @@
 #              peak memory, ratio
 # GTEST_FILTER (tests part) runs only the matching GPU test cases, on 1 and 2 ranks, without ctest.
 # Data: Fashion-MNIST from $MPT_DATA_DIR (default /usr/share/datasets/fashion-mnist, else .data/fashion-mnist);
-# token shards from .data/text (launch/prepare-text.sh writes them).
+# token shards from .data/text (launch/prepare-text.sh writes them). On a machine without the Debian dataset
+# package, bring both folders along (the device tool: carry .data/fashion-mnist and .data/text): the
+# training tests (tests part) read Fashion-MNIST, and without it most of them fail at once.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-check-out}"
