@@ -104,6 +104,8 @@ Run run_layer(Model& m, ShardedOptimizer& opt, const Exec& ex, const Batch& b, f
 int analyze_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {"out", "batches", "dtype"}, {}, &a)) return kExitBadInput;
+  int batches = 0;
+  if (!int_option(a, "batches", 4, 1, &batches)) return kExitBadInput;
   WorldInfo world = mpi_init(nullptr, nullptr);
   int code = 0;
   try {
@@ -115,7 +117,6 @@ int analyze_command(int argc, char** argv) {
     const std::string half_name = a.opts.count("dtype") ? a.opts.at("dtype") : "fp16";
     if (half_name != "fp16" && half_name != "bf16") throw InputError("--dtype", "", "must be fp16 or bf16");
     const DType half = half_name == "fp16" ? DType::F16 : DType::BF16;
-    const int batches = a.opts.count("batches") ? std::max(1, std::stoi(a.opts.at("batches"))) : 4;
     // FP32 everywhere for the reference; the full gradient buffer readable (stage 0); the scale fp16 would
     // start from.
     const double scale = half == DType::F16 ? cfg.loss_scale.init : 1.0;

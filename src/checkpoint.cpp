@@ -1,11 +1,14 @@
 #include "src/checkpoint.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include <unistd.h>
+#include <zlib.h>
 
 #include "src/check.h"
 
@@ -49,6 +52,19 @@ std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, 
   h["params"] = nlohmann::json::array();
   for (const auto& [name, shape] : meta.params) h["params"].push_back({{"name", name}, {"shape", shape}});
   h["config"] = meta.config;
+  // CRC-32 (zlib) of each FP32 array as written: a flipped byte anywhere in the state is refused on load.
+  auto crc = [](const std::vector<float>& v) {
+    uLong c = crc32(0L, Z_NULL, 0);
+    const auto* p = reinterpret_cast<const Bytef*>(v.data());
+    size_t left = v.size() * 4;
+    while (left > 0) {
+      const uInt n = uInt(std::min<size_t>(left, 1u << 30));
+      c = crc32(c, p, n);
+      p += n, left -= n;
+    }
+    return uint32_t(c);
+  };
+  h["crc32"] = {{"master", crc(s.master)}, {"m", crc(s.m)}, {"v", crc(s.v)}};
   const std::string header = h.dump();
   const std::string name = "ckpt-" + std::to_string(meta.step) + ".bin";
   const std::string path = dir + "/" + name;
@@ -99,6 +115,20 @@ void load_checkpoint(const std::string& path, const std::vector<ParamSpec>& spec
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path, "header", e.what());
   }
+  // Every counter is a count and the scale a positive finite float: anything else is a damaged file, and
+  // resuming from it would index the sampler out of range or train on a nonsense scale.
+  auto nonneg = [&](int64_t v, const char* field) {
+    if (v < 0) throw InputError(path, field, "must be >= 0, got " + std::to_string(v));
+  };
+  nonneg(meta->step, "step");
+  nonneg(meta->epoch, "epoch");
+  nonneg(meta->step_in_epoch, "step_in_epoch");
+  nonneg(meta->adam_step, "adam_step");
+  nonneg(meta->growth_tracker, "scaler.growth_tracker");
+  nonneg(meta->hysteresis_left, "scaler.hysteresis_left");
+  nonneg(meta->skipped, "scaler.skipped");
+  if (!(meta->scale > 0) || !std::isfinite(meta->scale))
+    throw InputError(path, "scaler.scale", "must be a positive finite number, got " + std::to_string(meta->scale));
   if (meta->params.size() != specs.size())
     throw InputError(path, "params", "has " + std::to_string(meta->params.size()) + " parameters, the model " +
                                          std::to_string(specs.size()));
@@ -109,11 +139,34 @@ void load_checkpoint(const std::string& path, const std::vector<ParamSpec>& spec
                        "is " + meta->params[i].first + ", the model expects " + specs[i].name + " with another shape");
     total += size_t(specs[i].numel());
   }
+  const char* names[] = {"master", "m", "v"};
+  int k = 0;
   for (auto* v : {&s->master, &s->m, &s->v}) {
     v->resize(total);
     if (!in.read(reinterpret_cast<char*>(v->data()), std::streamsize(total * 4)))
       throw InputError(path, "data", "truncated: expected " + std::to_string(3 * total * 4) + " bytes of state");
+    // Files written before checksums have no crc32 entry; they load as before.
+    if (h.contains("crc32")) {
+      uLong c = crc32(0L, Z_NULL, 0);
+      const auto* p = reinterpret_cast<const Bytef*>(v->data());
+      size_t left = total * 4;
+      while (left > 0) {
+        const uInt n = uInt(std::min<size_t>(left, 1u << 30));
+        c = crc32(c, p, n);
+        p += n, left -= n;
+      }
+      uint32_t want = 0;
+      try {
+        want = h.at("crc32").at(names[k]).get<uint32_t>();
+      } catch (const nlohmann::json::exception& e) {
+        throw InputError(path, std::string("crc32.") + names[k], e.what());
+      }
+      if (uint32_t(c) != want)
+        throw InputError(path, std::string("data.") + names[k], "checksum mismatch: the file is damaged");
+    }
+    ++k;
   }
+  if (in.peek() != std::char_traits<char>::eof()) throw InputError(path, "data", "trailing bytes after the state");
 }
 
 }  // namespace mpt

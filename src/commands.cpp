@@ -112,6 +112,16 @@ int run_config_command(const CommandArgs& a, const std::function<void(Config&, c
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (rank == 0) std::fprintf(stderr, "mptrain: stopped by the stability monitor: %s\n", e.what());
     code = kExitStability;
+  } catch (const RunFailed& e) {
+    // Every rank reaches the same verdict from the same all-reduced values; rank 0 says it.
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::fprintf(stderr, "mptrain: the run failed: %s\n", e.what());
+    code = kExitRunFailed;
+  } catch (const std::exception& e) {
+    // Anything else happened on this rank alone, and the others may be waiting in a collective: the fatal
+    // path aborts the communicator, which ends every rank.
+    MPT_FATAL("mptrain", std::string("unexpected error: ") + e.what());
   }
   mpi_finalize();
   return code;
@@ -161,10 +171,11 @@ int export_command(int argc, char** argv) {
 int dump_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {"out", "steps"}, {"out"}, &a)) return kExitBadInput;
+  int steps = 0;
+  if (!int_option(a, "steps", 10, 1, &steps)) return kExitBadInput;
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     if (world.size != 1) throw InputError(a.config, "", "mptrain dump runs on one rank");
     const std::string dir = a.opts.at("out");
-    const int steps = a.opts.count("steps") ? std::stoi(a.opts.at("steps")) : 10;
     // Stage 0 keeps the full gradient buffer readable; one micro-batch per step; nothing else written.
     cfg.zero.stage = 0;
     cfg.train.grad_accum = 1;

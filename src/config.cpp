@@ -277,12 +277,17 @@ const std::vector<std::string>& known_paths() {
 // ---- strict JSON text parsing
 
 // nlohmann keeps the last of two equal keys without a word; a config that says lr twice is a mistake,
-// so the parse callback tracks where it is and rejects the second one.
+// so the parse callback tracks where it is and rejects the second one. It also stops a document nested
+// deeper than any config can be (the deepest key is 3 levels down): without the limit a 100,000-level
+// document costs memory quadratic in its depth before any key is checked.
+constexpr int kMaxConfigDepth = 32;
 class DuplicateKeyCheck {
  public:
   // `base`: the key path the parsed text sits at ("" for a file, the key of a --set).
   DuplicateKeyCheck(std::string file, std::string base) : file_(std::move(file)), base_(std::move(base)) {}
-  bool operator()(int /*depth*/, json::parse_event_t ev, json& parsed) {
+  bool operator()(int depth, json::parse_event_t ev, json& parsed) {
+    if (depth > kMaxConfigDepth)
+      throw InputError(file_, child_path(), "nested more than " + std::to_string(kMaxConfigDepth) + " levels deep");
     switch (ev) {
       case json::parse_event_t::object_start: frames_.push_back({false, child_path(), {}, {}, 0}); break;
       case json::parse_event_t::array_start: frames_.push_back({true, child_path(), {}, {}, 0}); break;
@@ -321,6 +326,31 @@ class DuplicateKeyCheck {
   std::string file_, base_;
   std::vector<Frame> frames_;
 };
+
+// RFC 3629 UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF.
+bool valid_utf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    size_t len;
+    unsigned cp;
+    if (c < 0x80) { ++i; continue; }
+    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+    else return false;
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return false;
+    i += len;
+  }
+  return true;
+}
 
 // nlohmann messages start with "[json.exception.<kind>.<id>] "; the reader needs only the rest.
 std::string strip_json_prefix(const std::string& what) {
@@ -417,11 +447,14 @@ void apply_override(json& doc, const std::string& ov, int source, Provenance& pr
     target = &(*target)[part];
   }
 
-  // Anything that is not valid JSON is a plain string, so --set data.dir=/x/y needs no quotes.
+  // Anything that is not valid JSON is a plain string, so --set data.dir=/x/y needs no quotes. The JSON
+  // parser checks UTF-8 itself; the plain string must be checked here, or it would break the first
+  // serialisation of the config (checkpoint headers, metrics).
   json value;
   try {
     value = json::parse(text, DuplicateKeyCheck(file, key));
   } catch (const json::parse_error&) {
+    if (!valid_utf8(text)) throw InputError(file, key, "the value is not valid UTF-8");
     value = text;
   } catch (const json::out_of_range& e) {
     throw InputError(file, key, std::string("number out of range: ") + strip_json_prefix(e.what()));
@@ -595,6 +628,29 @@ void read_model(Reader& r, ModelConfig& m) {
   m.seq_len = r.integer<int>("model.seq_len", 1, 1 << 20);
   m.vocab = r.integer<int>("model.vocab", 2, 1 << 24);
   m.init_from = r.str("model.init_from");
+  // The parameter count, in floating point so that no product overflows, against a ceiling no run can reach
+  // (2^34 parameters need over 270 GB for weights and AdamW state): a typo like hidden = [2000000000]
+  // is a clear error here instead of a failed allocation later. What fits the machine at hand is checked
+  // when the model is built (Trainer).
+  double params = 0;
+  std::string culprit = "model.n_embd";
+  if (m.type == "mlp") {
+    double in = m.input_dim, largest = 0;
+    auto layer = [&](double out, const std::string& key) {
+      const double n = (in + 1) * out;
+      params += n;
+      if (n > largest) largest = n, culprit = out >= in ? key : (in == m.input_dim ? "model.input_dim" : key);
+      in = out;
+    };
+    for (size_t i = 0; i < m.hidden.size(); ++i) layer(m.hidden[i], "model.hidden[" + std::to_string(i) + "]");
+    layer(m.num_classes, "model.num_classes");
+  } else {
+    const double C = m.n_embd, Vp = std::ceil(m.vocab / 128.0) * 128;
+    params = Vp * C + double(m.seq_len) * C + m.n_layer * (12 * C * C + 13 * C) + 2 * C;
+  }
+  if (params > 0x1p34)
+    r.fail(culprit, "the model would have " + num_str(params) + " parameters; at most 2^34 (" + num_str(0x1p34) +
+               ") are supported");
   if (m.type == "gpt2") {
     if (m.n_embd % m.n_head != 0)
       r.fail_pair("model.n_embd", "model.n_head", "must be a multiple of model.n_head (" + std::to_string(m.n_head) + ")");

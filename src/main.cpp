@@ -1,9 +1,11 @@
 // mptrain: mixed-precision data-parallel training. Subcommands dispatch here.
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "src/config.h"
+#include "src/check.h"
 #include "src/commands.h"
 #include "src/tokens.h"
 
@@ -33,7 +35,9 @@ const char* kUsage =
     "  -h, --help          this help; `mptrain train --help` lists every config key\n"
     "\n"
     "exit codes: 0 success, 2 bad input (config, data, checkpoint: the message names the file and the key),\n"
-    "            anything else: a failed library call (reported with host, rank, file:line).\n";
+    "            3 stopped by the stability monitor, 4 the run did not train (final loss not finite, most steps\n"
+    "            skipped, or overflowing at the minimum loss scale), anything else: a failed library call or an\n"
+    "            unexpected error (reported with host, rank, file:line; every rank is ended).\n";
 
 const char* kTrainUsage =
     "usage: mptrain train CONFIG [--set key.path=value ...]\n"
@@ -49,9 +53,25 @@ const char* kTrainUsage =
     "\n"
     "config keys (key, default, meaning):\n";
 
+// An exception that escapes everything (a thread, a destructor) must still end the whole job: print it and
+// take the fatal path, which aborts the communicator so that no other rank waits forever.
+void on_terminate() {
+  std::string what = "unknown exception";
+  if (std::exception_ptr e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+    }
+  }
+  mpt::fatal_call(__FILE__, __LINE__, "mptrain", "uncaught exception: " + what);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::set_terminate(on_terminate);
   if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -65,6 +65,79 @@ std::string policy_summary(const std::vector<std::pair<std::string, DType>>& lay
   return out;
 }
 
+// Leaf key paths where two resolved configs differ (arrays compare whole).
+void config_diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix,
+                 std::vector<std::string>* out) {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const std::string path = prefix.empty() ? it.key() : prefix + "." + it.key();
+      if (!b.contains(it.key())) out->push_back(path);
+      else config_diff(*it, b.at(it.key()), path, out);
+    }
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key())) out->push_back(prefix.empty() ? it.key() : prefix + "." + it.key());
+  } else if (a != b) {
+    out->push_back(prefix);
+  }
+}
+
+// Every rank must run the same configuration: ranks started with different files (or --set values)
+// would otherwise hang in mismatched collectives, corrupt memory (different bucket sizes) or train
+// silently wrong (different precisions). One all-gather of a hash of the effective config; on a mismatch
+// rank 0's config is broadcast, each rank that differs names the keys, and every rank throws. File paths
+// may differ (node-local copies of the data, per-rank files): what they lead to is compared once loaded
+// (check_same_data).
+nlohmann::json comparable_config(const nlohmann::json& resolved) {
+  nlohmann::json c = resolved;
+  for (const char* p : {"/data/dir", "/data/train_shards", "/data/val_shards", "/model/init_from", "/checkpoint/dir",
+                        "/log/metrics"}) {
+    const nlohmann::json::json_pointer ptr(p);
+    if (c.contains(ptr)) c[ptr] = nullptr;
+  }
+  return c;
+}
+
+void check_same_config(const Config& cfg, MPI_Comm comm, int rank, int size) {
+  const nlohmann::json mine = comparable_config(cfg.resolved);
+  const std::string text = mine.dump();
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  std::vector<uint64_t> all(static_cast<size_t>(size));
+  MPT_MPI_CHECK(MPI_Allgather(&h, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, comm));
+  bool same = true;
+  for (uint64_t x : all) same = same && x == all[0];
+  if (same) return;
+  uint64_t len = text.size();
+  MPT_MPI_CHECK(MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm));
+  std::string root(len, '\0');
+  if (rank == 0) root = text;
+  MPT_MPI_CHECK(MPI_Bcast(root.data(), int(len), MPI_CHAR, 0, comm));
+  std::vector<std::string> keys;
+  config_diff(nlohmann::json::parse(root), mine, "", &keys);
+  std::string list;
+  for (const std::string& k : keys) list += (list.empty() ? "" : ", ") + k;
+  if (rank == 0)
+    throw InputError(cfg.source, "", "the ranks were started with different configurations (every rank must run "
+                                     "the same one); the ranks that differ name the keys");
+  if (keys.empty()) throw PeerInputError();
+  throw InputError(cfg.source, "", "rank " + std::to_string(rank) + " runs another configuration than rank 0: " + list);
+}
+
+// The data every rank loaded must have the same size, or the ranks would run different numbers of steps.
+void check_same_data(const Config& cfg, MPI_Comm comm, int rank, int size, int64_t train, int64_t eval) {
+  const int64_t mine[2] = {train, eval};
+  std::vector<int64_t> all(2 * static_cast<size_t>(size));
+  MPT_MPI_CHECK(MPI_Allgather(mine, 2, MPI_INT64_T, all.data(), 2, MPI_INT64_T, comm));
+  bool same = true;
+  for (int r = 0; r < size; ++r) same = same && all[2 * size_t(r)] == all[0] && all[2 * size_t(r) + 1] == all[1];
+  if (same) return;
+  if (mine[0] == all[0] && mine[1] == all[1]) throw PeerInputError();
+  throw InputError(cfg.source, cfg.data.dataset == "tokens" ? "data.train_shards" : "data.dir",
+                   "rank " + std::to_string(rank) + " loaded " + std::to_string(train) + " training and " +
+                       std::to_string(eval) + " evaluation examples, rank 0 " + std::to_string(all[0]) + " and " +
+                       std::to_string(all[1]) + ": every rank must read the same data");
+}
+
 }  // namespace
 
 Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
@@ -72,6 +145,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   MPT_MPI_CHECK(MPI_Comm_rank(mpi_comm_, &world_.rank));
   MPT_MPI_CHECK(MPI_Comm_size(mpi_comm_, &world_.size));
   rank0_ = world_.rank == 0;
+  check_same_config(cfg_, mpi_comm_, world_.rank, world_.size);
   agree(mpi_comm_, [&] {
     setup_device();
     prec_ = resolve_precision(cfg_.precision, hw_);
@@ -84,6 +158,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
                        "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_count_) +
                            (language_model() ? " training windows" : " training examples"));
   });
+  check_same_data(cfg_, mpi_comm_, world_.rank, world_.size, train_count_, eval_count_);
 
   comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_, mpi_comm_) : make_mpi_communicator(mpi_comm_);
   // The classifier evaluates in large batches; the language model's activations scale with the batch.
@@ -348,6 +423,11 @@ StepRecord Trainer::train_step() {
   }
   rec.skipped = st.overflow || monitor_skip;
   rec.next_scale = scaler_->scale();
+  overflow_at_min_run_ = (st.overflow && at_min) ? overflow_at_min_run_ + 1 : 0;
+  if (overflow_at_min_run_ >= kMinScaleOverflowLimit && verdict.action < MonitorAction::Fallback)
+    throw RunFailed("step " + std::to_string(step_) + ": " + std::to_string(overflow_at_min_run_) +
+                    " steps in a row overflowed at the minimum loss scale (" + std::to_string(cfg_.loss_scale.min) +
+                    "); nothing can train (enable the monitor's fallback, or use bf16)");
   if (verdict.action >= MonitorAction::Log && rank0_)
     std::fprintf(stderr, "mptrain: stability monitor at step %lld: %s -> %s\n", static_cast<long long>(step_),
                  verdict.reason.c_str(), monitor_action_name(verdict.action));
@@ -400,7 +480,21 @@ EvalResult Trainer::evaluate() {
 
 void Trainer::save_checkpoint() {
   const auto state = opt_->gather_state();  // collective
-  if (!rank0_) return;
+  // Rank 0 writes; every rank learns whether it could, so a failure (a directory that cannot be made, a
+  // full disk) ends every rank with rank 0's message instead of leaving the others in the next collective.
+  std::string path;
+  agree(mpi_comm_, [&] {
+    if (rank0_) path = write_checkpoint_files(state);
+  });
+  if (rank0_ && !cfg_.log.quiet) std::printf("checkpoint: %s\n", path.c_str());
+  if (metrics_) {
+    nlohmann::json j = {{"event", "checkpoint"}, {"step", step_}, {"path", path}};
+    std::fprintf(metrics_, "%s\n", j.dump().c_str());
+    std::fflush(metrics_);
+  }
+}
+
+std::string Trainer::write_checkpoint_files(const ShardedOptimizer::FullState& state) {
   CheckpointMeta meta;
   meta.step = step_;
   meta.epoch = epoch_;
@@ -412,8 +506,7 @@ void Trainer::save_checkpoint() {
   meta.skipped = scaler_->skipped();
   for (int i = 0; i < opt_->num_params(); ++i) meta.params.emplace_back(opt_->spec(i).name, opt_->spec(i).shape);
   meta.config = cfg_.resolved;
-  const std::string path = mpt::save_checkpoint(cfg_.checkpoint.dir, meta, state);
-  if (!cfg_.log.quiet) std::printf("checkpoint: %s\n", path.c_str());
+  return mpt::save_checkpoint(cfg_.checkpoint.dir, meta, state);
 }
 
 void Trainer::try_resume() {
@@ -426,6 +519,10 @@ void Trainer::try_resume() {
     const std::string path = latest_checkpoint(cfg_.checkpoint.dir);
     if (path.empty()) return;
     load_checkpoint(path, specs, &meta, &state);
+    if (meta.step_in_epoch > steps_per_epoch_)
+      throw InputError(path, "step_in_epoch",
+                       std::to_string(meta.step_in_epoch) + " is past the " + std::to_string(steps_per_epoch_) +
+                           " steps of an epoch of this run");
     found = true;
   });
   const bool everywhere = all_ranks_ok(found, mpi_comm_), nowhere = all_ranks_ok(!found, mpi_comm_);
@@ -457,8 +554,19 @@ TrainSummary Trainer::run() {
     std::error_code ec;
     const auto parent = std::filesystem::path(cfg_.log.metrics).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    // A resumed run appends; if the killed run left a cut last line, end it first so that every line
+    // stays one whole record of its own.
+    bool cut = false;
+    if (step_ > 0) {
+      std::FILE* old = std::fopen(cfg_.log.metrics.c_str(), "rb");
+      if (old) {
+        cut = std::fseek(old, -1, SEEK_END) == 0 && std::fgetc(old) != '\n';
+        std::fclose(old);
+      }
+    }
     metrics_ = std::fopen(cfg_.log.metrics.c_str(), step_ > 0 ? "a" : "w");
     if (!metrics_) std::fprintf(stderr, "mptrain: %s: log.metrics: cannot open for writing\n", cfg_.log.metrics.c_str());
+    else if (cut) std::fputc('\n', metrics_);
   }
   TrainSummary sum;
   const auto t_run = Clock::now();
@@ -470,10 +578,13 @@ TrainSummary Trainer::run() {
   const char* unit = lm ? "tokens" : "samples";
   const int64_t global_batch =
       int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum * world_.size * model_->targets_per_example();
-  double step_time_sum = 0;
-  int64_t timed_steps = 0;
+  double step_time_sum = 0, last_loss = 0;
+  int64_t timed_steps = 0, steps_run = 0, skipped_run = 0;
   while (step_ < total_steps_) {
     const StepRecord r = train_step();
+    last_loss = r.loss;
+    ++steps_run;
+    skipped_run += r.skipped ? 1 : 0;
     window_samples += global_batch;
     if (r.step > 0) {  // the first step pays for cuBLASLt plans and NCCL warm-up
       step_time_sum += r.seconds;
@@ -485,6 +596,7 @@ TrainSummary Trainer::run() {
                           {"lr", r.lr}, {"step_s", r.seconds}, {"precision", dtype_name(prec_.model)},
                           {std::string(unit) + "_per_s", double(global_batch) / r.seconds}};
       std::fprintf(metrics_, "%s\n", j.dump().c_str());
+      std::fflush(metrics_);  // a killed run leaves whole lines
     }
     if (rank0_ && !cfg_.log.quiet && (step_ % cfg_.log.every == 0 || step_ == total_steps_)) {
       std::printf("step %6lld | epoch %d | loss %.4f | scale %g | skipped %lld | gnorm %.3f | lr %.2e | %.0f %s/s\n",
@@ -551,6 +663,16 @@ TrainSummary Trainer::run() {
                   1e3 * step_time_sum / double(timed_steps), static_cast<long long>(sum.steps),
                   double(global_batch) * double(timed_steps) / step_time_sum, unit, world_.size);
   }
+  // The outcome, from values every rank agrees on (all-reduced losses, the shared overflow verdicts), so
+  // every rank fails or succeeds alike.
+  std::string failure;
+  if (steps_run > 0 && !std::isfinite(last_loss))
+    failure = "the loss of the last step is " + std::to_string(last_loss);
+  else if (steps_run >= 10 && 2 * skipped_run > steps_run)
+    failure = std::to_string(skipped_run) + " of the " + std::to_string(steps_run) +
+              " steps of this run were skipped (overflow or monitor); the model barely trained";
+  else if (eval_count_ > 0 && sum.test.count > 0 && !std::isfinite(sum.test.loss))
+    failure = std::string(lm ? "validation" : "test") + " loss is " + std::to_string(sum.test.loss);
   if (metrics_) {
     nlohmann::json j = {{"event", "summary"}, {"steps", sum.steps}, {"skipped", sum.skipped},
                         {"seconds", sum.seconds}, {"test_accuracy", sum.test.accuracy}, {"test_loss", sum.test.loss},
@@ -563,10 +685,12 @@ TrainSummary Trainer::run() {
                         {"mean_step_s", timed_steps > 0 ? step_time_sum / double(timed_steps) : 0.0},
                         {std::string(unit) + "_per_s",
                          timed_steps > 0 ? double(global_batch) * double(timed_steps) / step_time_sum : 0.0}};
+    if (!failure.empty()) j["failure"] = failure;
     std::fprintf(metrics_, "%s\n", j.dump().c_str());
     std::fclose(metrics_);
     metrics_ = nullptr;
   }
+  if (!failure.empty()) throw RunFailed(failure);
   return sum;
 }
 

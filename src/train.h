@@ -70,6 +70,16 @@ struct StabilityStop : std::runtime_error {
 };
 inline constexpr int kExitStability = 3;
 
+// The run reached its end but did not train: the final loss is not finite, most steps were skipped, or an
+// fp16 run kept overflowing at the minimum loss scale (checked with or without the monitor). Every rank
+// throws it at the same point (the values are all-reduced ones); the CLI exits with kExitRunFailed.
+struct RunFailed : std::runtime_error {
+  explicit RunFailed(const std::string& m) : std::runtime_error(m) {}
+};
+inline constexpr int kExitRunFailed = 4;
+// Overflowing steps in a row at loss_scale.min after which a run stops even with the monitor off.
+inline constexpr int kMinScaleOverflowLimit = 200;
+
 // Classifier: test loss and accuracy over examples. Language model: validation loss per token and
 // next-token accuracy (count = tokens).
 struct EvalResult { double loss = 0, accuracy = 0; int64_t count = 0; };
@@ -119,6 +129,8 @@ class Trainer {
   void setup_device();
   void print_banner() const;
   void try_resume();
+  // Rank 0: the checkpoint file and `latest`; returns the file's path.
+  std::string write_checkpoint_files(const ShardedOptimizer::FullState& state);
   void load_data();
   DType fallback_target() const;
   // Switches the model dtype for the rest of the run (same step on every rank): rebuilds the model and
@@ -151,6 +163,7 @@ class Trainer {
   int max_batch_ = 0;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0;
   int64_t step_ = 0, step_in_epoch_ = 0;
+  int64_t overflow_at_min_run_ = 0;  // overflowing steps in a row at loss_scale.min
   int epoch_ = 0;
   std::vector<float> xbuf_;
   std::vector<int32_t> ybuf_, inbuf_;

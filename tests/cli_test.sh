@@ -17,7 +17,55 @@ run() {  # expected_code pattern args...
     echo "ok: mptrain $* -> exit $rc"
   fi
 }
+# Like run, for errors that one rank reports (the others exit with it silently): the pattern at least once.
+run_any() {  # expected_code pattern args...
+  local want=$1 pat=$2; shift 2
+  timeout 120 mpirun -np 2 --oversubscribe "$MPTRAIN" "$@" > "$tmp/out" 2>&1
+  local rc=$?
+  if [ "$rc" != "$want" ] || ! grep -q -- "$pat" "$tmp/out"; then
+    echo "FAIL: mptrain $* -> exit $rc (want $want), '$pat' not seen"; sed 's/^/    /' "$tmp/out" | head -20; fail=$((fail+1))
+  else
+    echo "ok: mptrain $* -> exit $rc"
+  fi
+}
 cfg="$SRC/configs/smoke.json"
+small=(--set device=cpu --set data.train_limit=1024 --set data.test_limit=200)
+# Errors that used to leave a rank hanging or abort with a core dump: one clear message, exit 2 everywhere.
+touch "$tmp/plainfile"
+run_any 2 "checkpoint.dir" train "$cfg" "${small[@]}" --set train.steps=4 --set checkpoint.every_steps=2 \
+  --set checkpoint.dir="\"$tmp/plainfile/ckpt\""
+run 2 "batches: 'abc' is not an integer" analyze "$cfg" --batches abc
+run 2 "precision.mode: the value is not valid UTF-8" train "$cfg" --set precision.mode=$'fp\xff16'
+run 2 "model.hidden\[0\]: the model would have" train "$cfg" --set model.hidden=[2000000000]
+run 2 "model.num_classes: the model would have" train "$cfg" --set model.num_classes=2147483647
+/usr/bin/env python3 -c "print('{\"model\": ' + '[' * 100000 + ']' * 100000 + '}')" > "$tmp/deep.json"
+run 2 "nested more than" train "$tmp/deep.json"
+# A damaged checkpoint is refused with the field named.
+run 0 "summary:" train "$cfg" "${small[@]}" --set train.steps=2 --set checkpoint.every_steps=1 \
+  --set checkpoint.dir="\"$tmp/ck\""
+/usr/bin/env python3 - "$tmp/ck/ckpt-2.bin" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+data = open(path, "rb").read()
+n = struct.unpack("<Q", data[8:16])[0]
+h = json.loads(data[16:16 + n])
+h["adam_step"] = -1
+hb = json.dumps(h).encode()
+open(path, "wb").write(data[:8] + struct.pack("<Q", len(hb)) + hb + data[16 + n:])
+PY
+run 2 "ckpt-2.bin: adam_step: must be >= 0" train "$cfg" "${small[@]}" --set train.steps=4 --set checkpoint.dir="\"$tmp/ck\""
+# Ranks started with different configurations refuse to run, naming the key.
+timeout 120 mpirun --oversubscribe -np 1 "$MPTRAIN" train "$cfg" "${small[@]}" : -np 1 "$MPTRAIN" train "$cfg" "${small[@]}" \
+  --set optimizer.lr=0.5 > "$tmp/out" 2>&1
+rc=$?
+if [ "$rc" = 2 ] && grep -q "runs another configuration than rank 0: optimizer.lr" "$tmp/out"; then
+  echo "ok: different configurations on two ranks -> exit 2 naming optimizer.lr"
+else
+  echo "FAIL: different configurations -> exit $rc"; sed 's/^/    /' "$tmp/out" | head -20; fail=$((fail+1))
+fi
+# A run that does not train says so: exit 4 with the reason.
+run_any 4 "the run failed" train "$cfg" "${small[@]}" --set train.steps=20 --set optimizer.lr=1e6 \
+  --set precision.mode=fp16
 run 2 "optimizer.lrr=1: optimizer.lrr: unknown key" train "$cfg" --set optimizer.lrr=1
 echo '{"optimizer": {"lrr": 0.1}}' > "$tmp/unknown.json"
 run 2 "unknown.json: optimizer.lrr: unknown key" train "$tmp/unknown.json"
@@ -65,5 +113,5 @@ PY
 else
   echo "FAIL: launch/prepare-text.sh"; sed 's/^/    /' "$tmp/prep"; fail=$((fail+1))
 fi
-echo "$((13 - fail)) passed, $fail failed"
+echo "$((23 - fail)) passed, $fail failed"
 [ "$fail" = 0 ]

@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -101,6 +103,52 @@ TEST(Checkpoint, BadFilesGiveClearErrors) {
   auto other = specs();
   other[1].shape = {4};
   expect_input_error([&] { load_checkpoint(q, other, &m, &s); }, q, "params[1]");
+}
+
+// One flipped bit anywhere in the saved state is refused, naming the array; a header counter out of range is
+// refused, naming the field.
+TEST(Checkpoint, DamagedStateOrHeaderIsRefused) {
+  TempDir d;
+  const auto s = random_state(18);
+  const std::string path = save_checkpoint(d.path, meta_for(5), s);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t state_bytes = 3 * 18 * 4, start = bytes.size() - state_bytes;
+  Rng r = test::fresh_rng();
+  const char* names[] = {"data.master", "data.m", "data.v"};
+  for (int array = 0; array < 3; ++array) {
+    std::string bad = bytes;
+    const size_t at = start + size_t(array) * 18 * 4 + size_t(r.below(18 * 4));
+    bad[at] = char(bad[at] ^ (1 << r.below(8)));
+    const std::string p = d.path + "/bad.bin";
+    std::ofstream(p, std::ios::binary) << bad;
+    CheckpointMeta m;
+    ShardedOptimizer::FullState back;
+    try {
+      load_checkpoint(p, specs(), &m, &back);
+      ADD_FAILURE() << "a flipped bit in " << names[array] << " was accepted";
+    } catch (const InputError& e) {
+      EXPECT_EQ(e.field(), names[array]) << e.what();
+    }
+  }
+  for (const char* field : {"adam_step", "step", "step_in_epoch"}) {
+    CheckpointMeta m = meta_for(5);
+    if (std::string(field) == "adam_step") m.adam_step = -1;
+    if (std::string(field) == "step") m.step = -3;
+    if (std::string(field) == "step_in_epoch") m.step_in_epoch = -5;
+    const std::string p = save_checkpoint(d.path, m, s);
+    CheckpointMeta back_meta;
+    ShardedOptimizer::FullState back;
+    try {
+      load_checkpoint(p, specs(), &back_meta, &back);
+      ADD_FAILURE() << field << " < 0 was accepted";
+    } catch (const InputError& e) {
+      EXPECT_EQ(e.field(), field) << e.what();
+    }
+  }
 }
 
 }  // namespace
