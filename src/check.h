@@ -38,11 +38,11 @@ inline FatalState& fatal_state() {
   return s;
 }
 
-[[noreturn]] inline void fatal_call(const char* file, int line, const char* call, const std::string& msg) {
+// Prints "mptrain: [host rank r] <what>", runs the abort hook (every rank ends) and aborts this process.
+[[noreturn]] inline void fatal_exit(const std::string& what) {
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
-  std::fprintf(stderr, "mptrain: [%s rank %d] %s:%d: %s failed: %s\n", host, fatal_state().rank, file, line, call,
-               msg.c_str());
+  std::fprintf(stderr, "mptrain: [%s rank %d] %s\n", host, fatal_state().rank, what.c_str());
   std::fflush(stderr);
   if (fatal_state().abort_hook) {
     auto hook = std::move(fatal_state().abort_hook);
@@ -50,6 +50,10 @@ inline FatalState& fatal_state() {
     hook();
   }
   std::abort();
+}
+
+[[noreturn]] inline void fatal_call(const char* file, int line, const char* call, const std::string& msg) {
+  fatal_exit(std::string(file) + ":" + std::to_string(line) + ": " + call + " failed: " + msg);
 }
 
 }  // namespace mpt

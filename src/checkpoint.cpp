@@ -79,6 +79,50 @@ std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, 
   return path;
 }
 
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() < 10 || name.rfind("ckpt-", 0) != 0 || name.substr(name.size() - 4) != ".bin") continue;
+    const std::string num = name.substr(5, name.size() - 9);
+    if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos || num.size() > 18) continue;
+    found.emplace_back(std::stoll(num), e.path().string());
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+void prune_checkpoints(const std::string& dir, int keep) {
+  if (keep < 1) return;
+  std::string latest;
+  try {
+    latest = latest_checkpoint(dir);
+  } catch (const InputError&) {
+  }
+  const std::vector<std::string> all = list_checkpoints(dir);
+  for (size_t i = size_t(keep); i < all.size(); ++i) {
+    std::error_code ec;
+    if (!latest.empty() && std::filesystem::equivalent(all[i], latest, ec)) continue;
+    std::filesystem::remove(all[i], ec);
+  }
+}
+
+int remove_stale_temporaries(const std::string& dir) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.find(".tmp.") == std::string::npos) continue;
+    if (name.rfind("ckpt-", 0) != 0 && name.rfind("latest", 0) != 0) continue;
+    std::error_code rm;
+    if (std::filesystem::remove(e.path(), rm)) ++n;
+  }
+  return n;
+}
+
 std::string latest_checkpoint(const std::string& dir) {
   std::ifstream in(dir + "/latest");
   if (!in) return "";

@@ -31,6 +31,13 @@ struct CheckpointMeta {
 // Writes dir/ckpt-<step>.bin and points dir/latest at it. Throws InputError on I/O failure.
 std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const ShardedOptimizer::FullState& s);
 
+// The checkpoint files of dir (ckpt-<step>.bin), newest (largest step) first.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+// Removes all but the newest `keep` checkpoint files (keep >= 1), never the one `latest` names.
+void prune_checkpoints(const std::string& dir, int keep);
+// Removes the temporary files of writes that never finished (a run killed while saving); returns how many.
+int remove_stale_temporaries(const std::string& dir);
+
 // Path named by dir/latest, or "" when there is none.
 std::string latest_checkpoint(const std::string& dir);
 

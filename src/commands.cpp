@@ -118,6 +118,11 @@ int run_config_command(const CommandArgs& a, const std::function<void(Config&, c
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (rank == 0) std::fprintf(stderr, "mptrain: the run failed: %s\n", e.what());
     code = kExitRunFailed;
+  } catch (const Interrupted& e) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::fprintf(stderr, "mptrain: interrupted: %s\n", e.what());
+    code = kExitInterrupted;
   } catch (const std::exception& e) {
     // Anything else happened on this rank alone, and the others may be waiting in a collective: the fatal
     // path aborts the communicator, which ends every rank.

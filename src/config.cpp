@@ -76,8 +76,10 @@ const json& default_config_json() {
         {"eval_every", 0},
         {"eval_batches", 0}}},
       {"log", {{"every", 50}, {"metrics", ""}, {"quiet", false}}},
-      {"checkpoint", {{"dir", ""}, {"every_steps", 0}, {"resume", true}}},
+      {"checkpoint", {{"dir", ""}, {"every_steps", 0}, {"resume", true}, {"keep_last", 0},
+                      {"fallback_to_previous", false}}},
       {"debug", {{"inject_inf_step", -1}, {"inject_inf_rank", 0}, {"check_consistency", false}}},
+      {"watchdog", {{"timeout_s", 60}}},
       {"monitor",
        {{"enabled", true},
         {"window", 100},
@@ -158,6 +160,8 @@ const KeyDoc kKeyDocs[] = {
     {"checkpoint.dir", "checkpoint directory; \"\": no checkpoints"},
     {"checkpoint.every_steps", "also save every N steps; 0: at the end of each epoch only"},
     {"checkpoint.resume", "resume from <dir>/latest when present"},
+    {"checkpoint.keep_last", "keep only the newest K checkpoint files (0: keep all)"},
+    {"checkpoint.fallback_to_previous", "a damaged latest checkpoint: resume from the newest intact one instead of stopping"},
     {"debug.inject_inf_step", "put an inf into one rank's gradient at this step; -1: never"},
     {"debug.inject_inf_rank", "the rank that gets the injected inf (>= 0)"},
     {"debug.check_consistency", "compare S and a parameter checksum across ranks every step"},
@@ -172,6 +176,7 @@ const KeyDoc kKeyDocs[] = {
     {"monitor.on_overflow_rate", "log | skip | fallback | stop"},
     {"monitor.min_scale_patience", "fp16: overflowing steps in a row at loss_scale.min that trigger on_min_scale (>= 1)"},
     {"monitor.on_min_scale", "log | skip | fallback | stop"},
+    {"watchdog.timeout_s", "end the job when a rank waits this long for the others in one collective; 0: off"},
     {"device", "auto | cuda | cpu"},
 };
 
@@ -763,10 +768,13 @@ void read_rest(Reader& r, Config& c) {
   c.checkpoint.dir = r.str("checkpoint.dir");
   c.checkpoint.every_steps = r.integer<int>("checkpoint.every_steps", 0);
   c.checkpoint.resume = r.boolean("checkpoint.resume");
+  c.checkpoint.keep_last = r.integer<int>("checkpoint.keep_last", 0);
+  c.checkpoint.fallback_to_previous = r.boolean("checkpoint.fallback_to_previous");
 
   c.debug.inject_inf_step = r.integer<int64_t>("debug.inject_inf_step", -1);
   c.debug.inject_inf_rank = r.integer<int>("debug.inject_inf_rank", 0);
   c.debug.check_consistency = r.boolean("debug.check_consistency");
+  c.watchdog_timeout_s = r.number("watchdog.timeout_s", at_least(0));
 
   MonitorConfig& m = c.monitor;
   m.enabled = r.boolean("monitor.enabled");

@@ -111,6 +111,8 @@ struct CheckpointConfig {
   std::string dir = "";                // "" : no checkpoints
   int every_steps = 0;                 // 0: at the end of each epoch only
   bool resume = true;                  // resume from dir/latest when present
+  int keep_last = 0;                   // newest K checkpoint files kept; 0: all
+  bool fallback_to_previous = false;   // damaged latest: resume from the newest intact one
 };
 
 struct DebugConfig {
@@ -132,6 +134,7 @@ struct Config {
   CheckpointConfig checkpoint;
   DebugConfig debug;
   MonitorConfig monitor;
+  double watchdog_timeout_s = 60;      // watchdog.timeout_s (src/watchdog.h); 0: off
   std::string device = "auto";         // auto | cuda | cpu
   nlohmann::json resolved;             // the full effective config (defaults + file + overrides)
 };

@@ -36,8 +36,9 @@ const char* kUsage =
     "\n"
     "exit codes: 0 success, 2 bad input (config, data, checkpoint: the message names the file and the key),\n"
     "            3 stopped by the stability monitor, 4 the run did not train (final loss not finite, most steps\n"
-    "            skipped, or overflowing at the minimum loss scale), anything else: a failed library call or an\n"
-    "            unexpected error (reported with host, rank, file:line; every rank is ended).\n";
+    "            skipped, or overflowing at the minimum loss scale), 5 interrupted by SIGTERM/SIGUSR1 (checkpoint\n"
+    "            saved), anything else: a failed library call, an unexpected error or the watchdog (reported with\n"
+    "            host and rank; every rank is ended).\n";
 
 const char* kTrainUsage =
     "usage: mptrain train CONFIG [--set key.path=value ...]\n"

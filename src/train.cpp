@@ -1,6 +1,7 @@
 #include "src/train.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -16,6 +17,7 @@
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
 #include "src/gpt2.h"
+#include "src/watchdog.h"
 
 namespace mpt {
 
@@ -28,6 +30,7 @@ constexpr size_t kGemmWorkspace = 32u << 20;
 
 double allreduce_sum(double v, MPI_Comm c) {
   double out = 0;
+  const WaitScope wait("the all-reduce of the loss");
   MPT_MPI_CHECK(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, c));
   return out;
 }
@@ -64,6 +67,10 @@ std::string policy_summary(const std::vector<std::pair<std::string, DType>>& lay
   if (!out.empty()) out.pop_back();
   return out;
 }
+
+// Set by SIGTERM / SIGUSR1; read after every step (all ranks agree on it through one all-reduce).
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
 // Leaf key paths where two resolved configs differ (arrays compare whole).
 void config_diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix,
@@ -377,6 +384,7 @@ StepRecord Trainer::train_step() {
     sampler_->set_epoch(epoch_);
   }
   const auto t0 = Clock::now();
+  watchdog_set_step(step_ + 1);  // 1-based, as the progress line prints it
   StepRecord rec;
   rec.step = step_;
   rec.epoch = epoch_;
@@ -470,7 +478,10 @@ EvalResult Trainer::evaluate() {
     ++batches;
   }
   double v[3] = {loss, double(correct), double(count)}, g[3];
-  MPT_MPI_CHECK(MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, mpi_comm_));
+  {
+    const WaitScope wait("the all-reduce of the evaluation");
+    MPT_MPI_CHECK(MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, mpi_comm_));
+  }
   EvalResult r;
   r.count = int64_t(g[2]);
   r.loss = g[0] / std::max(1.0, g[2]);
@@ -484,7 +495,9 @@ void Trainer::save_checkpoint() {
   // full disk) ends every rank with rank 0's message instead of leaving the others in the next collective.
   std::string path;
   agree(mpi_comm_, [&] {
-    if (rank0_) path = write_checkpoint_files(state);
+    if (!rank0_) return;
+    path = write_checkpoint_files(state);
+    prune_checkpoints(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
   });
   if (rank0_ && !cfg_.log.quiet) std::printf("checkpoint: %s\n", path.c_str());
   if (metrics_) {
@@ -515,14 +528,48 @@ void Trainer::try_resume() {
   bool found = false;
   std::vector<ParamSpec> specs;
   for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
+  std::string from;
   agree(mpi_comm_, [&] {
-    const std::string path = latest_checkpoint(cfg_.checkpoint.dir);
-    if (path.empty()) return;
-    load_checkpoint(path, specs, &meta, &state);
-    if (meta.step_in_epoch > steps_per_epoch_)
-      throw InputError(path, "step_in_epoch",
-                       std::to_string(meta.step_in_epoch) + " is past the " + std::to_string(steps_per_epoch_) +
-                           " steps of an epoch of this run");
+    const std::string dir = cfg_.checkpoint.dir;
+    if (rank0_) {
+      const int stale = remove_stale_temporaries(dir);
+      if (stale > 0 && !cfg_.log.quiet)
+        std::printf("checkpoint: removed %d unfinished temporary file(s) in %s\n", stale, dir.c_str());
+    }
+    const std::string latest = latest_checkpoint(dir);
+    if (latest.empty()) return;
+    auto load = [&](const std::string& path, CheckpointMeta* m, ShardedOptimizer::FullState* s) {
+      load_checkpoint(path, specs, m, s);
+      if (m->step_in_epoch > steps_per_epoch_)
+        throw InputError(path, "step_in_epoch",
+                         std::to_string(m->step_in_epoch) + " is past the " + std::to_string(steps_per_epoch_) +
+                             " steps of an epoch of this run");
+    };
+    try {
+      load(latest, &meta, &state);
+      from = latest;
+    } catch (const InputError& bad) {
+      // The newest other checkpoint that loads, if any.
+      std::string prev;
+      std::error_code ec;
+      for (const std::string& p : list_checkpoints(dir)) {
+        if (std::filesystem::equivalent(p, latest, ec)) continue;
+        try {
+          load(p, &meta, &state);
+          prev = p;
+          break;
+        } catch (const InputError&) {
+        }
+      }
+      if (prev.empty()) throw;
+      if (!cfg_.checkpoint.fallback_to_previous)
+        throw InputError(bad.file(), bad.field(),
+                         std::string(bad.what()).substr(bad.file().size() + (bad.field().empty() ? 0 : bad.field().size() + 2) + 2) +
+                             "; the newest intact checkpoint is " + prev +
+                             " (checkpoint.fallback_to_previous=true resumes from it)");
+      if (rank0_) std::fprintf(stderr, "mptrain: %s; resuming from the newest intact checkpoint, %s\n", bad.what(), prev.c_str());
+      from = prev;
+    }
     found = true;
   });
   const bool everywhere = all_ranks_ok(found, mpi_comm_), nowhere = all_ranks_ok(!found, mpi_comm_);
@@ -537,8 +584,7 @@ void Trainer::try_resume() {
   step_in_epoch_ = meta.step_in_epoch;
   sampler_->set_epoch(epoch_);
   if (rank0_ && !cfg_.log.quiet)
-    std::printf("resumed from %s at step %lld (epoch %d)\n", cfg_.checkpoint.dir.c_str(),
-                static_cast<long long>(step_), epoch_ + 1);
+    std::printf("resumed from %s at step %lld (epoch %d)\n", from.c_str(), static_cast<long long>(step_), epoch_ + 1);
 }
 
 nlohmann::json Trainer::fallbacks_json() const {
@@ -550,6 +596,10 @@ nlohmann::json Trainer::fallbacks_json() const {
 
 TrainSummary Trainer::run() {
   print_banner();
+  watchdog_start(cfg_.watchdog_timeout_s);
+  struct StopWatchdog {
+    ~StopWatchdog() { watchdog_stop(); }
+  } stop_watchdog;
   if (rank0_ && !cfg_.log.metrics.empty()) {
     std::error_code ec;
     const auto parent = std::filesystem::path(cfg_.log.metrics).parent_path();
@@ -580,6 +630,20 @@ TrainSummary Trainer::run() {
       int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum * world_.size * model_->targets_per_example();
   double step_time_sum = 0, last_loss = 0;
   int64_t timed_steps = 0, steps_run = 0, skipped_run = 0;
+  // A preemption notice (SIGTERM, SIGUSR1) stops the run after the current step on every rank.
+  g_stop_signal = 0;
+  struct sigaction sa = {}, old_term = {}, old_usr1 = {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGUSR1, &sa, &old_usr1);
+  struct RestoreSignals {
+    struct sigaction term, usr1;
+    ~RestoreSignals() {
+      sigaction(SIGTERM, &term, nullptr);
+      sigaction(SIGUSR1, &usr1, nullptr);
+    }
+  } restore{old_term, old_usr1};
   while (step_ < total_steps_) {
     const StepRecord r = train_step();
     last_loss = r.loss;
@@ -642,6 +706,24 @@ TrainSummary Trainer::run() {
     } else if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.every_steps > 0 &&
                step_ % cfg_.checkpoint.every_steps == 0) {
       save_checkpoint();
+    }
+    int stop = int(g_stop_signal), any = 0;
+    {
+      const WaitScope wait("the end-of-step agreement");
+      MPT_MPI_CHECK(MPI_Allreduce(&stop, &any, 1, MPI_INT, MPI_MAX, mpi_comm_));
+    }
+    if (any != 0) {
+      std::string where = "no checkpoint (checkpoint.dir is not set)";
+      if (!cfg_.checkpoint.dir.empty()) {
+        save_checkpoint();
+        where = "checkpoint saved in " + cfg_.checkpoint.dir;
+      }
+      if (metrics_) {
+        nlohmann::json j = {{"event", "interrupted"}, {"step", step_}, {"signal", any}};
+        std::fprintf(metrics_, "%s\n", j.dump().c_str());
+        std::fflush(metrics_);
+      }
+      throw Interrupted("signal " + std::to_string(any) + " after step " + std::to_string(step_) + "; " + where);
     }
   }
   sum.steps = step_;

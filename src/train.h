@@ -77,6 +77,13 @@ struct RunFailed : std::runtime_error {
   explicit RunFailed(const std::string& m) : std::runtime_error(m) {}
 };
 inline constexpr int kExitRunFailed = 4;
+
+// SIGTERM or SIGUSR1 (a scheduler's preemption notice) reached a rank: every rank stops after the same
+// step, a checkpoint is saved when checkpoint.dir is set, and the CLI exits with kExitInterrupted.
+struct Interrupted : std::runtime_error {
+  explicit Interrupted(const std::string& m) : std::runtime_error(m) {}
+};
+inline constexpr int kExitInterrupted = 5;
 // Overflowing steps in a row at loss_scale.min after which a run stops even with the monitor off.
 inline constexpr int kMinScaleOverflowLimit = 200;
 

@@ -12,6 +12,7 @@
 #include "kernels/unscale_stats.h"
 #include "src/cuda_check.h"
 #include "src/rng.h"
+#include "src/watchdog.h"
 
 namespace mpt {
 
@@ -342,6 +343,8 @@ void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
     s = comm_stream_;
   }
   const size_t part = size_t(b.len / world_);
+  // On CPU ranks the collectives below block until every rank has arrived (on GPUs they are queued).
+  const WaitScope wait("the reduction of gradient bucket " + std::to_string(&b - g.buckets.data()));
   if (stage_ < 2) {
     // Reduce-scatter into this rank's part in place, then all-gather: the very collective stage 2 runs,
     // with the same count, so that every stage sums each element in the same order whatever algorithm
@@ -421,9 +424,13 @@ StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
     ops::unscale_stats_segments(ex_, src, g.dtype, g.stat_segs.as<StatSegment>(), g.n_stat_segs, g.stat_elems,
                                 inv_scale, stats);
   }
-  comm_.all_reduce(stats, stats, 2, DType::F32, ReduceOp::Sum, ex_.stream);
   float host[2];
-  copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);
+  {
+    // The readback waits for the whole step's device work and collectives, hence for every other rank.
+    const WaitScope wait("the all-reduce of the gradient statistics");
+    comm_.all_reduce(stats, stats, 2, DType::F32, ReduceOp::Sum, ex_.stream);
+    copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);
+  }
 
   StepStats st;
   st.grad_unscale = inv_scale;
@@ -449,6 +456,7 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
                         h);
   }
   if (stage_ > 0) {
+    const WaitScope wait("the all-gather of the updated parameters");
     for (Group& g : groups_) {
       for (const Bucket& b : g.buckets) {
         const int64_t part = b.len / world_;
@@ -498,7 +506,10 @@ ShardedOptimizer::FullState ShardedOptimizer::gather_state() const {
       const size_t n = size_t(g.owned_elems);
       Buffer send(ex_.device, n * 4), recv(ex_.device, n * 4 * size_t(world_));
       copy_device(src.data(), send.data(), ex_.device, n * 4, ex_.stream);
-      const_cast<Communicator&>(comm_).all_gather(send.data(), recv.data(), n, DType::F32, ex_.stream);
+      {
+        const WaitScope wait("the all-gather of the optimizer state (checkpoint)");
+        const_cast<Communicator&>(comm_).all_gather(send.data(), recv.data(), n, DType::F32, ex_.stream);
+      }
       std::vector<float> all(n * size_t(world_));
       copy_to_host(recv.data(), ex_.device, all.data(), all.size() * 4, ex_.stream);
       for (int r = 0; r < world_; ++r) {

@@ -63,6 +63,58 @@ if [ "$rc" = 2 ] && grep -q "runs another configuration than rank 0: optimizer.l
 else
   echo "FAIL: different configurations -> exit $rc"; sed 's/^/    /' "$tmp/out" | head -20; fail=$((fail+1))
 fi
+# Checkpoints: only the newest keep_last stay; leftovers of an unfinished write are removed; a damaged
+# latest checkpoint is refused, naming the previous intact one, or used with fallback_to_previous.
+ck2="$tmp/ck2"; mkdir -p "$ck2"; : > "$ck2/ckpt-99.bin.tmp.4242"
+run 0 "summary:" train "$cfg" "${small[@]}" --set train.steps=5 --set checkpoint.every_steps=1 \
+  --set checkpoint.keep_last=2 --set checkpoint.dir="\"$ck2\""
+kept=$(ls "$ck2" | grep -c '^ckpt-.*\.bin$'); stale=$(ls "$ck2" | grep -c '\.tmp\.')
+if [ "$kept" = 2 ] && [ "$stale" = 0 ] && [ -f "$ck2/ckpt-5.bin" ] && [ -f "$ck2/ckpt-4.bin" ]; then
+  echo "ok: keep_last=2 keeps ckpt-4 and ckpt-5; the stale temporary is gone"
+else
+  echo "FAIL: checkpoint files after keep_last=2: $(ls "$ck2" | tr '\n' ' ')"; fail=$((fail+1))
+fi
+/usr/bin/env python3 -c "
+import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[-5]^=0x10; open(p,'wb').write(b)" "$ck2/ckpt-5.bin"
+run 2 "ckpt-5.bin: data.v: checksum mismatch.*the newest intact checkpoint is .*ckpt-4.bin" train "$cfg" "${small[@]}" \
+  --set train.steps=7 --set checkpoint.dir="\"$ck2\""
+run_any 0 "resuming from the newest intact checkpoint" train "$cfg" "${small[@]}" --set train.steps=7 \
+  --set checkpoint.dir="\"$ck2\"" --set checkpoint.fallback_to_previous=true
+# A preemption notice (SIGUSR1 to the ranks) saves a checkpoint and ends every rank with exit 5.
+ranks_of() {  # the mptrain ranks whose command line holds $1
+  for p in $(pgrep -x mptrain); do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "$1" && echo "$p"; done
+}
+ck3="$tmp/ck3"
+timeout 120 mpirun -np 2 --oversubscribe "$MPTRAIN" train "$cfg" "${small[@]}" --set train.steps=100000 \
+  --set log.every=1 --set checkpoint.dir="\"$ck3\"" > "$tmp/sig.out" 2>&1 &
+job=$!
+for i in $(seq 1 100); do grep -q "^step" "$tmp/sig.out" && break; sleep 0.2; done
+for p in $(ranks_of "$ck3"); do kill -USR1 "$p"; done
+wait $job; rc=$?
+if [ "$rc" = 5 ] && grep -q "interrupted: signal 10 after step" "$tmp/sig.out" && ls "$ck3" | grep -q '^ckpt-'; then
+  echo "ok: SIGUSR1 -> checkpoint saved, exit 5 on every rank"
+else
+  echo "FAIL: SIGUSR1 -> exit $rc"; sed 's/^/    /' "$tmp/sig.out" | tail -15; fail=$((fail+1))
+fi
+# The watchdog: one rank stopped (SIGSTOP) leaves the other waiting in a collective; after
+# watchdog.timeout_s it names the wait and the step and ends the job.
+wd="$tmp/wd-marker"
+start=$(date +%s)
+timeout 120 mpirun -np 2 --oversubscribe "$MPTRAIN" train "$cfg" "${small[@]}" --set train.steps=100000 \
+  --set log.every=1 --set watchdog.timeout_s=3 --set log.metrics="\"$wd.jsonl\"" > "$tmp/wd.out" 2>&1 &
+job=$!
+for i in $(seq 1 100); do grep -q "^step" "$tmp/wd.out" && break; sleep 0.2; done
+victim=$(ranks_of "$wd" | tail -1)
+[ -n "$victim" ] && kill -STOP "$victim"
+wait $job; rc=$?
+took=$(( $(date +%s) - start ))
+[ -n "$victim" ] && { kill -CONT "$victim" 2>/dev/null; kill -9 "$victim" 2>/dev/null; }
+if [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -q "watchdog: no progress for [0-9]* s .* while waiting in the .* of step [0-9]*" "$tmp/wd.out" \
+   && [ "$took" -lt 60 ]; then
+  echo "ok: a stopped rank ends the job through the watchdog (exit $rc, ${took} s)"
+else
+  echo "FAIL: watchdog -> exit $rc after ${took} s"; sed 's/^/    /' "$tmp/wd.out" | tail -15; fail=$((fail+1))
+fi
 # A run that does not train says so: exit 4 with the reason.
 run_any 4 "the run failed" train "$cfg" "${small[@]}" --set train.steps=20 --set optimizer.lr=1e6 \
   --set precision.mode=fp16
@@ -113,5 +165,5 @@ PY
 else
   echo "FAIL: launch/prepare-text.sh"; sed 's/^/    /' "$tmp/prep"; fail=$((fail+1))
 fi
-echo "$((23 - fail)) passed, $fail failed"
+echo "$((29 - fail)) passed, $fail failed"
 [ "$fail" = 0 ]

@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 70;
+constexpr size_t kLeafKeys = 73;
 
 class TempDir {
  public:
@@ -178,7 +178,7 @@ TEST(ConfigDefaults, DefaultJsonFedBackIsANoOp) {
 
 TEST(ConfigDefaults, NestingAndKeyCount) {
   const json& d = mpt::default_config_json();
-  const std::set<std::string> top = {"model", "data", "precision", "loss_scale", "optimizer", "zero",
+  const std::set<std::string> top = {"model", "data", "precision", "loss_scale", "optimizer", "zero", "watchdog",
                                      "train", "log", "checkpoint", "debug", "monitor", "device"};
   std::set<std::string> got;
   for (auto it = d.begin(); it != d.end(); ++it) got.insert(it.key());
@@ -282,6 +282,9 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("checkpoint.dir", "ck" + std::to_string(n(0, 100)), checkpoint.dir),
       KEY("checkpoint.every_steps", n(1, 1000), checkpoint.every_steps),
       KEY("checkpoint.resume", false, checkpoint.resume),
+      KEY("checkpoint.keep_last", n(1, 10), checkpoint.keep_last),
+      KEY("checkpoint.fallback_to_previous", true, checkpoint.fallback_to_previous),
+      KEY("watchdog.timeout_s", double(n(1, 600)), watchdog_timeout_s),
       KEY("debug.inject_inf_step", int64_t(n(0, 1000)), debug.inject_inf_step),
       KEY("debug.inject_inf_rank", n(1, 64), debug.inject_inf_rank),
       KEY("debug.check_consistency", true, debug.check_consistency),

@@ -1,0 +1,98 @@
+#include "src/watchdog.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "src/check.h"
+
+namespace mpt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread thread;
+  bool running = false;
+  double timeout_s = 0;
+  int depth = 0;           // nested WaitScopes of the main thread
+  std::string what;        // the outermost wait
+  Clock::time_point since;
+  std::atomic<int64_t> step{-1};
+};
+State& state() {
+  static State s;
+  return s;
+}
+
+void watch() {
+  State& s = state();
+  std::unique_lock<std::mutex> lock(s.mu);
+  while (s.running) {
+    s.cv.wait_for(lock, std::chrono::milliseconds(200));
+    if (!s.running || s.depth == 0) continue;
+    const double waited = std::chrono::duration<double>(Clock::now() - s.since).count();
+    if (waited < s.timeout_s) continue;
+    const std::string what = s.what;
+    const long long step = static_cast<long long>(s.step.load());
+    lock.unlock();
+    char msg[512];
+    std::snprintf(msg, sizeof msg,
+                  "watchdog: no progress for %.0f s (watchdog.timeout_s = %g) while waiting in %s%s%lld; another rank "
+                  "has stopped or hangs. Ending the job",
+                  waited, s.timeout_s, what.c_str(), step >= 0 ? " of step " : "", step >= 0 ? step : 0LL);
+    // The fatal path prints host and rank, aborts the communicator (every rank ends) and this process.
+    fatal_exit(msg);
+  }
+}
+
+}  // namespace
+
+void watchdog_start(double timeout_s) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.running || !(timeout_s > 0)) return;
+  s.timeout_s = timeout_s;
+  s.depth = 0;
+  s.running = true;
+  s.thread = std::thread(watch);
+}
+
+void watchdog_stop() {
+  State& s = state();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!s.running) return;
+    s.running = false;
+  }
+  s.cv.notify_all();
+  s.thread.join();
+}
+
+void watchdog_set_step(int64_t step) { state().step.store(step); }
+
+WaitScope::WaitScope(std::string what) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.running) return;
+  counted_ = true;
+  if (s.depth++ == 0) {
+    s.what = std::move(what);
+    s.since = Clock::now();
+  }
+}
+
+WaitScope::~WaitScope() {
+  if (!counted_) return;
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.depth > 0) --s.depth;
+}
+
+}  // namespace mpt
