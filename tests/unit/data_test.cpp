@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
@@ -265,6 +266,42 @@ TEST_F(IdxFiles, MissingFile) {
   expect_input_error(i, missing, missing, "open");
   // A directory opens but cannot be read.
   expect_input_error(dir_.string(), l, dir_.string(), "header");
+}
+
+// The end of a gzip file is checked completely: a damaged CRC-32, a missing trailer and bytes after the
+// compressed data are each refused with the file named, while a second gzip member is read on.
+TEST_F(IdxFiles, DamagedGzipEndsAreRefused) {
+  make_random(40, 5, 7);
+  const std::vector<uint8_t> img = idx_images(0x803, count_, rows_, cols_, pixels_);
+  const std::string l = write_gz("l.gz", idx_labels(0x801, count_, labels_));
+  const std::string good = write_gz("good.gz", img);
+  std::vector<uint8_t> gz;
+  {
+    std::ifstream in(good, std::ios::binary);
+    gz.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ASSERT_GT(gz.size(), 18u);
+  std::vector<uint8_t> crc = gz;
+  crc[crc.size() - 6] ^= 0x5a;  // inside the CRC-32 of the trailer
+  std::string msg = expect_input_error(write_plain("crc.gz", crc), l, dir_.string() + "/crc.gz", "pixels");
+  EXPECT_NE(msg.find("damaged compressed file"), std::string::npos) << msg;
+  const std::vector<uint8_t> cut(gz.begin(), gz.end() - 8);  // no trailer
+  msg = expect_input_error(write_plain("cut.gz", cut), l, dir_.string() + "/cut.gz", "pixels");
+  EXPECT_NE(msg.find("trailer is missing"), std::string::npos) << msg;
+  std::vector<uint8_t> tail = gz;
+  for (char c : std::string("garbage")) tail.push_back(uint8_t(c));
+  msg = expect_input_error(write_plain("tail.gz", tail), l, dir_.string() + "/tail.gz", "pixels");
+  EXPECT_NE(msg.find("trailing bytes"), std::string::npos) << msg;
+  // Split into two gzip members, the file is the same data.
+  const size_t half = img.size() / 2;
+  const std::string a = write_gz("a.gz", {img.begin(), img.begin() + long(half)});
+  const std::string b = write_gz("b.gz", {img.begin() + long(half), img.end()});
+  std::vector<uint8_t> two;
+  for (const std::string& p : {a, b}) {
+    std::ifstream in(p, std::ios::binary);
+    two.insert(two.end(), std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  expect_matches(mpt::load_idx(write_plain("two.gz", two), l), count_);
 }
 
 TEST_F(IdxFiles, WrongMagic) {
