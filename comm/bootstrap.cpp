@@ -79,7 +79,24 @@ void unregister_nccl_comm(ncclComm_t comm) {
   v.erase(std::remove(v.begin(), v.end(), comm), v.end());
 }
 
-void install_abort_hook() { fatal_state().abort_hook = abort_everything; }
+// Asks every registered NCCL communicator for an asynchronous error (a failed peer connection, a remote
+// abort). ncclCommGetAsyncError may be called from a thread other than the one issuing collectives; the
+// registry lock keeps a communicator from being destroyed during the call.
+std::string poll_async_errors() {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  for (ncclComm_t c : registry()) {
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t r = ncclCommGetAsyncError(c, &async);
+    if (r != ncclSuccess) return "ncclCommGetAsyncError failed: " + nccl_error_text(r);
+    if (async != ncclSuccess && async != ncclInProgress) return "NCCL asynchronous error: " + nccl_error_text(async);
+  }
+  return "";
+}
+
+void install_abort_hook() {
+  fatal_state().abort_hook = abort_everything;
+  fatal_state().async_error_poll = poll_async_errors;
+}
 
 }  // namespace detail
 

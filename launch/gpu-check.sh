@@ -14,6 +14,9 @@
 #   profile    mptrain profile of gpt2-124m at B=16 on one GPU, bf16 and fp16 (per-op tables); with
 #              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels);
 #              PROFILE_MODES="bf16" profiles that precision only
+#   reliability  the watchdog on all GPUs (one rank SIGSTOPped: the job must end within watchdog.timeout_s
+#              plus a margin, naming the wait; one rank killed: the job must end), and compute-sanitizer
+#              memcheck over the GPU tests (SANITIZE_FILTER narrows them) and a short gpt2-tiny run on one GPU
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -32,7 +35,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 NPS=$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')  # 1 rank, and all GPUs when there are more
-PARTS="${*:-build tests reference gpt2 smoke precision attention profile peer}"
+PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
 RUN="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
@@ -140,6 +143,48 @@ if want profile; then
   }
   [ "${PROFILE_SIMT:-0}" = 1 ] && prof bf16-simt bf16 MPT_ATTENTION=simt
   for m in ${PROFILE_MODES:-bf16 fp16}; do prof "$m" "$m"; done
+fi
+
+if want reliability; then
+  echo "== reliability: watchdog on $NGPU GPU(s), compute-sanitizer memcheck"
+  tiny=(configs/gpt2-tiny.json --set device=cuda --set train.steps=1000000 --set log.every=1 --set train.eval_every=0)
+  pids_of() { for p in $(pgrep -x mptrain); do tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "$1" && echo "$p"; done; }
+  for how in STOP KILL; do
+    marker="$OUT/wd-$how"
+    start=$(date +%s)
+    timeout 200 $RUN -np "$NGPU" "$MPT" train "${tiny[@]}" --set watchdog.timeout_s=10 \
+      --set log.metrics="\"$marker.jsonl\"" > "$OUT/watchdog-$how.log" 2>&1 &
+    job=$!
+    for i in $(seq 1 600); do grep -q "^step" "$OUT/watchdog-$how.log" && break; sleep 0.2; done
+    sleep 2
+    victim=$(pids_of "$marker" | tail -1)
+    [ -n "$victim" ] && kill -$how "$victim"
+    wait $job; rc=$?
+    took=$(( $(date +%s) - start ))
+    [ -n "$victim" ] && { kill -CONT "$victim" 2>/dev/null; kill -9 "$victim" 2>/dev/null; }
+    verdict=FAIL
+    if [ "$how" = STOP ]; then
+      [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -q "watchdog: .* while waiting in .* of step" "$OUT/watchdog-$how.log" && verdict=ok
+    else
+      [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict=ok
+    fi
+    [ "$verdict" = ok ] || status=1
+    echo "watchdog $verdict: SIG$how of rank $(( NGPU - 1 )) of $NGPU -> exit $rc after ${took} s (timeout_s 10): $(grep -m1 -E 'watchdog:|exited on signal|mptrain: \[' "$OUT/watchdog-$how.log" | cut -c1-220)"
+  done
+  if command -v compute-sanitizer > /dev/null || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+    CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    timeout 420 "$CS" --tool memcheck --error-exitcode 99 --print-limit 20 build-gpu/tests/gpu_tests \
+      --gtest_filter="${SANITIZE_FILTER:-*}" > "$OUT/memcheck-gpu-tests.log" 2>&1
+    rc=$?; [ "$rc" = 0 ] || status=1
+    echo "memcheck gpu_tests: exit $rc: $(grep -E '^\[  PASSED|^\[  FAILED|ERROR SUMMARY' "$OUT/memcheck-gpu-tests.log" | tr '\n' ' ')"
+    timeout 300 "$CS" --tool memcheck --error-exitcode 99 --print-limit 20 "$MPT" train configs/gpt2-tiny.json \
+      --set device=cuda --set train.steps=6 --set train.eval_every=3 --set train.eval_batches=2 \
+      --set log.metrics="\"$OUT/memcheck-train.jsonl\"" > "$OUT/memcheck-train.log" 2>&1
+    rc=$?; [ "$rc" = 0 ] || status=1
+    echo "memcheck gpt2-tiny training: exit $rc: $(grep -E '^summary|ERROR SUMMARY' "$OUT/memcheck-train.log" | tr '\n' ' ')"
+  else
+    echo "compute-sanitizer not found"; status=1
+  fi
 fi
 
 if want peer; then

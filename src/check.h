@@ -32,6 +32,9 @@ inline constexpr int kExitBadInput = 2;
 struct FatalState {
   int rank = -1;
   std::function<void()> abort_hook;  // installed by comm/bootstrap
+  // Installed by comm/bootstrap with the first NCCL communicator: "" while every communicator is healthy,
+  // else the asynchronous error one of them reports (polled by the watchdog thread).
+  std::function<std::string()> async_error_poll;
 };
 inline FatalState& fatal_state() {
   static FatalState s;

@@ -36,7 +36,20 @@ void watch() {
   std::unique_lock<std::mutex> lock(s.mu);
   while (s.running) {
     s.cv.wait_for(lock, std::chrono::milliseconds(200));
-    if (!s.running || s.depth == 0) continue;
+    if (!s.running) continue;
+    // An NCCL communicator that failed asynchronously (a peer's connection lost, a remote abort) would
+    // leave the collective kernels spinning: end the job at once with NCCL's reason.
+    if (const auto& poll = fatal_state().async_error_poll) {
+      const std::string error = poll();
+      if (!error.empty()) {
+        const std::string what = s.depth > 0 ? s.what : std::string("computation");
+        const long long step = static_cast<long long>(s.step.load());
+        lock.unlock();
+        fatal_exit("watchdog: " + error + " (this rank was in " + what + " of step " + std::to_string(step) +
+                   "). Ending the job");
+      }
+    }
+    if (s.depth == 0) continue;
     const double waited = std::chrono::duration<double>(Clock::now() - s.since).count();
     if (waited < s.timeout_s) continue;
     const std::string what = s.what;
