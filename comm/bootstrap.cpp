@@ -3,7 +3,12 @@
 #include "comm/bootstrap.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -54,7 +59,17 @@ void abort_everything() {
   }
   // NCCL first: MPI_Abort kills this process, and peers blocked inside an NCCL kernel only notice a
   // dead rank through the communicator being aborted (or a long network timeout).
-  for (ncclComm_t c : comms) ncclCommAbort(c);
+  // Bounded: an abort that blocks (a driver stuck with a stopped peer) must not keep MPI_Abort, which
+  // ends every rank through the launcher, from running.
+  if (!comms.empty()) {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::thread([comms, done] {
+      for (ncclComm_t c : comms) ncclCommAbort(c);
+      done->store(true);
+    }).detach();
+    for (int i = 0; i < 100 && !done->load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!done->load()) std::fprintf(stderr, "mptrain: ncclCommAbort did not return within 10 s; aborting MPI\n");
+  }
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);

@@ -171,13 +171,15 @@ if want reliability; then
     [ "$verdict" = ok ] || status=1
     echo "watchdog $verdict: SIG$how of rank $(( NGPU - 1 )) of $NGPU -> exit $rc after ${took} s (timeout_s 10): $(grep -m1 -E 'watchdog:|exited on signal|mptrain: \[' "$OUT/watchdog-$how.log" | cut -c1-220)"
   done
+  # API errors are not reported: NCCL's set-up probes cudaFuncGetAttributes on kernels built for other
+  # architectures and gets cudaErrorNoKernelImageForDevice by design; mptrain checks every CUDA call itself.
   if command -v compute-sanitizer > /dev/null || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    timeout 420 "$CS" --tool memcheck --error-exitcode 99 --print-limit 20 build-gpu/tests/gpu_tests \
+    timeout 420 "$CS" --tool memcheck --report-api-errors no --error-exitcode 99 --print-limit 20 build-gpu/tests/gpu_tests \
       --gtest_filter="${SANITIZE_FILTER:-*}" > "$OUT/memcheck-gpu-tests.log" 2>&1
     rc=$?; [ "$rc" = 0 ] || status=1
     echo "memcheck gpu_tests: exit $rc: $(grep -E '^\[  PASSED|^\[  FAILED|ERROR SUMMARY' "$OUT/memcheck-gpu-tests.log" | tr '\n' ' ')"
-    timeout 300 "$CS" --tool memcheck --error-exitcode 99 --print-limit 20 "$MPT" train configs/gpt2-tiny.json \
+    timeout 300 "$CS" --tool memcheck --report-api-errors no --error-exitcode 99 --print-limit 20 "$MPT" train configs/gpt2-tiny.json \
       --set device=cuda --set train.steps=6 --set train.eval_every=3 --set train.eval_batches=2 \
       --set log.metrics="\"$OUT/memcheck-train.jsonl\"" > "$OUT/memcheck-train.log" 2>&1
     rc=$?; [ "$rc" = 0 ] || status=1

@@ -46,6 +46,9 @@ int analyze_command(int argc, char** argv);
 // `mptrain profile CONFIG [--warmup N] [--steps N] [--out FILE.json] [--peak-tflops X] [--peak-gbs Y]`:
 // per-op times of one steady-state training step (src/bench_commands.cpp).
 int profile_command(int argc, char** argv);
+// `mptrain bench CONFIG [--warmup N] [--steps N] [--out FILE.json] [--label TEXT] [--peak-tflops X]`: the
+// scaling benchmark's row at this world size (src/bench.cpp).
+int bench_command(int argc, char** argv);
 // `mptrain bench-attention [--dtype bf16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]`: the
 // attention kernels alone on device 0, TFLOP/s with causal FLOPs.
 int bench_attention_command(int argc, char** argv);

@@ -26,6 +26,9 @@ const char* kUsage =
     "                                            per-layer precision sensitivity and recommended overrides\n"
     "  profile CONFIG [--warmup N] [--steps N] [--out FILE.json]\n"
     "                                            per-op times of one steady-state step, against the device's peaks\n"
+    "  bench CONFIG [--warmup 5] [--steps 20] [--out FILE.json] [--label TEXT]\n"
+    "                                            step time, tokens/s, exposed communication, memory and MFU at this\n"
+    "                                            world size (launch/bench.sh runs it at each GPU count)\n"
     "  bench-attention [--dtype bf16|fp16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
     "                                            the attention kernels alone on device 0 (TFLOP/s, causal FLOPs)\n"
     "  tokenize --out DIR [--val-fraction F] FILE...   text files -> byte-level token shards\n"
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
   if (cmd == "analyze") return mpt::analyze_command(argc - 1, argv + 1);
   if (cmd == "dump") return mpt::dump_command(argc - 1, argv + 1);
   if (cmd == "profile") return mpt::profile_command(argc - 1, argv + 1);
+  if (cmd == "bench") return mpt::bench_command(argc - 1, argv + 1);
   if (cmd == "bench-attention") return mpt::bench_attention_command(argc - 1, argv + 1);
   if (cmd == "tokenize") return mpt::tokenize_command(argc - 1, argv + 1);
   if (cmd == "synth-tokens") return mpt::synth_tokens_command(argc - 1, argv + 1);

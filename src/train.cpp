@@ -412,7 +412,9 @@ StepRecord Trainer::train_step() {
   h.beta2 = float(cfg_.optimizer.beta2);
   h.eps = float(cfg_.optimizer.eps);
   h.weight_decay = float(cfg_.optimizer.weight_decay);
+  opt_->exposure().host_begin();  // the host waits for the other ranks; nothing is queued on the device
   rec.loss = allreduce_sum(loss_sum, mpi_comm_) / double(int64_t(B) * A * world_.size * tpe);
+  opt_->exposure().host_end();
   const StepStats st = opt_->reduce_stats(rec.scale, cfg_.optimizer.clip_norm);
   rec.grad_norm = st.grad_norm;
   // The monitor sees only values every rank agrees on (the all-reduced loss, the norm and verdict from

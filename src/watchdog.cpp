@@ -25,6 +25,8 @@ struct State {
   std::string what;        // the outermost wait
   Clock::time_point since;
   std::atomic<int64_t> step{-1};
+  std::thread poller;
+  std::string poll_error;  // set by the poller: an NCCL communicator failed asynchronously
 };
 State& state() {
   static State s;
@@ -37,17 +39,13 @@ void watch() {
   while (s.running) {
     s.cv.wait_for(lock, std::chrono::milliseconds(200));
     if (!s.running) continue;
-    // An NCCL communicator that failed asynchronously (a peer's connection lost, a remote abort) would
-    // leave the collective kernels spinning: end the job at once with NCCL's reason.
-    if (const auto& poll = fatal_state().async_error_poll) {
-      const std::string error = poll();
-      if (!error.empty()) {
-        const std::string what = s.depth > 0 ? s.what : std::string("computation");
-        const long long step = static_cast<long long>(s.step.load());
-        lock.unlock();
-        fatal_exit("watchdog: " + error + " (this rank was in " + what + " of step " + std::to_string(step) +
-                   "). Ending the job");
-      }
+    if (!s.poll_error.empty()) {
+      const std::string what = s.depth > 0 ? s.what : std::string("computation");
+      const std::string error = s.poll_error;
+      const long long step = static_cast<long long>(s.step.load());
+      lock.unlock();
+      fatal_exit("watchdog: " + error + " (this rank was in " + what + " of step " + std::to_string(step) +
+                 "). Ending the job");
     }
     if (s.depth == 0) continue;
     const double waited = std::chrono::duration<double>(Clock::now() - s.since).count();
@@ -65,6 +63,24 @@ void watch() {
   }
 }
 
+// Asks the communicators for asynchronous errors (a peer's connection lost, a remote abort), which would
+// otherwise leave the collective kernels spinning. Its own thread, holding no lock of the watchdog while
+// it asks: ncclCommGetAsyncError was seen to block while a collective of the communicator waited for a
+// stopped peer, and a blocked poll must never keep the timeout from firing.
+void poll_loop() {
+  State& s = state();
+  const auto poll = fatal_state().async_error_poll;  // installed with the communicators, before the start
+  std::unique_lock<std::mutex> lock(s.mu);
+  while (s.running) {
+    s.cv.wait_for(lock, std::chrono::milliseconds(500));
+    if (!s.running || !poll) continue;
+    lock.unlock();
+    std::string error = poll();
+    lock.lock();
+    if (!error.empty() && s.poll_error.empty()) s.poll_error = std::move(error);
+  }
+}
+
 }  // namespace
 
 void watchdog_start(double timeout_s) {
@@ -74,7 +90,9 @@ void watchdog_start(double timeout_s) {
   s.timeout_s = timeout_s;
   s.depth = 0;
   s.running = true;
+  s.poll_error.clear();
   s.thread = std::thread(watch);
+  s.poller = std::thread(poll_loop);
 }
 
 void watchdog_stop() {
@@ -86,6 +104,7 @@ void watchdog_stop() {
   }
   s.cv.notify_all();
   s.thread.join();
+  s.poller.join();
 }
 
 void watchdog_set_step(int64_t step) { state().step.store(step); }

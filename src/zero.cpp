@@ -312,8 +312,11 @@ void ShardedOptimizer::take_slot(Group& g, Bucket& b) {
     best = int(g.slots.size()) - 1;
   }
   Slot& sl = g.slots[size_t(best)];
-  if (sl.used && ex_.cuda())
+  if (sl.used && ex_.cuda()) {
+    probe_.stream_begin();
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(sl.done), 0));
+    probe_.stream_end();
+  }
   // Backward accumulates (beta = 1), and padding between parameters must reduce as zeros.
   if (ex_.cuda()) MPT_CUDA_CHECK(cudaMemsetAsync(sl.buf.data(), 0, need, cu(ex_.stream)));
   else std::memset(sl.buf.data(), 0, need);
@@ -345,6 +348,12 @@ void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
   const size_t part = size_t(b.len / world_);
   // On CPU ranks the collectives below block until every rank has arrived (on GPUs they are queued).
   const WaitScope wait("the reduction of gradient bucket " + std::to_string(&b - g.buckets.data()));
+  struct HostWait {  // CPU ranks: the collectives below are all exposed
+    ExposureProbe& p;
+    bool on;
+    HostWait(ExposureProbe& probe, bool host) : p(probe), on(host) { if (on) p.host_begin(); }
+    ~HostWait() { if (on) p.host_end(); }
+  } host_wait(probe_, !ex_.cuda());
   if (stage_ < 2) {
     // Reduce-scatter into this rank's part in place, then all-gather: the very collective stage 2 runs,
     // with the same count, so that every stage sums each element in the same order whatever algorithm
@@ -405,7 +414,9 @@ void ShardedOptimizer::finish_reduction() {
   }
   if (ex_.cuda() && comm_stream_ != ex_.stream) {
     MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
+    probe_.stream_begin();
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(ev_comm_), 0));
+    probe_.stream_end();
   }
 }
 
@@ -428,7 +439,9 @@ StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
   {
     // The readback waits for the whole step's device work and collectives, hence for every other rank.
     const WaitScope wait("the all-reduce of the gradient statistics");
+    begin_exposed();
     comm_.all_reduce(stats, stats, 2, DType::F32, ReduceOp::Sum, ex_.stream);
+    end_exposed();
     copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);
   }
 
@@ -457,6 +470,7 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
   }
   if (stage_ > 0) {
     const WaitScope wait("the all-gather of the updated parameters");
+    begin_exposed();
     for (Group& g : groups_) {
       for (const Bucket& b : g.buckets) {
         const int64_t part = b.len / world_;
@@ -464,6 +478,7 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
                          size_t(part), g.dtype, ex_.stream);
       }
     }
+    end_exposed();
   }
 }
 

@@ -33,6 +33,7 @@
 #include "kernels/adamw.h"
 #include "kernels/unscale_stats.h"
 #include "kernels/exec.h"
+#include "src/comm_exposure.h"
 #include "src/buffer.h"
 
 namespace mpt {
@@ -137,6 +138,8 @@ class ShardedOptimizer {
   FullState gather_state() const;
   void load_state(const FullState& s);  // every rank passes the full state; each keeps what it owns
   int64_t adam_step() const { return adam_step_; }
+  // Exposed communication of the steps since the last take (src/comm_exposure.h); off unless enabled.
+  ExposureProbe& exposure() { return probe_; }
   void set_adam_step(int64_t t) { adam_step_ = t; }
 
  private:
@@ -172,6 +175,9 @@ class ShardedOptimizer {
   void reduce_leftovers(bool all_unreduced);
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
+  // A collective on the compute stream (GPU: its events; CPU ranks: the host waits).
+  void begin_exposed() { ex_.cuda() ? probe_.stream_begin() : probe_.host_begin(); }
+  void end_exposed() { ex_.cuda() ? probe_.stream_end() : probe_.host_end(); }
 
   Exec ex_;
   Communicator& comm_;
@@ -189,6 +195,7 @@ class ShardedOptimizer {
   Buffer stats_;                     // 2 floats: non-finite count, sum of squares
   void* ev_compute_ = nullptr;       // cudaEvent_t
   void* ev_comm_ = nullptr;
+  ExposureProbe probe_;
 };
 
 }  // namespace mpt

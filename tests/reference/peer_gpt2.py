@@ -157,6 +157,7 @@ def main():
     free, total = torch.cuda.mem_get_info()
     res = {"impl": "pytorch" + ("" if a.no_compile else " compiled"), "dtype": a.dtype, "world": world, "B": B, "T": T,
            "median_step_ms": 1e3 * med, "spread_ms": 1e3 * (max(times) - min(times)), "tokens_per_s": tok_s,
+           "p10_step_ms": 1e3 * float(np.quantile(times, 0.1)), "p90_step_ms": 1e3 * float(np.quantile(times, 0.9)),
            "peak_gib": peak, "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
            "device_used_gib": (total - free) / 2**30, "first_loss": losses[0], "last_loss": losses[-1], "torch": torch.__version__,
            "device": torch.cuda.get_device_name()}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The scaling benchmark: `mptrain bench` at each world size on this node, the PyTorch peer (DDP) at the same
+# sizes in the same call, and the report: bench.json (rows + weak-scaling efficiency), bench.md (a table)
+# and scaling.png (launch/plot.py; needs python3-matplotlib).
+#   bash launch/bench.sh CONFIG [--gpus 1,2,...] [--cpu] [--ranks 1,2] [--modes "bf16:1 fp16:2"]
+#        [--steps 20] [--warmup 5] [--peer] [--net] [--out DIR] [--set key=value ...]
+#   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
+#   --cpu      CPU ranks instead (world sizes from --ranks, default 1,2): what CI runs
+#   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1")
+#   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count (same model shape, batch and
+#              sequence length as CONFIG; needs PyTorch): the peer rows and the mptrain / PyTorch ratio
+#   --net      also the largest GPU count again with NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: the ranks talk
+#              through the network transport (sockets here), the nearest stand-in for ranks on two nodes
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MPT="${MPTRAIN:-build/mptrain}"
+[ -n "${MPT_BUILD_DIR:-}" ] && MPT="$MPT_BUILD_DIR/mptrain"
+[ -x "$MPT" ] || { echo "bench: $MPT not found (run launch/build.sh, or set MPTRAIN)" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+CONFIG=$1; shift
+[ -f "$CONFIG" ] || { echo "bench: $CONFIG: no such config file" >&2; exit 2; }
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+SIZES=""; CPU=0; MODES=""; STEPS=20; WARMUP=5; PEER=0; NET=0; OUTDIR=""; SETS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpus|--ranks) SIZES=$(echo "$2" | tr ',' ' '); shift 2 ;;
+    --cpu) CPU=1; shift ;;
+    --modes) MODES=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --peer) PEER=1; shift ;;
+    --net) NET=1; shift ;;
+    --out) OUTDIR=$2; shift 2 ;;
+    --set) SETS+=(--set "$2"); shift 2 ;;
+    *) echo "bench: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ "$CPU" = 0 ] && [ "$NGPU" -lt 1 ]; then echo "bench: no GPU here; --cpu benchmarks CPU ranks" >&2; exit 2; fi
+if [ "$CPU" = 1 ]; then DEV=cpu; SIZES=${SIZES:-"1 2"}; MODES=${MODES:-"fp32:1"}
+else DEV=cuda; SIZES=${SIZES:-$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')}; MODES=${MODES:-"bf16:1"}; fi
+OUTDIR=${OUTDIR:-runs/bench/$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUTDIR/rows"
+export OMPI_MCA_rmaps_base_oversubscribe=1 NCCL_NVLS_ENABLE=0
+RUN=(mpirun --bind-to none -x NCCL_NVLS_ENABLE)
+[ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+status=0
+one() {  # np mode stage tag [env...]
+  local np=$1 mode=$2 stage=$3 tag=$4; shift 4
+  env "$@" "${RUN[@]}" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
+    --set zero.stage="$stage" "${SETS[@]}" --warmup "$WARMUP" --steps "$STEPS" --label "$tag" \
+    --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
+  grep "^bench:" "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" || tail -5 "$OUTDIR/rows/mptrain-$np-${tag// /_}.log"
+}
+for m in $MODES; do
+  mode=${m%%:*}; stage=${m##*:}
+  for np in $SIZES; do one "$np" "$mode" "$stage" "$mode ZeRO-$stage"; done
+  if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
+    big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
+    [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
+  fi
+done
+if [ "$PEER" = 1 ] && [ "$CPU" = 0 ]; then
+  # The peer runs the shape of CONFIG (after --set): read it back from the first mptrain row.
+  first=$(ls "$OUTDIR"/rows/mptrain-*.json | head -1)
+  shape=$(python3 -c "
+import json, sys; c = json.load(open(sys.argv[1]))['config']; m = c['model']
+print(m['n_layer'], m['n_head'], m['n_embd'], m['vocab'], m['seq_len'], c['train']['batch_size'])" "$first") || status=1
+  read -r L H C V T B <<< "$shape"
+  shard=$(ls .data/text/train-*.bin 2>/dev/null | head -1)
+  for m in $MODES; do
+    mode=${m%%:*}
+    for np in $SIZES; do
+      timeout 600 torchrun --standalone --nproc-per-node "$np" tests/reference/peer_gpt2.py --dtype "$mode" \
+        --layers "$L" --heads "$H" --embd "$C" --vocab "$V" --seq "$T" --batch "$B" --steps $((STEPS + 10)) --warmup 10 \
+        ${shard:+--data "$shard"} --out "$OUTDIR/rows/pytorch-$np-$mode.json" > "$OUTDIR/rows/pytorch-$np-$mode.log" 2>&1 || status=1
+      grep "^peer:" "$OUTDIR/rows/pytorch-$np-$mode.log" || tail -5 "$OUTDIR/rows/pytorch-$np-$mode.log"
+    done
+  done
+fi
+python3 launch/bench_report.py "$OUTDIR" --config "$CONFIG" || status=1
+exit $status

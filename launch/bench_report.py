@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Joins the rows launch/bench.sh wrote (DIR/rows/*.json) into DIR/bench.json, DIR/bench.md and DIR/scaling.png.
+
+Rows: `mptrain bench --out` (system "mptrain") and tests/reference/peer_gpt2.py --out (system "pytorch").
+Weak-scaling efficiency of a row: its tokens/s / (its GPU count x tokens/s of the same series on one GPU);
+a series is (system, label), and a row labelled "... net" (the network-transport run) is measured against
+its series without " net". The ratio column: mptrain tokens/s / PyTorch tokens/s at the same GPU count and
+precision, from the same call.
+
+usage: bench_report.py DIR [--config CONFIG]
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def peer_row(p):
+    world = p["world"]
+    return {"system": "pytorch", "label": f"{p['dtype']} DDP", "gpus": world, "ranks": world, "device": p["device"],
+            "precision": p["dtype"], "ms_per_step": p["median_step_ms"], "ms_p10": p.get("p10_step_ms"),
+            "ms_p90": p.get("p90_step_ms"), "tokens_per_s": p["tokens_per_s"],
+            "tokens_per_s_per_gpu": p["tokens_per_s"] / world, "exposed_comm_ms": None, "exposed_comm_pct": None,
+            "peak_mem_gib": p["peak_gib"], "mfu": None, "versions": {"torch": p.get("torch")},
+            "impl": p.get("impl")}
+
+
+def series_base(label):
+    return label[:-4] if label.endswith(" net") else label
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--config", default="")
+    a = ap.parse_args()
+    rows = []
+    for f in sorted(glob.glob(os.path.join(a.dir, "rows", "*.json"))):
+        try:
+            r = json.load(open(f))
+        except (OSError, ValueError) as e:
+            print(f"bench_report: {f}: not a JSON row ({e})", file=sys.stderr)
+            return 2
+        rows.append(peer_row(r) if "median_step_ms" in r else r)
+    if not rows:
+        print(f"bench_report: {a.dir}/rows holds no rows", file=sys.stderr)
+        return 2
+    # Weak-scaling efficiency against the series' one-rank row.
+    one = {(r["system"], r["label"]): r["tokens_per_s"] for r in rows if r["ranks"] == 1}
+    for r in rows:
+        base = one.get((r["system"], series_base(r["label"])))
+        r["efficiency"] = r["tokens_per_s"] / (r["ranks"] * base) if base else None
+    peer = {(r["ranks"], r["precision"]): r["tokens_per_s"] for r in rows if r["system"] == "pytorch"}
+    for r in rows:
+        p = peer.get((r["ranks"], r["precision"])) if r["system"] == "mptrain" and not r["label"].endswith(" net") else None
+        r["vs_pytorch"] = r["tokens_per_s"] / p if p else None
+    rows.sort(key=lambda r: (r["system"] != "mptrain", r["label"], r["ranks"]))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    mrow = next((r for r in rows if r["system"] == "mptrain"), rows[0])
+    versions = dict(mrow.get("versions") or {})
+    for r in rows:
+        if r["system"] == "pytorch" and r["versions"].get("torch"):
+            versions["torch"] = r["versions"]["torch"]
+    doc = {"schema": "mptrain-bench/1", "machine": f"{platform.node()}: {mrow.get('device', '?')}",
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "git_commit": commit, "config": a.config, "model": mrow.get("model"), "versions": versions,
+           "rows": [{k: v for k, v in r.items() if k not in ("config", "versions")} for r in rows]}
+    with open(os.path.join(a.dir, "bench.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+    unit = mrow.get("unit", "tokens")
+    lines = [f"{doc['model']} | {doc['machine']} | {doc['date']} | commit {commit} | {a.config}", "",
+             f"| system | series | GPUs/ranks | ms/step (p10-p90) | {unit}/s | per GPU | efficiency | exposed comm | "
+             "peak mem | MFU | vs PyTorch |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        spread = f" ({fmt(r.get('ms_p10'), '.1f')}-{fmt(r.get('ms_p90'), '.1f')})" if r.get("ms_p10") is not None else ""
+        exposed = "-" if r.get("exposed_comm_ms") is None else f"{r['exposed_comm_ms']:.2f} ms ({r['exposed_comm_pct']:.1f}%)"
+        eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f}%"
+        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"| {r['system']} | {r['label']} | {r['ranks']} | {r['ms_per_step']:.2f}{spread} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | {eff} | {exposed} | "
+                     f"{fmt(r.get('peak_mem_gib'), '.2f')} GiB | {mfu} | {fmt(r['vs_pytorch'], '.3f')} |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(a.dir, "bench.md"), "w") as f:
+        f.write(md)
+    print(md, end="")
+    plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
+    png = os.path.join(a.dir, "scaling.png")
+    if os.path.exists(plot):
+        rc = subprocess.run([sys.executable, plot, "--bench", os.path.join(a.dir, "bench.json"), "--out", png]).returncode
+        if rc != 0:
+            print(f"bench_report: {plot} --bench failed (exit {rc}); no scaling plot", file=sys.stderr)
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+// Exposed communication: how long a step waits for collectives with nothing else to do. On GPUs the
+// compute stream waits on the communication stream at a few points (a stage-2 staging slot still being
+// reduced, the tail of the gradient reduction, the statistics all-reduce, the all-gather of updated
+// parameters): a timing event recorded on the compute stream just before such a wait and one just after
+// it bound the time that stream stood still. Collectives that block the host (every collective of CPU
+// ranks, the loss all-reduce) are timed with the host clock while the device has nothing queued.
+// Communication that overlaps computation costs nothing here, which is what `mptrain bench` reports.
+// Off by default: each bracket is then one branch.
+#pragma once
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "kernels/exec.h"
+
+namespace mpt {
+
+class ExposureProbe {
+ public:
+  ExposureProbe() = default;
+  ~ExposureProbe();
+  ExposureProbe(const ExposureProbe&) = delete;
+  ExposureProbe& operator=(const ExposureProbe&) = delete;
+
+  void enable(const Exec& ex);
+  bool on() const { return on_; }
+  // A wait of the compute stream (CUDA; a no-op on CPU ranks, whose collectives are host waits).
+  void stream_begin();
+  void stream_end();
+  // A wait of the host for other ranks (CPU ranks: every collective; GPUs: host-side collectives).
+  void host_begin();
+  void host_end();
+  // Exposed milliseconds since the last take (synchronizes the compute stream), then starts over.
+  double take_ms();
+
+ private:
+  bool on_ = false;
+  Exec ex_;
+  std::vector<std::pair<void*, void*>> events_;  // cudaEvent_t pairs, reused step after step
+  size_t used_ = 0;
+  bool open_ = false;
+  double host_ms_ = 0;
+  std::chrono::steady_clock::time_point host_t0_;
+  int host_depth_ = 0;
+};
+
+}  // namespace mpt

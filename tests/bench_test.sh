@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The scaling benchmark on CPU ranks (gpt2-tiny, 1 and 2 ranks, synthetic tokens): launch/bench.sh writes
+# one row per world size, bench.json with the weak-scaling efficiency, bench.md with the table and, where
+# python3-matplotlib is installed, scaling.png; the numbers in them agree with each other.
+set -u
+MPTRAIN=$1; SRC=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+"$MPTRAIN" synth-tokens --out "$tmp/train.bin" --tokens 200000 --vocab 257 --seed $RANDOM > /dev/null || exit 1
+MPTRAIN="$MPTRAIN" timeout 600 bash "$SRC/launch/bench.sh" "$SRC/configs/gpt2-tiny.json" --cpu --ranks 1,2 --steps 4 \
+  --warmup 2 --out "$tmp/b" --set data.train_shards="[\"$tmp/train.bin\"]" --set data.val_shards="[\"$tmp/train.bin\"]" \
+  > "$tmp/out" 2>&1
+rc=$?
+cat "$tmp/out"
+[ "$rc" = 0 ] || { echo "FAIL: bench.sh exit $rc"; exit 1; }
+python3 - "$tmp/b" <<'PY' || fail=1
+import json, os, sys
+d = sys.argv[1]
+doc = json.load(open(os.path.join(d, "bench.json")))
+ok = doc["schema"] == "mptrain-bench/1" and doc["git_commit"] and doc["date"]
+rows = {r["ranks"]: r for r in doc["rows"]}
+ok = ok and sorted(rows) == [1, 2] and all(r["system"] == "mptrain" and r["unit"] == "tokens" for r in rows.values())
+for n, r in rows.items():
+    # tokens/s follows from the step time, the batch and the world size; the spread brackets the median.
+    tok = r["batch_per_rank"] * 64 * n / (r["ms_per_step"] * 1e-3)
+    ok = ok and abs(tok - r["tokens_per_s"]) <= 1e-6 * tok and r["ms_p10"] <= r["ms_per_step"] <= r["ms_p90"]
+    ok = ok and 0 <= r["exposed_comm_ms"] <= r["ms_max"] and r["timed_steps"] == 4 and r["peak_mem_gib"] > 0
+eff = rows[2]["tokens_per_s"] / (2 * rows[1]["tokens_per_s"])
+ok = ok and rows[1]["efficiency"] == 1.0 and abs(rows[2]["efficiency"] - eff) < 1e-12
+md = open(os.path.join(d, "bench.md")).read().splitlines()
+ok = ok and sum(1 for l in md if l.startswith("| mptrain |")) == 2
+if not ok:
+    print("FAIL: bench.json / bench.md", json.dumps(doc, indent=1)[:3000])
+sys.exit(0 if ok else 1)
+PY
+if python3 -c "import matplotlib" 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
+  if [ "$(head -c 8 "$tmp/b/scaling.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] \
+     && [ "$(stat -c %s "$tmp/b/scaling.png")" -gt 5000 ]; then echo "ok: scaling.png"; else echo "FAIL: scaling.png"; fail=1; fi
+else
+  echo "scaling.png not checked: python3-matplotlib or launch/plot.py missing"
+fi
+[ "$fail" = 0 ] && echo "ok: bench rows, bench.json, bench.md"
+exit $fail
