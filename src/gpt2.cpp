@@ -137,6 +137,7 @@ std::vector<ParamSpec> Gpt2::param_specs() const {
 }
 
 void Gpt2::bind(const ShardedOptimizer& opt) {
+  opt_ = &opt;
   views_.clear();
   for (int i = 0; i < opt.num_params(); ++i) views_.push_back(opt.view(i));
   int i = 0;

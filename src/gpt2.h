@@ -78,7 +78,11 @@ class Gpt2 : public Model {
   void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
   // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.
   void linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, ShardedOptimizer& opt);
-  const void* param(int i) const { return views_[size_t(i)].param; }
+  // Parameter i for the compute stream, after its bucket's all-gather (ShardedOptimizer::param_ready).
+  const void* param(int i) const {
+    opt_->param_ready(i);
+    return views_[size_t(i)].param;
+  }
 
   ModelConfig cfg_;
   Exec ex_;
@@ -88,6 +92,7 @@ class Gpt2 : public Model {
   Norm ln_f_;
   int wte_ = -1, wpe_ = -1;
   std::vector<ParamView> views_;
+  const ShardedOptimizer* opt_ = nullptr;  // set by bind
   // batch-level buffers
   Buffer tokens_, targets_, order_, starts_, uniq_;
   Buffer x0_, xf_, lnf_out_, lnf_mean_, lnf_rstd_, logits_;

@@ -81,6 +81,7 @@ std::vector<ParamSpec> Mlp::param_specs() const {
 }
 
 void Mlp::bind(const ShardedOptimizer& opt) {
+  opt_ = &opt;
   views_.clear();
   for (int i = 0; i < opt.num_params(); ++i) views_.push_back(opt.view(i));
   int k = 0;
@@ -111,6 +112,7 @@ void Mlp::forward(const float* x, int n) {
   if (n <= 0 || n > max_batch_) throw std::invalid_argument("Mlp: batch of " + std::to_string(n) + " rows");
   last_n_ = n;
   copy_from_host(x, x_in.data(), ex_.device, bytes(n, cfg_.input_dim, DType::F32), ex_.stream);
+  opt_->all_params_ready();  // a small model: no per-layer overlap of the parameter all-gather
   const size_t nl = layers_.size();
   for (size_t i = 0; i < nl; ++i) {
     Linear& L = layers_[i];

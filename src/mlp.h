@@ -70,6 +70,7 @@ class Mlp {
   Act act_;
   std::vector<Linear> layers_;
   std::vector<ParamView> views_;
+  const ShardedOptimizer* opt_ = nullptr;  // set by bind: the forward waits for the parameter all-gather
   Buffer x_in, labels_, loss_rows_, pred_;
   int last_n_ = 0;
 };

@@ -180,6 +180,9 @@ ShardedOptimizer::~ShardedOptimizer() {
   for (Group& g : groups_)
     for (Slot& sl : g.slots)
       if (sl.done) cudaEventDestroy(static_cast<cudaEvent_t>(sl.done));
+  for (Group& g : groups_)
+    for (Bucket& b : g.buckets)
+      if (b.gathered) cudaEventDestroy(static_cast<cudaEvent_t>(b.gathered));
   if (ev_compute_) cudaEventDestroy(static_cast<cudaEvent_t>(ev_compute_));
   if (ev_comm_) cudaEventDestroy(static_cast<cudaEvent_t>(ev_comm_));
 }
@@ -355,12 +358,13 @@ void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
     ~HostWait() { if (on) p.host_end(); }
   } host_wait(probe_, !ex_.cuda());
   if (stage_ < 2) {
-    // Reduce-scatter into this rank's part in place, then all-gather: the very collective stage 2 runs,
-    // with the same count, so that every stage sums each element in the same order whatever algorithm
-    // the MPI library picks for a call (MPI_Reduce_scatter and MPI_Reduce_scatter_block may differ).
+    // Reduce-scatter into this rank's part in place: the very collective stage 2 runs, with the same
+    // count, so that every stage sums each element in the same order whatever algorithm the MPI library
+    // picks for a call (MPI_Reduce_scatter and MPI_Reduce_scatter_block may differ). Stage 0 updates
+    // every part and all-gathers the reduced parts; stage 1 reads its own part only and does not.
     void* mine = static_cast<char*>(src) + size_t(rank_) * part * dtype_size(t);
     comm_.reduce_scatter(src, mine, part, t, s);
-    comm_.all_gather(mine, src, part, t, s);
+    if (stage_ == 0) comm_.all_gather(mine, src, part, t, s);
     b.reduced = true;
     return;
   }
@@ -455,8 +459,31 @@ StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
   return st;
 }
 
+void ShardedOptimizer::param_ready(int i) const {
+  const ParamView& v = views_[size_t(i)];
+  const Bucket& b = groups_[size_t(v.group)].buckets[size_t(v.bucket)];
+  if (!b.gather_pending) return;
+  probe_.stream_begin();
+  MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(b.gathered), 0));
+  probe_.stream_end();
+  b.gather_pending = false;
+}
+
+void ShardedOptimizer::all_params_ready() const {
+  for (const Group& g : groups_)
+    for (const Bucket& b : g.buckets)
+      if (b.gather_pending) {
+        probe_.stream_begin();
+        MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(b.gathered), 0));
+        probe_.stream_end();
+        b.gather_pending = false;
+      }
+}
+
 void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
   if (st.overflow) throw std::logic_error("ShardedOptimizer::apply called for an overflowing step");
+  // The update writes this rank's parts of the parameters, which last step's all-gather reads.
+  all_params_ready();
   ++adam_step_;
   AdamWHyper h = hyper;
   h.bc1 = float(1.0 - std::pow(double(hyper.beta1), double(adam_step_)));
@@ -468,7 +495,28 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
                         g.params.data(), g.dtype, g.update_segs.as<AdamWSegment>(), g.n_update_segs, g.update_elems,
                         h);
   }
-  if (stage_ > 0) {
+  if (stage_ > 0 && overlap_gather()) {
+    // On the communication stream, after the update, bucket by bucket from the last: the forward uses the
+    // parameters in the reverse of the backward order the buckets are laid out in. Each bucket's event
+    // lets the forward of a layer wait for its own parameters only (param_ready).
+    MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_compute_), cu(ex_.stream)));
+    MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(comm_stream_), static_cast<cudaEvent_t>(ev_compute_), 0));
+    for (Group& g : groups_) {
+      for (size_t k = g.buckets.size(); k-- > 0;) {
+        Bucket& b = g.buckets[k];
+        const int64_t part = b.len / world_;
+        comm_.all_gather(at(g.params, b.begin + rank_ * part, g.dtype), at(g.params, b.begin, g.dtype),
+                         size_t(part), g.dtype, comm_stream_);
+        if (!b.gathered) {
+          cudaEvent_t e;
+          MPT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+          b.gathered = e;
+        }
+        MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(b.gathered), cu(comm_stream_)));
+        b.gather_pending = true;
+      }
+    }
+  } else if (stage_ > 0) {
     const WaitScope wait("the all-gather of the updated parameters");
     begin_exposed();
     for (Group& g : groups_) {
@@ -483,6 +531,7 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
 }
 
 uint64_t ShardedOptimizer::param_hash() const {
+  all_params_ready();
   uint64_t h = 1469598103934665603ull;
   for (const Group& g : groups_) {
     std::vector<uint8_t> host(g.params.bytes());
@@ -493,6 +542,7 @@ uint64_t ShardedOptimizer::param_hash() const {
 }
 
 std::vector<float> ShardedOptimizer::params_as_float(int i) const {
+  all_params_ready();
   const ParamView& v = views_[size_t(i)];
   std::vector<uint8_t> raw(size_t(v.numel) * dtype_size(v.dtype));
   copy_to_host(v.param, ex_.device, raw.data(), raw.size(), ex_.stream);
@@ -548,6 +598,7 @@ ShardedOptimizer::FullState ShardedOptimizer::gather_state() const {
 std::vector<float> ShardedOptimizer::gather_master() const { return gather_state().master; }
 
 void ShardedOptimizer::load_state(const FullState& s) {
+  all_params_ready();
   const size_t total = size_t(num_elements());
   if (s.master.size() != total || s.m.size() != total || s.v.size() != total)
     throw std::invalid_argument("optimizer state has the wrong number of elements");

@@ -11,7 +11,9 @@
 //
 // Stages (what each rank holds besides the full half parameters and gradients):
 //   0: full FP32 master + AdamW m, v; gradients all-reduced; every rank updates everything.
-//   1: master, m, v for the owned parts only; gradients all-reduced; owned parts updated, then all-gathered.
+//   1: master, m, v for the owned parts only; gradients reduce-scattered in place (after finish_reduction
+//      the full gradient buffer holds the reduced gradient in this rank's parts only, its own local sums
+//      elsewhere); owned parts updated, then the parameters all-gathered.
 //   2: as 1, but gradients are reduce-scattered into a shard-sized buffer, and there is NO full-size
 //      gradient buffer: a bucket's gradients are written into a bucket-sized staging slot that is taken
 //      when backward first asks for one of its gradients (grad(i)) and given back once the bucket's
@@ -21,7 +23,7 @@
 // In every stage the overflow/norm statistics are summed over the rank's OWNED PARTS only and then over
 // ranks with ONE all-reduce of {non-finite count, sum of squares}. The reduced gradient of each element is
 // computed by one rank in all stages (stages 0/1 reduce a bucket as the same reduce-scatter that stage 2
-// runs, followed by an all-gather), so stages 0, 1 and 2 produce bitwise-identical parameters on the
+// runs; stage 0 follows it with an all-gather), so stages 0, 1 and 2 produce bitwise-identical parameters on the
 // MPI path.
 #pragma once
 
@@ -123,6 +125,14 @@ class ShardedOptimizer {
   StepStats reduce_stats(float loss_scale, double clip_norm);
   void apply(const StepStats& st, const AdamWHyper& hyper);
 
+  // Stages 1/2 on GPUs: apply() leaves the all-gather of the updated parameters running on the
+  // communication stream, one event per bucket, so that it overlaps the next forward. Before the compute
+  // stream reads parameter i, param_ready(i) orders it after that parameter's bucket (a no-op once done,
+  // on CPU ranks, whose all-gather blocks, and in stage 0). all_params_ready() does it for every bucket:
+  // for readers outside the forward (evaluation, checkpoints, hashes, the next update).
+  void param_ready(int i) const;
+  void all_params_ready() const;
+
   // Puts +inf into this rank's first gradient element just before its bucket is reduced (tests).
   void inject_inf_next_reduction() { inject_inf_ = true; }
   // FNV-1a hash of the full model-dtype parameters (all groups), for cross-rank consistency checks.
@@ -149,6 +159,8 @@ class ShardedOptimizer {
     bool reduced = false;            // in this micro-batch (stages 0/1: in the last one)
     int slot = -1;                   // stage 2: staging slot held in this micro-batch, -1 if none
     bool filled = false;             // stage 2: the shard part holds this step's first contribution
+    void* gathered = nullptr;        // cudaEvent_t: the bucket's parameter all-gather (overlapped path)
+    mutable bool gather_pending = false;
   };
   // Stage 2 staging slot: bytes of the group dtype; `done` (cudaEvent_t) is recorded on the
   // communication stream after the slot's last reduce-scatter, and the compute stream waits on it
@@ -175,6 +187,7 @@ class ShardedOptimizer {
   void reduce_leftovers(bool all_unreduced);
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
+  bool overlap_gather() const { return ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream; }
   // A collective on the compute stream (GPU: its events; CPU ranks: the host waits).
   void begin_exposed() { ex_.cuda() ? probe_.stream_begin() : probe_.host_begin(); }
   void end_exposed() { ex_.cuda() ? probe_.stream_end() : probe_.host_end(); }
@@ -195,7 +208,7 @@ class ShardedOptimizer {
   Buffer stats_;                     // 2 floats: non-finite count, sum of squares
   void* ev_compute_ = nullptr;       // cudaEvent_t
   void* ev_comm_ = nullptr;
-  ExposureProbe probe_;
+  mutable ExposureProbe probe_;
 };
 
 }  // namespace mpt

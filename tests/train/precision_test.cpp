@@ -54,7 +54,7 @@ Config underflow_config(const std::string& mode, const std::string& scaling) {
       {"precision", {{"mode", mode}}},
       {"loss_scale", {{"enabled", scaling}, {"init", 65536}, {"growth_interval", 100}}},
       {"optimizer", {{"lr", 1e-3}, {"clip_norm", 0}, {"warmup_steps", 0}, {"schedule", "constant"}}},
-      {"zero", {{"stage", 1}}},
+      {"zero", {{"stage", 0}}},
       {"train", {{"batch_size", 256}, {"epochs", 2}, {"seed", seed()}}},
       {"monitor", {{"enabled", false}}},
       {"log", {{"quiet", true}}},
