@@ -7,10 +7,11 @@
 #   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
 #   --cpu      CPU ranks instead (world sizes from --ranks, default 1,2): what CI runs
 #   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1")
-#   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count (same model shape, batch and
-#              sequence length as CONFIG; needs PyTorch): the peer rows and the mptrain / PyTorch ratio
-#   --net      also the largest GPU count again with NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: the ranks talk
-#              through the network transport (sockets here), the nearest stand-in for ranks on two nodes
+#   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
+#              (same model shape, batch and sequence length as CONFIG; needs PyTorch): the peer rows and the
+#              mptrain / PyTorch ratio
+#   --net      also the largest GPU count again, first mode, with NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: the
+#              ranks talk through the network transport (sockets here), the nearest stand-in for two nodes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MPT="${MPTRAIN:-build/mptrain}"
@@ -44,9 +45,9 @@ export OMPI_MCA_rmaps_base_oversubscribe=1 NCCL_NVLS_ENABLE=0
 RUN=(mpirun --bind-to none -x NCCL_NVLS_ENABLE)
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 status=0
-one() {  # np mode stage tag [env...]
+one() {  # np mode stage tag [mpirun args...]
   local np=$1 mode=$2 stage=$3 tag=$4; shift 4
-  env "$@" "${RUN[@]}" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
+  "${RUN[@]}" "$@" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
     --set zero.stage="$stage" "${SETS[@]}" --warmup "$WARMUP" --steps "$STEPS" --label "$tag" \
     --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
   grep "^bench:" "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" || tail -5 "$OUTDIR/rows/mptrain-$np-${tag// /_}.log"
@@ -54,11 +55,13 @@ one() {  # np mode stage tag [env...]
 for m in $MODES; do
   mode=${m%%:*}; stage=${m##*:}
   for np in $SIZES; do one "$np" "$mode" "$stage" "$mode ZeRO-$stage"; done
-  if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
-    big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
-    [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
-  fi
 done
+first_mode=$(echo $MODES | cut -d' ' -f1)
+if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
+  big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
+  mode=${first_mode%%:*}; stage=${first_mode##*:}
+  [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1
+fi
 if [ "$PEER" = 1 ] && [ "$CPU" = 0 ]; then
   # The peer runs the shape of CONFIG (after --set): read it back from the first mptrain row.
   first=$(ls "$OUTDIR"/rows/mptrain-*.json | head -1)
@@ -67,7 +70,7 @@ import json, sys; c = json.load(open(sys.argv[1]))['config']; m = c['model']
 print(m['n_layer'], m['n_head'], m['n_embd'], m['vocab'], m['seq_len'], c['train']['batch_size'])" "$first") || status=1
   read -r L H C V T B <<< "$shape"
   shard=$(ls .data/text/train-*.bin 2>/dev/null | head -1)
-  for m in $MODES; do
+  for m in $first_mode; do
     mode=${m%%:*}
     for np in $SIZES; do
       timeout 600 torchrun --standalone --nproc-per-node "$np" tests/reference/peer_gpt2.py --dtype "$mode" \

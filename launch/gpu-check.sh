@@ -17,6 +17,9 @@
 #   reliability  the watchdog on all GPUs (one rank SIGSTOPped: the job must end within watchdog.timeout_s
 #              plus a margin, naming the wait; one rank killed: the job must end), and compute-sanitizer
 #              memcheck over the GPU tests (SANITIZE_FILTER narrows them) and a short gpt2-tiny run on one GPU
+#   scaling    mptrain bench-comm on all GPUs over NVLink and over the network transport (NCCL_P2P_DISABLE=1
+#              NCCL_SHM_DISABLE=1), launch/bench.sh gpt2-124m at B=16 on 1 and all GPUs (bf16 ZeRO-1/2, fp16
+#              ZeRO-1, the network-transport run, the PyTorch DDP peer) and launch/project.py's projection
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -35,7 +38,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 NPS=$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')  # 1 rank, and all GPUs when there are more
-PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability peer}"
+PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability scaling peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
 RUN="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
@@ -187,6 +190,19 @@ if want reliability; then
   else
     echo "compute-sanitizer not found"; status=1
   fi
+fi
+
+if want scaling; then
+  echo "== scaling: collectives, the benchmark on 1 and $NGPU GPU(s) with the PyTorch peer, the projection"
+  $RUN -np "$NGPU" "$MPT" bench-comm --out "$OUT/comm-nvlink.json" > "$OUT/comm-nvlink.log" 2>&1 || status=1
+  grep "fit" "$OUT/comm-nvlink.log" | sed 's/^/nvlink: /'
+  $RUN -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -np "$NGPU" "$MPT" bench-comm --max-bytes 67108864 \
+    --out "$OUT/comm-net.json" > "$OUT/comm-net.log" 2>&1 || status=1
+  grep "fit" "$OUT/comm-net.log" | sed 's/^/net: /'
+  MPTRAIN="$MPT" timeout 500 bash launch/bench.sh configs/gpt2-124m.json --modes "${BENCH_MODES:-bf16:1 bf16:2 fp16:1}" \
+    --steps "${BENCH_STEPS:-20}" --peer --net --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
+  python3 launch/project.py --bench "$OUT/bench/bench.json" --comm "$OUT/comm-nvlink.json" --comm-net "$OUT/comm-net.json" \
+    --out "$OUT/projection" 2>&1 | tail -40 || status=1
 fi
 
 if want peer; then

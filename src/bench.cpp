@@ -144,6 +144,7 @@ int bench_command(int argc, char** argv) {
         {"exposed_comm_pct", 100.0 * exp_ms / ms},
         {"peak_mem_gib", double(peak_max) / double(1ull << 30)},
         {"device_used_gib", double(used_max) / double(1ull << 30)},
+        {"params", int64_t(n_params)},
         {"model_flops_per_unit", flops_per_unit},
         {"achieved_tflops_per_gpu", achieved_tflops},
         {"peak_tflops", peak > 0 ? nlohmann::json(peak) : nlohmann::json(nullptr)},

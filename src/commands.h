@@ -49,6 +49,8 @@ int profile_command(int argc, char** argv);
 // `mptrain bench CONFIG [--warmup N] [--steps N] [--out FILE.json] [--label TEXT] [--peak-tflops X]`: the
 // scaling benchmark's row at this world size (src/bench.cpp).
 int bench_command(int argc, char** argv);
+// `mptrain bench-comm [...]`: collective latency and bandwidth, alpha-beta fits (src/bench_comm.cpp).
+int bench_comm_command(int argc, char** argv);
 // `mptrain bench-attention [--dtype bf16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]`: the
 // attention kernels alone on device 0, TFLOP/s with causal FLOPs.
 int bench_attention_command(int argc, char** argv);

@@ -29,6 +29,8 @@ const char* kUsage =
     "  bench CONFIG [--warmup 5] [--steps 20] [--out FILE.json] [--label TEXT]\n"
     "                                            step time, tokens/s, exposed communication, memory and MFU at this\n"
     "                                            world size (launch/bench.sh runs it at each GPU count)\n"
+    "  bench-comm [--device auto|cuda|cpu] [--dtype bf16] [--min-bytes B] [--max-bytes B] [--out FILE.json]\n"
+    "                                            all-reduce / reduce-scatter / all-gather times and alpha-beta fits\n"
     "  bench-attention [--dtype bf16|fp16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
     "                                            the attention kernels alone on device 0 (TFLOP/s, causal FLOPs)\n"
     "  tokenize --out DIR [--val-fraction F] FILE...   text files -> byte-level token shards\n"
@@ -95,6 +97,7 @@ int main(int argc, char** argv) {
   if (cmd == "dump") return mpt::dump_command(argc - 1, argv + 1);
   if (cmd == "profile") return mpt::profile_command(argc - 1, argv + 1);
   if (cmd == "bench") return mpt::bench_command(argc - 1, argv + 1);
+  if (cmd == "bench-comm") return mpt::bench_comm_command(argc - 1, argv + 1);
   if (cmd == "bench-attention") return mpt::bench_attention_command(argc - 1, argv + 1);
   if (cmd == "tokenize") return mpt::tokenize_command(argc - 1, argv + 1);
   if (cmd == "synth-tokens") return mpt::synth_tokens_command(argc - 1, argv + 1);
