@@ -13,6 +13,7 @@
 #include <mpi.h>
 
 #include "comm/comm_internal.h"  // MPT_MPI_CHECK
+#include "comm/device_select.h"
 #include "kernels/device_info.h"
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
@@ -178,7 +179,14 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     std::vector<ParamSpec> specs;
     for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
     ShardedOptimizer::FullState st;
-    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model); });
+    Gpt2ImportReport rep;
+    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model, &rep); });
+    if (rank0_) {
+      std::string ignored;
+      for (const std::string& n : rep.ignored) ignored += (ignored.empty() ? "" : ", ") + n;
+      std::printf("init_from: %s: loaded %d tensor(s); ignored %zu%s%s\n", cfg_.model.init_from.c_str(), rep.loaded,
+                  rep.ignored.size(), rep.ignored.empty() ? "" : ": ", ignored.c_str());
+    }
     st.m.assign(st.master.size(), 0.f);
     st.v.assign(st.master.size(), 0.f);
     opt_->load_state(st);
@@ -323,11 +331,9 @@ void Trainer::setup_device() {
     device_desc_ = "cpu";
     return;
   }
-  if (ngpu < world_.local_size)
-    throw InputError(cfg_.source, "device", world_.host + " has " + std::to_string(ngpu) + " GPU(s) for " +
-                                                std::to_string(world_.local_size) + " local ranks");
-  select_cuda_device(world_);
-  const DeviceInfo info = query_device(world_.local_rank);
+  const DeviceChoice choice = choose_cuda_device(world_.local_rank, world_.local_size, ngpu);
+  if (choice.device < 0) throw InputError(cfg_.source, "device", world_.host + ": " + choice.error);
+  const DeviceInfo info = query_device(select_cuda_device(world_));
   hw_.cuda = true;
   hw_.cc_major = info.cc_major;
   hw_.cc_minor = info.cc_minor;
