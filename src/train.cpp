@@ -1,5 +1,6 @@
 #include "src/train.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include <cublasLt.h>
 #include <mpi.h>
@@ -15,6 +17,7 @@
 #include "comm/comm_internal.h"  // MPT_MPI_CHECK
 #include "comm/device_select.h"
 #include "kernels/device_info.h"
+#include "kernels/gemm.h"
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
 #include "src/gpt2.h"
@@ -329,6 +332,7 @@ void Trainer::setup_device() {
   if (!use_cuda) {
     ex_.device = Device::CPU;
     device_desc_ = "cpu";
+    setup_cpu_gemm();
     return;
   }
   const DeviceChoice choice = choose_cuda_device(world_.local_rank, world_.local_size, ngpu);
@@ -353,6 +357,22 @@ void Trainer::setup_device() {
   ex_.blas = h;
   MPT_CUDA_CHECK(cudaMalloc(&ex_.workspace, kGemmWorkspace));
   ex_.workspace_bytes = kGemmWorkspace;
+}
+
+// The CPU GEMM backend and, for BLAS, its threads: the node's hardware threads shared among the ranks on
+// the node, so that oversubscribed ranks do not fight over cores.
+void Trainer::setup_cpu_gemm() {
+  if (cfg_.cpu.gemm == "own") {
+    cpu::set_gemm_backend(cpu::GemmBackend::Own);
+    return;
+  }
+  if (!cpu::gemm_has_blas())
+    throw InputError(cfg_.source, "cpu.gemm",
+                     "'blas' needs a build with OpenBLAS (install libopenblas-dev and rebuild); this one has none");
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = cfg_.cpu.threads > 0 ? cfg_.cpu.threads : std::max(1, hw / std::max(1, world_.local_size));
+  cpu::set_gemm_backend(cpu::GemmBackend::Blas, threads);
+  device_desc_ = "cpu (gemm: blas, " + std::to_string(threads) + " thread(s) per rank)";
 }
 
 void Trainer::print_banner() const {

@@ -137,6 +137,7 @@ class Trainer {
 
  private:
   void setup_device();
+  void setup_cpu_gemm();
   void print_banner() const;
   void try_resume();
   // Rank 0: the checkpoint file and `latest`; returns the file's path.
