@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "src/gpt2.h"
 #include "src/hf_export.h"
@@ -105,7 +106,8 @@ TEST(HfExport, HalfExportsRoundTheMastersToNearestEven) {
   specs[1].layer = "h.0.mlp.c_fc";
   specs[1].shape = {16, 64};
   std::vector<float> master(256 * 16 + 16 * 64);
-  for (float& v : master) v = rng.uniform(-2.f, 2.f);
+  // Normal-range magnitudes in fp16 too (>= 2^-14), where fp16_rne above applies.
+  for (float& v : master) v = (rng.below(2) ? -1.f : 1.f) * rng.uniform(0x1p-10f, 2.f);
   const std::string dir = temp_dir();
   for (DType t : {DType::F16, DType::BF16}) {
     const std::string path = dir + "/model.safetensors";
