@@ -62,7 +62,9 @@ TEST(DeviceSelect, RandomShapesNeverPickAMissingOrSharedDevice) {
         continue;
       }
       ASSERT_LT(c.device, count);
-      if (count > 1) EXPECT_EQ(++used[size_t(c.device)], 1) << "device " << c.device << " shared";
+      if (count > 1) {
+        EXPECT_EQ(++used[size_t(c.device)], 1) << "device " << c.device << " shared";
+      }
     }
   }
 }
