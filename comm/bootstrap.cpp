@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
+#include "comm/device_select.h"
 
 namespace mpt {
 namespace detail {
@@ -170,7 +171,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Str
   return detail::new_nccl_communicator(world, comm_stream, mpi);
 }
 
-void select_cuda_device(const WorldInfo& world) {
+int select_cuda_device(const WorldInfo& world) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   std::string why;
@@ -181,13 +182,10 @@ void select_cuda_device(const WorldInfo& world) {
     why = " (cudaGetDeviceCount: " + detail::cuda_error_text(e) + ")";
   }
   if (e != cudaSuccess) cudaGetLastError();  // the error is reported below; do not leave it sticky
-  if (world.local_rank >= count || world.local_size > count) {
-    throw std::runtime_error("host " + world.host + ": local rank " + std::to_string(world.local_rank) + " of " +
-                             std::to_string(world.local_size) + " ranks on this node needs its own GPU, but the node has " +
-                             std::to_string(count) + " CUDA device(s)" + why +
-                             "; start at most one rank per GPU on each node");
-  }
-  MPT_COMM_CUDA_CHECK(cudaSetDevice(world.local_rank));
+  const DeviceChoice c = choose_cuda_device(world.local_rank, world.local_size, count);
+  if (c.device < 0) throw std::runtime_error("host " + world.host + ": " + c.error + why);
+  MPT_COMM_CUDA_CHECK(cudaSetDevice(c.device));
+  return c.device;
 }
 
 }  // namespace mpt

@@ -29,12 +29,13 @@ bool all_ranks_ok(bool ok, MPI_Comm comm = MPI_COMM_WORLD);
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD);
 
 // Device-buffer communicator over NCCL among the ranks of `mpi` (world.rank / world.size describe them).
-// Uses CUDA device world.local_rank. Collectives run on `comm_stream`.
+// Uses the current CUDA device (the one select_cuda_device chose). Collectives run on `comm_stream`.
 std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream,
                                                      MPI_Comm mpi = MPI_COMM_WORLD);
 
-// cudaSetDevice(local_rank); throws InputError-like std::runtime_error with a clear message when the node
-// has fewer GPUs than local ranks.
-void select_cuda_device(const WorldInfo& world);
+// cudaSetDevice(choose_cuda_device(local rank, local size, visible devices)) and returns that device:
+// the local rank's GPU, or device 0 when the rank sees exactly one (comm/device_select.h). Throws
+// std::runtime_error naming the host and the local rank when there is none to use.
+int select_cuda_device(const WorldInfo& world);
 
 }  // namespace mpt

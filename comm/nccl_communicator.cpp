@@ -49,8 +49,8 @@ class NcclCommunicator final : public Communicator {
     MPT_MPI_CHECK(MPI_Comm_size(mpi_, &size_));
     if (rank_ != world.rank || size_ != world.size)
       throw std::invalid_argument("make_nccl_communicator: WorldInfo does not describe the MPI communicator");
-    device_ = world.local_rank;
-    MPT_COMM_CUDA_CHECK(cudaSetDevice(device_));
+    // The device select_cuda_device chose: the local rank's GPU, or 0 when each rank sees one.
+    MPT_COMM_CUDA_CHECK(cudaGetDevice(&device_));
 
     ncclUniqueId id{};
     if (rank_ == 0) MPT_NCCL_CHECK(ncclGetUniqueId(&id));

@@ -29,7 +29,18 @@ struct GemmDesc {
 void check_gemm_desc(const GemmDesc& d);
 
 namespace cpu {
+// The CPU GEMM has two backends. Own (the default) is the deterministic reference: products summed in
+// increasing k, whatever the blocking or the machine, so results are bitwise reproducible and the tests
+// compare against it. Blas (builds with MPT_HAVE_BLAS: OpenBLAS's cblas_sgemm) is much faster and sums in
+// FP32 too, but its order depends on the CPU's kernel and the thread count. Both convert fp16/bf16 inputs
+// to FP32 exactly, run the same FP32 epilogue and round once to C's dtype. The backend is process-wide.
+enum class GemmBackend { Own, Blas };
 void gemm(const GemmDesc& d);
+bool gemm_has_blas();  // this build was linked against a BLAS
+// Throws std::invalid_argument for Blas in a build without one. threads > 0 sets the BLAS thread count.
+void set_gemm_backend(GemmBackend b, int threads = 0);
+GemmBackend gemm_backend();
+std::string gemm_backends();  // for --version: "own (deterministic), blas (OpenBLAS 0.3.21 ...)"
 }
 namespace cuda {
 // e supplies the stream, the cuBLASLt handle and workspace, and allow_tf32.

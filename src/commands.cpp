@@ -1,6 +1,8 @@
 #include "src/commands.h"
 
 #include <cerrno>
+#include <cstdarg>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,13 +18,30 @@
 #include "src/check.h"
 #include "src/config.h"
 #include "src/gpt2.h"
+#include "src/hf_export.h"
 #include "src/safetensors.h"
+#include "src/tokens.h"
 #include "src/train.h"
 
 namespace mpt {
 
+bool launcher_rank_is_zero() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* r = std::getenv(v)) return std::strcmp(r, "0") == 0;
+  return true;
+}
+
+void print_arg_error(const char* fmt, ...) {
+  if (!launcher_rank_is_zero()) return;
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+}
+
 bool parse_command_args(int argc, char** argv, const std::set<std::string>& value_opts,
-                        const std::set<std::string>& required, CommandArgs* out) {
+                        const std::set<std::string>& required, CommandArgs* out,
+                        const std::set<std::string>& flag_opts) {
   const std::string cmd = argv[0];
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -36,30 +55,32 @@ bool parse_command_args(int argc, char** argv, const std::set<std::string>& valu
     if (name == "--set" || (name.rfind("--", 0) == 0 && value_opts.count(name.substr(2)))) {
       if (!inline_value) {
         if (i + 1 >= argc) {
-          std::fprintf(stderr, "mptrain %s: %s needs a value\n", cmd.c_str(), name.c_str());
+          print_arg_error("mptrain %s: %s needs a value\n", cmd.c_str(), name.c_str());
           return false;
         }
         value = argv[++i];
       }
       if (name == "--set") out->sets.push_back(value);
       else out->opts[name.substr(2)] = value;
+    } else if (!inline_value && a.rfind("--", 0) == 0 && flag_opts.count(a.substr(2))) {
+      out->flags.insert(a.substr(2));
     } else if (!a.empty() && a[0] == '-') {
-      std::fprintf(stderr, "mptrain %s: unknown option %s (see mptrain %s --help)\n", cmd.c_str(), a.c_str(), cmd.c_str());
+      print_arg_error("mptrain %s: unknown option %s (see mptrain %s --help)\n", cmd.c_str(), a.c_str(), cmd.c_str());
       return false;
     } else if (out->config.empty()) {
       out->config = a;
     } else {
-      std::fprintf(stderr, "mptrain %s: one CONFIG only (got %s and %s)\n", cmd.c_str(), out->config.c_str(), a.c_str());
+      print_arg_error("mptrain %s: one CONFIG only (got %s and %s)\n", cmd.c_str(), out->config.c_str(), a.c_str());
       return false;
     }
   }
   if (out->config.empty()) {
-    std::fprintf(stderr, "mptrain %s: missing CONFIG (see mptrain %s --help)\n", cmd.c_str(), cmd.c_str());
+    print_arg_error("mptrain %s: missing CONFIG (see mptrain %s --help)\n", cmd.c_str(), cmd.c_str());
     return false;
   }
   for (const std::string& o : required)
     if (!out->opts.count(o)) {
-      std::fprintf(stderr, "mptrain %s: missing --%s\n", cmd.c_str(), o.c_str());
+      print_arg_error("mptrain %s: missing --%s\n", cmd.c_str(), o.c_str());
       return false;
     }
   return true;
@@ -73,7 +94,7 @@ bool int_option(const CommandArgs& a, const std::string& name, int def, int lo, 
   errno = 0;
   const long v = std::strtol(it->second.c_str(), &end, 10);
   if (it->second.empty() || *end || errno || v < lo || v > std::numeric_limits<int>::max()) {
-    std::fprintf(stderr, "mptrain: --%s: '%s' is not an integer >= %d\n", name.c_str(), it->second.c_str(), lo);
+    print_arg_error("mptrain: --%s: '%s' is not an integer >= %d\n", name.c_str(), it->second.c_str(), lo);
     return false;
   }
   *out = int(v);
@@ -87,7 +108,7 @@ bool double_option(const CommandArgs& a, const std::string& name, double def, do
   char* end = nullptr;
   const double v = std::strtod(it->second.c_str(), &end);
   if (it->second.empty() || *end || !(v > 0) || !std::isfinite(v)) {
-    std::fprintf(stderr, "mptrain: --%s: '%s' is not a positive number\n", name.c_str(), it->second.c_str());
+    print_arg_error("mptrain: --%s: '%s' is not a positive number\n", name.c_str(), it->second.c_str());
     return false;
   }
   *out = v;
@@ -150,8 +171,13 @@ std::vector<ParamSpec> specs_of(ShardedOptimizer& opt) {
 
 int train_command(int argc, char** argv) {
   CommandArgs a;
-  if (!parse_command_args(argc, argv, {}, {}, &a)) return kExitBadInput;
-  return run_config_command(a, [](Config& cfg, const WorldInfo& world) {
+  if (!parse_command_args(argc, argv, {}, {}, &a, {"print-config"})) return kExitBadInput;
+  const bool print_only = a.flags.count("print-config") > 0;
+  return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
+    if (print_only) {
+      if (world.rank == 0) std::printf("%s\n", cfg.resolved.dump(2).c_str());
+      return;
+    }
     Trainer t(cfg, world);
     t.run();
   });
@@ -159,17 +185,39 @@ int train_command(int argc, char** argv) {
 
 int export_command(int argc, char** argv) {
   CommandArgs a;
-  if (!parse_command_args(argc, argv, {"out"}, {"out"}, &a)) return kExitBadInput;
+  if (!parse_command_args(argc, argv, {"out", "dtype"}, {"out"}, &a)) return kExitBadInput;
+  DType store = DType::F32;
+  if (a.opts.count("dtype") && !parse_dtype(a.opts.at("dtype"), &store)) {
+    print_arg_error("mptrain export: --dtype: '%s' is not fp32, fp16 or bf16\n", a.opts.at("dtype").c_str());
+    return kExitBadInput;
+  }
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
     Trainer t(cfg, world);
-    gpt2_of(t, cfg.source);
+    agree(MPI_COMM_WORLD, [&] { gpt2_of(t, cfg.source); });
     const std::vector<float> master = t.optimizer().gather_master();  // collective
     if (world.rank != 0) return;
-    const std::string out = a.opts.at("out");
-    write_safetensors(out, gpt2_export(specs_of(t.optimizer()), master, cfg.model));
-    std::printf("export: %s (%lld parameters, step %lld)\n", out.c_str(),
-                static_cast<long long>(t.optimizer().num_elements()), static_cast<long long>(t.optimizer().adam_step()));
+    const std::string out = export_weights_path(a.opts.at("out"));
+    const std::filesystem::path dir = std::filesystem::path(out).parent_path();
+    if (!dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(dir, ec);  // a failure shows up as the write's error below
+    }
+    const int64_t step = t.optimizer().adam_step();
+    if (step == 0)
+      std::fprintf(stderr, "export: warning: %s; these are the initial, untrained weights of seed %llu\n",
+                   cfg.checkpoint.dir.empty() ? "checkpoint.dir is not set"
+                                              : ("no checkpoint in " + cfg.checkpoint.dir).c_str(),
+                   static_cast<unsigned long long>(cfg.train.seed));
+    write_safetensors(out, gpt2_export(specs_of(t.optimizer()), master, cfg.model, store));
+    const std::string config_json = ((dir.empty() ? std::filesystem::path(".") : dir) / "config.json").string();
+    write_json_file(config_json, hf_gpt2_config(cfg.model, store, kEndOfText));
+    std::printf("export: %s (%lld parameters, %s, step %lld) and %s\n", out.c_str(),
+                static_cast<long long>(t.optimizer().num_elements()), dtype_name(store), static_cast<long long>(step),
+                config_json.c_str());
+    if (std::filesystem::path(out).filename() != "model.safetensors")
+      std::printf("export: note: from_pretrained(DIR) looks for DIR/model.safetensors; this file is named %s\n",
+                  std::filesystem::path(out).filename().c_str());
   });
 }
 

@@ -14,11 +14,20 @@ struct CommandArgs {
   std::string config;
   std::vector<std::string> sets;
   std::map<std::string, std::string> opts;  // --name value
+  std::set<std::string> flags;              // --name (the flag_opts given)
 };
 // argv[0] is the command name. value_opts: the options that take a value (besides --set), `required`
-// those that must be given. Prints the problem and returns false on bad arguments.
+// those that must be given, flag_opts those that take none. Prints the problem (once per job: see
+// print_arg_error) and returns false on bad arguments.
 bool parse_command_args(int argc, char** argv, const std::set<std::string>& value_opts,
-                        const std::set<std::string>& required, CommandArgs* out);
+                        const std::set<std::string>& required, CommandArgs* out,
+                        const std::set<std::string>& flag_opts = {});
+
+// Command-line errors are found before MPI starts, on every rank alike (every rank gets the same
+// arguments): only the rank the launcher numbers 0 prints them (Open MPI, PMIx, PMI or Slurm rank
+// variables; a process started without a launcher prints). Every rank still exits 2.
+bool launcher_rank_is_zero();
+void print_arg_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // --name as an integer >= lo (default when absent) or a double; false after printing the problem.
 bool int_option(const CommandArgs& a, const std::string& name, int def, int lo, int* out);
@@ -30,10 +39,13 @@ struct WorldInfo;
 // commands that take a config.
 int run_config_command(const CommandArgs& a, const std::function<void(Config&, const WorldInfo&)>& body);
 
-// `mptrain train CONFIG [--set k=v]...`
+// `mptrain train CONFIG [--set k=v]... [--print-config]`; --print-config prints the effective config
+// (defaults + file + overrides) as JSON on rank 0 and exits 0 without training.
 int train_command(int argc, char** argv);
-// `mptrain export CONFIG --out FILE.safetensors [--set k=v]...`: the model's weights (after resuming from
-// checkpoint.dir when there is a checkpoint) with Hugging Face GPT-2 names, FP32.
+// `mptrain export CONFIG --out FILE.safetensors [--dtype fp32|fp16|bf16] [--set k=v]...`: the model's
+// weights (after resuming from checkpoint.dir when there is a checkpoint) with Hugging Face GPT-2 names,
+// rounded to nearest even from the FP32 masters, and a Hugging Face config.json beside them
+// (src/hf_export.h).
 int export_command(int argc, char** argv);
 // `mptrain dump CONFIG --out DIR [--steps K] [--set k=v]...`, one rank: what the PyTorch reference check
 // (tests/reference/gpt2_reference.py) compares against: DIR/weights.safetensors (initial weights, HF

@@ -93,6 +93,7 @@ const json& default_config_json() {
         {"min_scale_patience", 50},
         {"on_min_scale", "fallback"}}},
       {"device", "auto"},
+      {"cpu", {{"gemm", "own"}, {"threads", 0}}},
   };
   return d;
 }
@@ -178,6 +179,8 @@ const KeyDoc kKeyDocs[] = {
     {"monitor.on_min_scale", "log | skip | fallback | stop"},
     {"watchdog.timeout_s", "end the job when a rank waits this long for the others in one collective; 0: off"},
     {"device", "auto | cuda | cpu"},
+    {"cpu.gemm", "CPU ranks' GEMM: own (deterministic, the reference) | blas (OpenBLAS, faster; builds with it)"},
+    {"cpu.threads", "BLAS threads per rank; 0: the node's cores / ranks on the node (at least 1)"},
 };
 
 std::string join_path(const std::string& prefix, const std::string& key) {
@@ -791,6 +794,8 @@ void read_rest(Reader& r, Config& c) {
   m.on_min_scale = r.choice("monitor.on_min_scale", actions);
 
   c.device = r.choice("device", {"auto", "cuda", "cpu"});
+  c.cpu.gemm = r.choice("cpu.gemm", {"own", "blas"});
+  c.cpu.threads = r.integer<int>("cpu.threads", 0, 4096);
 }
 
 }  // namespace

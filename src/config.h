@@ -121,6 +121,13 @@ struct DebugConfig {
   bool check_consistency = false;      // compare scale and a parameter checksum across ranks every step
 };
 
+// CPU ranks (device cpu). The own GEMM stays the default: it is bitwise reproducible across machines
+// and thread counts, which the tests and the CPU-vs-CUDA comparisons rely on; blas is opt-in speed.
+struct CpuConfig {
+  std::string gemm = "own";  // own | blas (kernels/gemm.h)
+  int threads = 0;           // BLAS threads per rank; 0: hardware threads / ranks on the node
+};
+
 struct Config {
   std::string source;                  // file the config came from (for messages)
   ModelConfig model;
@@ -136,6 +143,7 @@ struct Config {
   MonitorConfig monitor;
   double watchdog_timeout_s = 60;      // watchdog.timeout_s (src/watchdog.h); 0: off
   std::string device = "auto";         // auto | cuda | cpu
+  CpuConfig cpu;
   nlohmann::json resolved;             // the full effective config (defaults + file + overrides)
 };
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <set>
 #include <stdexcept>
 
 #include "kernels/activation.h"
@@ -19,7 +20,7 @@ namespace mpt {
 
 namespace {
 
-constexpr float kLnEps = 1e-5f;
+constexpr float kLnEps = kGpt2LayerNormEps;
 constexpr float kInitStd = 0.02f;
 const std::string kPrefix = "transformer.";
 
@@ -429,7 +430,8 @@ namespace {
 bool is_wte(const ParamSpec& s) { return s.layer == "wte"; }
 }  // namespace
 
-StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>& values, const ModelConfig& m) {
+StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>& values, const ModelConfig& m,
+                   DType store) {
   StFile f;
   f.metadata["format"] = "pt";
   f.metadata["producer"] = "mptrain";
@@ -449,19 +451,22 @@ StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>
       keep = size_t(m.vocab) * size_t(s.shape[1]);
     }
     f.tensors[s.name] = st_from_float(std::vector<float>(values.begin() + long(pos), values.begin() + long(pos + keep)),
-                                      shape);
+                                      shape, store);
     pos += n;
   }
   return f;
 }
 
-std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamSpec>& specs, const ModelConfig& m) {
+std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamSpec>& specs, const ModelConfig& m,
+                               Gpt2ImportReport* report) {
   const StFile f = read_safetensors(path);
   std::vector<float> out;
+  std::set<std::string> used;
   for (const ParamSpec& s : specs) {
     auto it = f.tensors.find(s.name);
     if (it == f.tensors.end() && s.name.rfind(kPrefix, 0) == 0) it = f.tensors.find(s.name.substr(kPrefix.size()));
     if (it == f.tensors.end()) throw InputError(path, s.name, "tensor missing");
+    used.insert(it->first);
     std::vector<int64_t> want = s.shape;
     if (is_wte(s)) want[0] = m.vocab;
     if (it->second.shape != want) {
@@ -475,6 +480,12 @@ std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamS
     std::vector<float> v = it->second.to_float();
     out.insert(out.end(), v.begin(), v.end());
     if (is_wte(s)) out.insert(out.end(), size_t(s.numel()) - v.size(), 0.f);  // padded rows
+  }
+  if (report) {
+    report->loaded = int(used.size());
+    report->ignored.clear();
+    for (const auto& [name, t] : f.tensors)
+      if (!used.count(name)) report->ignored.push_back(name);
   }
   return out;
 }

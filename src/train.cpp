@@ -1,5 +1,6 @@
 #include "src/train.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -8,12 +9,15 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include <cublasLt.h>
 #include <mpi.h>
 
 #include "comm/comm_internal.h"  // MPT_MPI_CHECK
+#include "comm/device_select.h"
 #include "kernels/device_info.h"
+#include "kernels/gemm.h"
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
 #include "src/gpt2.h"
@@ -178,7 +182,14 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     std::vector<ParamSpec> specs;
     for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
     ShardedOptimizer::FullState st;
-    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model); });
+    Gpt2ImportReport rep;
+    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model, &rep); });
+    if (rank0_) {
+      std::string ignored;
+      for (const std::string& n : rep.ignored) ignored += (ignored.empty() ? "" : ", ") + n;
+      std::printf("init_from: %s: loaded %d tensor(s); ignored %zu%s%s\n", cfg_.model.init_from.c_str(), rep.loaded,
+                  rep.ignored.size(), rep.ignored.empty() ? "" : ": ", ignored.c_str());
+    }
     st.m.assign(st.master.size(), 0.f);
     st.v.assign(st.master.size(), 0.f);
     opt_->load_state(st);
@@ -321,13 +332,12 @@ void Trainer::setup_device() {
   if (!use_cuda) {
     ex_.device = Device::CPU;
     device_desc_ = "cpu";
+    setup_cpu_gemm();
     return;
   }
-  if (ngpu < world_.local_size)
-    throw InputError(cfg_.source, "device", world_.host + " has " + std::to_string(ngpu) + " GPU(s) for " +
-                                                std::to_string(world_.local_size) + " local ranks");
-  select_cuda_device(world_);
-  const DeviceInfo info = query_device(world_.local_rank);
+  const DeviceChoice choice = choose_cuda_device(world_.local_rank, world_.local_size, ngpu);
+  if (choice.device < 0) throw InputError(cfg_.source, "device", world_.host + ": " + choice.error);
+  const DeviceInfo info = query_device(select_cuda_device(world_));
   hw_.cuda = true;
   hw_.cc_major = info.cc_major;
   hw_.cc_minor = info.cc_minor;
@@ -347,6 +357,22 @@ void Trainer::setup_device() {
   ex_.blas = h;
   MPT_CUDA_CHECK(cudaMalloc(&ex_.workspace, kGemmWorkspace));
   ex_.workspace_bytes = kGemmWorkspace;
+}
+
+// The CPU GEMM backend and, for BLAS, its threads: the node's hardware threads shared among the ranks on
+// the node, so that oversubscribed ranks do not fight over cores.
+void Trainer::setup_cpu_gemm() {
+  if (cfg_.cpu.gemm == "own") {
+    cpu::set_gemm_backend(cpu::GemmBackend::Own);
+    return;
+  }
+  if (!cpu::gemm_has_blas())
+    throw InputError(cfg_.source, "cpu.gemm",
+                     "'blas' needs a build with OpenBLAS (install libopenblas-dev and rebuild); this one has none");
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = cfg_.cpu.threads > 0 ? cfg_.cpu.threads : std::max(1, hw / std::max(1, world_.local_size));
+  cpu::set_gemm_backend(cpu::GemmBackend::Blas, threads);
+  device_desc_ = "cpu (gemm: blas, " + std::to_string(threads) + " thread(s) per rank)";
 }
 
 void Trainer::print_banner() const {

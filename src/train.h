@@ -24,23 +24,26 @@
 
 namespace mpt {
 
-// Runs `body` on every rank; if it throws InputError on any rank, every rank throws: the rank that failed
-// rethrows its own error, the others a PeerInputError. No rank goes on into a collective alone.
+// Runs `body` on every rank; if it throws InputError on any rank, every rank throws: one rank per distinct
+// message rethrows its error (the lowest-numbered rank that has it: rank 0 when every rank failed alike,
+// the failing rank when one failed), the others a PeerInputError, so the CLI prints each problem once and
+// every rank exits 2. No rank goes on into a collective alone.
 struct PeerInputError : std::runtime_error {
   PeerInputError() : std::runtime_error("another rank reported bad input") {}
 };
+// The collective half of agree: returns when no rank failed, else throws as described above.
+void settle_input_errors(MPI_Comm comm, const std::exception_ptr& err, const std::string& message);
 template <class F>
 void agree(MPI_Comm comm, F&& body) {
   std::exception_ptr err;
+  std::string message;
   try {
     body();
-  } catch (const InputError&) {
+  } catch (const InputError& e) {
     err = std::current_exception();
+    message = e.what();
   }
-  if (!all_ranks_ok(err == nullptr, comm)) {
-    if (err) std::rethrow_exception(err);
-    throw PeerInputError();
-  }
+  settle_input_errors(comm, err, message);
 }
 
 struct StepRecord {
@@ -134,6 +137,7 @@ class Trainer {
 
  private:
   void setup_device();
+  void setup_cpu_gemm();
   void print_banner() const;
   void try_resume();
   // Rank 0: the checkpoint file and `latest`; returns the file's path.

@@ -7,14 +7,17 @@ MPTRAIN=$1; SRC=$2
 fail=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 run() {  # expected_code pattern args...
+  # Each rank reports its own exit code (the wrapper itself exits 0, so mpirun never ends a rank early);
+  # every rank must exit with the expected code, and a bad-input message must appear exactly once.
   local want=$1 pat=$2; shift 2
-  timeout 120 mpirun -np 2 --oversubscribe "$MPTRAIN" "$@" > "$tmp/out" 2>&1
+  timeout 120 mpirun -np 2 --oversubscribe sh -c '"$0" "$@"; echo "mptrain-rank-exit $?"' "$MPTRAIN" "$@" > "$tmp/out" 2>&1
   local rc=$?
   local n; n=$(grep -c -- "$pat" "$tmp/out")
-  if [ "$rc" != "$want" ] || { [ "$want" = 2 ] && [ "$n" != 2 ]; } || { [ "$want" = 0 ] && [ "$n" -lt 1 ]; }; then
-    echo "FAIL: mptrain $* -> exit $rc (want $want), '$pat' seen $n times"; sed 's/^/    /' "$tmp/out" | head -20; fail=$((fail+1))
+  local exits; exits=$(grep -c "^mptrain-rank-exit $want\$" "$tmp/out")
+  if [ "$rc" != 0 ] || [ "$exits" != 2 ] || { [ "$want" = 2 ] && [ "$n" != 1 ]; } || { [ "$want" = 0 ] && [ "$n" -lt 1 ]; }; then
+    echo "FAIL: mptrain $* -> $exits rank(s) exited $want (want 2), '$pat' seen $n times"; sed 's/^/    /' "$tmp/out" | head -20; fail=$((fail+1))
   else
-    echo "ok: mptrain $* -> exit $rc"
+    echo "ok: mptrain $* -> exit $want on both ranks"
   fi
 }
 # Like run, for errors that one rank reports (the others exit with it silently): the pattern at least once.
@@ -127,6 +130,32 @@ echo '{"train": {"batch_size": "big"}}' > "$tmp/bad.json"
 run 2 "bad.json: train.batch_size" train "$tmp/bad.json"
 run 2 "/nonexistent/train-images-idx3-ubyte.gz" train "$cfg" --set data.dir=/nonexistent --set device=cpu
 run 0 "usage: mptrain train" train --help
+# --help for every subcommand (also after other arguments), --version, --print-config.
+for c in train export dump analyze profile bench-attention tokenize synth-tokens; do
+  "$MPTRAIN" "$c" "$cfg" --help > "$tmp/help" 2>&1; rc=$?
+  if [ "$rc" = 0 ] && grep -q "usage: mptrain $c" "$tmp/help"; then echo "ok: mptrain $c --help"
+  else echo "FAIL: mptrain $c --help -> exit $rc"; sed 's/^/    /' "$tmp/help" | head -5; fail=$((fail+1)); fi
+done
+"$MPTRAIN" --version > "$tmp/ver" 2>&1; rc=$?
+commit=$(sed -n 's/^mptrain .* (commit \([0-9a-z]*\))$/\1/p' "$tmp/ver")
+if [ "$rc" = 0 ] && grep -q "^CUDA runtime: " "$tmp/ver" && grep -q "^NCCL: [0-9]" "$tmp/ver" && grep -q "^MPI: ." "$tmp/ver" \
+   && { [ "$commit" = unknown ] || git -C "$SRC" cat-file -e "$commit^{commit}" 2>/dev/null; }; then
+  echo "ok: mptrain --version (commit $commit)"
+else
+  echo "FAIL: mptrain --version -> exit $rc, commit '$commit'"; sed 's/^/    /' "$tmp/ver"; fail=$((fail+1))
+fi
+"$MPTRAIN" train "$cfg" --set optimizer.lr=0.0123 --print-config > "$tmp/pc.json" 2> "$tmp/pc.err"; rc=$?
+if [ "$rc" = 0 ] && /usr/bin/env python3 - "$tmp/pc.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))  # the whole stdout must be the JSON document
+ok = c["optimizer"]["lr"] == 0.0123 and c["precision"]["mode"] == "fp16"   # --set, then the file
+ok = ok and c["watchdog"]["timeout_s"] == 60 and c["cpu"]["gemm"] == "own"  # defaults
+sys.exit(0 if ok else 1)
+PY
+then echo "ok: train --print-config"; else echo "FAIL: train --print-config -> exit $rc"; head -c 600 "$tmp/pc.json" "$tmp/pc.err"; fail=$((fail+1)); fi
+run 0 '"optimizer": {' train "$cfg" --print-config
+if [ "$(grep -c '"optimizer": {' "$tmp/out")" != 1 ]; then echo "FAIL: --print-config on 2 ranks printed $(grep -c '"optimizer": {' "$tmp/out") times"; fail=$((fail+1)); fi
+run 2 "cpu.gemm" train "$cfg" --set cpu.gemm=fast
 run 0 "summary:" train "$cfg" --set device=cpu --set data.train_limit=2048 --set data.test_limit=500 \
   --set train.steps=20 --set log.metrics="\"$tmp/m.jsonl\""
 if [ "$(grep -c '"step"' "$tmp/m.jsonl" 2>/dev/null)" -lt 20 ]; then echo "FAIL: metrics file has fewer than 20 step records"; fail=$((fail+1)); fi
@@ -161,11 +190,53 @@ if not ok:
 sys.exit(0 if ok else 1)
 PY
   then echo "ok: profile table adds up"; else echo "FAIL: profile JSON"; fail=$((fail+1)); fi
+  # Export for Hugging Face: fp32 and bf16 of the same (untrained: warned about) weights, config.json beside
+  # them; bf16 must be the fp32 values rounded to nearest even, bit for bit. Then init_from reads it back.
+  shards=(--set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]")
+  run 0 "export: " export "$SRC/configs/gpt2-tiny.json" --set device=cpu "${shards[@]}" --out "$tmp/hf32/"
+  grep -q "initial, untrained weights" "$tmp/out" || { echo "FAIL: no warning for untrained weights"; fail=$((fail+1)); }
+  run 0 "export: " export "$SRC/configs/gpt2-tiny.json" --set device=cpu "${shards[@]}" --out "$tmp/hf16/" --dtype bf16
+  if /usr/bin/env python3 - "$tmp/hf32" "$tmp/hf16" <<'PY'
+import json, struct, sys
+def load(d):
+    b = open(d + "/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in h.items()}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+cfg = json.load(open(sys.argv[2] + "/config.json"))
+ok = cfg["model_type"] == "gpt2" and cfg["n_layer"] == 2 and cfg["n_head"] == 2 and cfg["n_embd"] == 64
+ok = ok and cfg["n_positions"] == 64 and cfg["vocab_size"] == 257 and cfg["torch_dtype"] == "bfloat16"
+ok = ok and sorted(a) == sorted(b) and a["transformer.wte.weight"][1] == [257, 64]
+inexact = total = 0
+for k in a:
+    ok = ok and a[k][0] == "F32" and b[k][0] == "BF16" and a[k][1] == b[k][1]
+    f = struct.unpack("<%dI" % (len(a[k][2]) // 4), a[k][2])
+    h = struct.unpack("<%dH" % (len(b[k][2]) // 2), b[k][2])
+    want = [((u + 0x7fff + ((u >> 16) & 1)) >> 16) & 0xffff for u in f]
+    ok = ok and list(h) == want
+    inexact += sum(1 for u in f if u & 0xffff)
+    total += len(f)
+sys.exit(0 if ok and inexact > total // 2 else 1)
+PY
+  then echo "ok: export fp32 + bf16 (nearest even) + config.json"; else echo "FAIL: export files"; fail=$((fail+1)); fi
+  run 0 "init_from: .*loaded 28 tensor(s); ignored 0" train "$SRC/configs/gpt2-tiny.json" --set device=cpu "${shards[@]}" \
+    --set train.steps=1 --set log.metrics='""' --set model.init_from="\"$tmp/hf16/model.safetensors\""
+  # The BLAS GEMM (when built with it) trains the same model as well.
+  if "$MPTRAIN" --version | grep -q "blas ("; then
+    run 0 "summary:" train "$SRC/configs/gpt2-tiny.json" --set device=cpu --set train.steps=60 --set cpu.gemm=blas \
+      "${shards[@]}" --set log.metrics="\"$tmp/b.jsonl\""
+    first=$(grep '"step":0,' "$tmp/b.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+    last=$(grep '"step":59,' "$tmp/b.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+    if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 5 && b < a - 1.5) }'; then echo "ok: gpt2-tiny with cpu.gemm=blas, loss $first -> $last"
+    else echo "FAIL: gpt2-tiny with cpu.gemm=blas, loss $first -> $last"; fail=$((fail+1)); fi
+  fi
   printf 'NOTATOKENSHARD' > "$tmp/text/bad-00000.bin"
   run 2 "bad-00000.bin: magic" train "$SRC/configs/gpt2-tiny.json" --set device=cpu \
     --set data.train_shards="[\"$tmp/text/bad-00000.bin\"]"
 else
   echo "FAIL: launch/prepare-text.sh"; sed 's/^/    /' "$tmp/prep"; fail=$((fail+1))
 fi
-echo "$((29 - fail)) passed, $fail failed"
+echo "cli_test: $fail failed"
 [ "$fail" = 0 ]

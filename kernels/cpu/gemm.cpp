@@ -10,12 +10,18 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
+#include <atomic>
+#include <stdexcept>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "kernels/activation.h"
+
+#ifdef MPT_HAVE_BLAS
+#include <cblas.h>
+#endif
 
 namespace mpt {
 
@@ -157,10 +163,81 @@ void epilogue(const GemmDesc& d, size_t j0, size_t nc, const float* acc, size_t 
   }
 }
 
+std::atomic<GemmBackend> g_backend{GemmBackend::Own};
+
+#ifdef MPT_HAVE_BLAS
+// cblas_sgemm on the stored operands (fp16/bf16 converted to FP32 in their stored layout, so the same
+// transposes apply), into an FP32 m x n buffer; then the same epilogue as the own kernel.
+void gemm_blas(const GemmDesc& d) {
+  Workspace& w = workspace();
+  const size_t m = size_t(d.m), n = size_t(d.n), es = dtype_size(d.dtype);
+  auto as_f32 = [&](const void* p, int ld, int rows, int cols, std::vector<float>& buf, int* ld_out) -> const float* {
+    if (d.dtype == DType::F32) {
+      *ld_out = ld;
+      return static_cast<const float*>(p);
+    }
+    buf.resize(size_t(rows) * size_t(cols));
+    for (int r = 0; r < rows; ++r)
+      to_float_n(static_cast<const char*>(p) + size_t(r) * size_t(ld) * es, d.dtype, buf.data() + size_t(r) * size_t(cols),
+                 size_t(cols));
+    *ld_out = cols;
+    return buf.data();
+  };
+  int lda = 0, ldb = 0;
+  const float* a = as_f32(d.a, d.lda, d.trans_a ? d.k : d.m, d.trans_a ? d.m : d.k, w.a, &lda);
+  const float* b = as_f32(d.b, d.ldb, d.trans_b ? d.n : d.k, d.trans_b ? d.k : d.n, w.b, &ldb);
+  w.c.resize(m * n);
+  cblas_sgemm(CblasRowMajor, d.trans_a ? CblasTrans : CblasNoTrans, d.trans_b ? CblasTrans : CblasNoTrans, d.m, d.n,
+              d.k, 1.f, a, lda, b, ldb, 0.f, w.c.data(), d.n);
+  std::vector<float> bias;
+  if (d.epilogue != Epilogue::None) {
+    bias.resize(n);
+    to_float_n(d.bias, d.dtype, bias.data(), n);
+  }
+  epilogue(d, 0, n, w.c.data(), n, bias.data(), w.row);
+}
+#endif
+
 }  // namespace
+
+bool gemm_has_blas() {
+#ifdef MPT_HAVE_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+void set_gemm_backend(GemmBackend b, int threads) {
+  if (b == GemmBackend::Blas && !gemm_has_blas())
+    throw std::invalid_argument("this build has no BLAS (install libopenblas-dev and rebuild)");
+#ifdef MPT_HAVE_BLAS
+  if (b == GemmBackend::Blas && threads > 0) openblas_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+  g_backend.store(b);
+}
+
+GemmBackend gemm_backend() { return g_backend.load(); }
+
+std::string gemm_backends() {
+  std::string s = "own (deterministic reference)";
+#ifdef MPT_HAVE_BLAS
+  std::string cfg = openblas_get_config();
+  while (!cfg.empty() && cfg.back() == ' ') cfg.pop_back();
+  s += ", blas (" + cfg + ")";
+#else
+  s += "; no BLAS in this build";
+#endif
+  return s;
+}
 
 void gemm(const GemmDesc& d) {
   check_gemm_desc(d);
+#ifdef MPT_HAVE_BLAS
+  if (g_backend.load(std::memory_order_relaxed) == GemmBackend::Blas) return gemm_blas(d);
+#endif
   const size_t m = size_t(d.m), n = size_t(d.n), k = size_t(d.k);
   const size_t mp = round_up(m, MR);
   Workspace& w = workspace();

@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 73;
+constexpr size_t kLeafKeys = 75;
 
 class TempDir {
  public:
@@ -151,6 +151,8 @@ void expect_same_config(const Config& a, const Config& b) {
   EXPECT_EQ(a.debug.inject_inf_rank, b.debug.inject_inf_rank);
   EXPECT_EQ(a.debug.check_consistency, b.debug.check_consistency);
   EXPECT_EQ(a.device, b.device);
+  EXPECT_EQ(a.cpu.gemm, b.cpu.gemm);
+  EXPECT_EQ(a.cpu.threads, b.cpu.threads);
 }
 
 class ConfigFileTest : public ::testing::Test {
@@ -179,7 +181,7 @@ TEST(ConfigDefaults, DefaultJsonFedBackIsANoOp) {
 TEST(ConfigDefaults, NestingAndKeyCount) {
   const json& d = mpt::default_config_json();
   const std::set<std::string> top = {"model", "data", "precision", "loss_scale", "optimizer", "zero", "watchdog",
-                                     "train", "log", "checkpoint", "debug", "monitor", "device"};
+                                     "train", "log", "checkpoint", "debug", "monitor", "device", "cpu"};
   std::set<std::string> got;
   for (auto it = d.begin(); it != d.end(); ++it) got.insert(it.key());
   EXPECT_EQ(got, top);
@@ -289,6 +291,8 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("debug.inject_inf_rank", n(1, 64), debug.inject_inf_rank),
       KEY("debug.check_consistency", true, debug.check_consistency),
       KEY("device", "cpu", device),
+      KEY("cpu.gemm", "blas", cpu.gemm),
+      KEY("cpu.threads", n(1, 64), cpu.threads),
   };
 #undef KEY
   std::vector<std::string> table_paths, overrides;
