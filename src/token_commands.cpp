@@ -119,14 +119,14 @@ void remove_stale_shards(const std::string& dir, const char* split, size_t writt
 
 // Writes tokens [begin, end) of the stream as shards of at most per_shard tokens.
 std::vector<std::string> write_split(const std::string& dir, const char* split, const std::vector<uint16_t>& stream,
-                                     size_t begin, size_t end, size_t per_shard) {
+                                     size_t begin, size_t end, size_t per_shard, uint64_t vocab) {
   std::vector<std::string> names;
   std::vector<int32_t> chunk;
   for (size_t b = begin; b < end; b += per_shard) {
     const size_t e = std::min(end, b + per_shard);
     chunk.assign(stream.begin() + std::ptrdiff_t(b), stream.begin() + std::ptrdiff_t(e));
     names.push_back(shard_name(split, names.size()));
-    write_token_shard(dir + "/" + names.back(), chunk, kByteVocab);
+    write_token_shard(dir + "/" + names.back(), chunk, vocab);
   }
   remove_stale_shards(dir, split, names.size());
   return names;
@@ -143,11 +143,20 @@ std::string list_names(const std::vector<std::string>& names) {
 }
 
 const char* kTokenizeUsage =
-    "usage: mptrain tokenize --out DIR [--val-fraction F] [--shard-tokens N] FILE...\n"
-    "  Byte-level tokenization (vocabulary 257: bytes and end-of-text). Each FILE (plain or .gz) is one\n"
-    "  document. Writes DIR/train-NNNNN.bin and DIR/val-NNNNN.bin; validation is the last F of the tokens.\n"
+    "usage: mptrain tokenize --out DIR [--bpe BPE_DIR] [--val-fraction F] [--shard-tokens N] FILE...\n"
+    "       mptrain tokenize --decode [--bpe BPE_DIR] [--format F] --out FILE SHARD...\n"
+    "  Each FILE (plain or .gz) is one document; an end-of-text token follows each. Writes DIR/train-NNNNN.bin\n"
+    "  and DIR/val-NNNNN.bin; validation is the last F of the tokens. Without --bpe the vocabulary is\n"
+    "  byte-level (257: the bytes and end-of-text 256).\n"
+    "  --bpe BPE_DIR       GPT-2's byte-level BPE from BPE_DIR/encoder.json and BPE_DIR/vocab.bpe (vocabulary\n"
+    "                      50257, end-of-text 50256; launch/setup.sh puts the files in .data/gpt2-bpe)\n"
     "  --val-fraction F    in [0, 1), default 0.05 (0: no validation shard)\n"
-    "  --shard-tokens N    tokens per shard, default 100000000\n";
+    "  --shard-tokens N    tokens per shard, default 100000000\n"
+    "  --decode            the reverse: the tokens of the SHARDs (in order) as text into FILE ('-': standard\n"
+    "                      output), byte-level or, with --bpe, BPE. An end-of-text token is written as\n"
+    "                      <|endoftext|>, except at the very end, so one tokenized file decodes to its bytes.\n"
+    "  --format F          --decode: shard format auto (default) | mptrain | llmc | nanogpt\n"
+;
 
 const char* kSynthUsage =
     "usage: mptrain synth-tokens --out FILE --tokens N [--vocab V] [--seed S]\n"
@@ -159,42 +168,108 @@ bool wants_help(int argc, char** argv) {
     if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) return true;
   return false;
 }
-}  // namespace
 
 // ---- commands
+
+// The text of the tokens in `shards`, for --decode.
+int decode_shards(const std::vector<std::string>& shards, const std::string& bpe_dir, ShardFormat format,
+                  const std::string& out) {
+  std::unique_ptr<BpeTokenizer> bpe;
+  if (!bpe_dir.empty()) bpe = std::make_unique<BpeTokenizer>(BpeTokenizer::load(bpe_dir));
+  const uint64_t vocab = bpe ? uint64_t(bpe->vocab_size()) : uint64_t(kByteVocab);
+  const int32_t eot = bpe ? bpe->end_of_text() : kEndOfText;
+  std::vector<int32_t> tokens;
+  for (const auto& path : shards) {
+    TokenShard s = read_tokens_file(path, format, vocab);
+    if (s.vocab > vocab)
+      throw InputError(path, "vocabulary size",
+                       std::to_string(s.vocab) + " is larger than the " +
+                           (bpe ? "BPE vocabulary (" + std::to_string(vocab) + ")"
+                                : std::string("byte-level vocabulary (257); pass --bpe DIR for GPT-2 BPE tokens")));
+    tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+  }
+  // End of text terminates each document: the last one is dropped, the others separate documents.
+  if (!tokens.empty() && tokens.back() == eot) tokens.pop_back();
+  std::string text;
+  static const std::string kEotText = "<|endoftext|>";
+  for (const int32_t t : tokens) {
+    if (t == eot) text += kEotText;
+    else if (bpe) text += bpe->token_bytes(t);
+    else text.push_back(char(static_cast<unsigned char>(t)));
+  }
+  const bool to_stdout = out == "-";
+  std::FILE* f = to_stdout ? stdout : std::fopen(out.c_str(), "wb");
+  if (!f) throw InputError(out, "--out", std::string("cannot create: ") + std::strerror(errno));
+  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  ok = (to_stdout ? std::fflush(f) == 0 : std::fclose(f) == 0) && ok;
+  if (!ok) throw InputError(out, "--out", "write failed");
+  std::fprintf(to_stdout ? stderr : stdout, "tokenize --decode: %zu shards, %zu tokens -> %zu bytes (%s) in %s\n",
+               shards.size(), tokens.size(), text.size(), bpe ? "GPT-2 BPE" : "byte-level", out.c_str());
+  return 0;
+}
+
+}  // namespace
 
 int tokenize_command(int argc, char** argv) {
   if (wants_help(argc, argv)) {
     std::fputs(kTokenizeUsage, stdout);
     return 0;
   }
-  std::string out_dir;
+  std::string out, bpe_dir;
   double val_fraction = 0.05;
   uint64_t shard_tokens = 100000000;
+  bool decode = false, split_options = false;
+  ShardFormat format = ShardFormat::Auto;
+  std::string format_name;
   std::vector<std::string> files;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string v;
       if (take_option(argc, argv, i, "--out", &v)) {
-        out_dir = v;
+        out = v;
+      } else if (take_option(argc, argv, i, "--bpe", &v)) {
+        if (v.empty()) throw UsageError("--bpe needs a directory");
+        bpe_dir = v;
       } else if (take_option(argc, argv, i, "--val-fraction", &v)) {
         val_fraction = parse_fraction("--val-fraction", v);
+        split_options = true;
       } else if (take_option(argc, argv, i, "--shard-tokens", &v)) {
         shard_tokens = parse_u64("--shard-tokens", v, 1, uint64_t(1) << 40);
+        split_options = true;
+      } else if (take_option(argc, argv, i, "--format", &v)) {
+        try {
+          format = parse_shard_format(v);
+        } catch (const std::invalid_argument& e) {
+          throw UsageError(std::string("--format: ") + e.what());
+        }
+        format_name = v;
+      } else if (!std::strcmp(argv[i], "--decode")) {
+        decode = true;
       } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
         throw UsageError(std::string("unknown option '") + argv[i] + "'");
       } else {
         files.emplace_back(argv[i]);
       }
     }
-    if (out_dir.empty()) throw UsageError("--out DIR is required");
-    if (files.empty()) throw UsageError("no input files");
+    if (out.empty()) throw UsageError(decode ? "--out FILE is required" : "--out DIR is required");
+    if (files.empty()) throw UsageError(decode ? "no shards to decode" : "no input files");
+    if (decode && split_options) throw UsageError("--val-fraction and --shard-tokens apply to encoding, not --decode");
+    if (!decode && !format_name.empty()) throw UsageError("--format applies to --decode");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "mptrain tokenize: %s\n%s", e.what(), kTokenizeUsage);
     return kExitBadInput;
   }
 
   try {
+    if (decode) return decode_shards(files, bpe_dir, format, out);
+    std::unique_ptr<BpeTokenizer> bpe;
+    if (!bpe_dir.empty()) {
+      bpe = std::make_unique<BpeTokenizer>(BpeTokenizer::load(bpe_dir));
+      if (bpe->vocab_size() > 65536)
+        throw InputError(bpe_dir + "/encoder.json", "vocabulary", "tokenize stores 16-bit tokens; " +
+                                                                      std::to_string(bpe->vocab_size()) + " tokens do not fit");
+    }
+    const uint64_t vocab = bpe ? uint64_t(bpe->vocab_size()) : uint64_t(kByteVocab);
     // The whole corpus is held as 16-bit tokens: the validation split is the tail of the stream, which is
     // only known once every file is read.
     std::vector<uint16_t> stream;
@@ -202,21 +277,27 @@ int tokenize_command(int argc, char** argv) {
     for (const auto& f : files) {
       const std::string text = read_text_file(f);
       bytes += text.size();
-      for (const char c : text) stream.push_back(uint16_t(static_cast<unsigned char>(c)));
-      stream.push_back(uint16_t(kEndOfText));
+      if (bpe) {
+        for (const int32_t t : bpe->encode(text)) stream.push_back(uint16_t(t));
+        stream.push_back(uint16_t(bpe->end_of_text()));
+      } else {
+        for (const char c : text) stream.push_back(uint16_t(static_cast<unsigned char>(c)));
+        stream.push_back(uint16_t(kEndOfText));
+      }
     }
     std::error_code ec;
-    std::filesystem::create_directories(out_dir, ec);
-    if (ec) throw InputError(out_dir, "--out", "cannot create directory: " + ec.message());
+    std::filesystem::create_directories(out, ec);
+    if (ec) throw InputError(out, "--out", "cannot create directory: " + ec.message());
 
     const size_t n = stream.size();
     const size_t n_val = size_t(std::floor(double(n) * val_fraction));
     const size_t n_train = n - n_val;
-    const auto train = write_split(out_dir, "train", stream, 0, n_train, size_t(shard_tokens));
-    const auto val = write_split(out_dir, "val", stream, n_train, n, size_t(shard_tokens));
-    std::printf("tokenize: %zu files, %llu bytes -> %zu train tokens, %zu val tokens (vocab %d) in %s: %s%s%s\n",
-                files.size(), static_cast<unsigned long long>(bytes), n_train, n_val, kByteVocab, out_dir.c_str(),
-                list_names(train).c_str(), val.empty() ? "" : ", ", val.empty() ? "" : list_names(val).c_str());
+    const auto train = write_split(out, "train", stream, 0, n_train, size_t(shard_tokens), vocab);
+    const auto val = write_split(out, "val", stream, n_train, n, size_t(shard_tokens), vocab);
+    std::printf("tokenize: %zu files, %llu bytes -> %zu train tokens, %zu val tokens (%s, vocab %llu) in %s: %s%s%s\n",
+                files.size(), static_cast<unsigned long long>(bytes), n_train, n_val, bpe ? "GPT-2 BPE" : "byte-level",
+                static_cast<unsigned long long>(vocab), out.c_str(), list_names(train).c_str(), val.empty() ? "" : ", ",
+                val.empty() ? "" : list_names(val).c_str());
     return 0;
   } catch (const InputError& e) {
     std::fprintf(stderr, "mptrain tokenize: %s\n", e.what());

@@ -1,7 +1,5 @@
 #include "src/tokens.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -79,6 +77,27 @@ void write_file_atomically(const std::string& path, const std::string& field, co
   }
 }
 
+// count tokens of bpt bytes from f into out; a token >= vocab is refused under `field`, naming its index
+// and `limit` (what bounds it).
+void read_payload(std::FILE* f, const std::string& path, uint64_t count, uint32_t bpt, uint64_t vocab,
+                  const char* field, const std::string& limit, std::vector<int32_t>& out) {
+  out.resize(size_t(count));
+  std::vector<uint8_t> buf(kChunkTokens * bpt);
+  for (uint64_t done = 0; done < count;) {
+    const size_t n = size_t(std::min<uint64_t>(kChunkTokens, count - done));
+    if (std::fread(buf.data(), bpt, n, f) != n)
+      throw InputError(path, "token count", "read failed after " + std::to_string(done) + " tokens");
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t t = get_le(buf.data() + i * bpt, int(bpt));
+      if (t >= vocab)
+        throw InputError(path, field, "token " + std::to_string(t) + " at index " + std::to_string(done + i) +
+                                          " is >= " + limit);
+      out[size_t(done) + i] = int32_t(t);
+    }
+    done += n;
+  }
+}
+
 bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
 
@@ -128,22 +147,79 @@ TokenShard read_token_shard(const std::string& path) {
   TokenShard s;
   s.path = path;
   s.vocab = vocab;
-  s.tokens.resize(size_t(count));
-  std::vector<uint8_t> buf(kChunkTokens * bpt);
-  for (uint64_t done = 0; done < count;) {
-    const size_t n = size_t(std::min<uint64_t>(kChunkTokens, count - done));
-    if (std::fread(buf.data(), bpt, n, f.get()) != n)
-      throw InputError(path, "token count", "read failed after " + std::to_string(done) + " tokens");
-    for (size_t i = 0; i < n; ++i) {
-      const uint64_t t = get_le(buf.data() + i * bpt, int(bpt));
-      if (t >= vocab)
-        throw InputError(path, "vocabulary size", "token " + std::to_string(t) + " at index " +
-                                                      std::to_string(done + i) + " is >= vocabulary size " +
-                                                      std::to_string(vocab));
-      s.tokens[size_t(done) + i] = int32_t(t);
-    }
-    done += n;
+  read_payload(f.get(), path, count, bpt, vocab, "vocabulary size", "vocabulary size " + std::to_string(vocab), s.tokens);
+  return s;
+}
+
+ShardFormat parse_shard_format(const std::string& name) {
+  if (name == "auto") return ShardFormat::Auto;
+  if (name == "mptrain") return ShardFormat::Mptrain;
+  if (name == "llmc") return ShardFormat::Llmc;
+  if (name == "nanogpt") return ShardFormat::Nanogpt;
+  throw std::invalid_argument("unknown token shard format '" + name + "' (auto, mptrain, llmc or nanogpt)");
+}
+
+TokenShard read_tokens_file(const std::string& path, ShardFormat format, uint64_t vocab) {
+  if (format == ShardFormat::Mptrain) return read_token_shard(path);
+  FilePtr f(std::fopen(path.c_str(), "rb"));
+  if (!f) throw InputError(path, "open", std::string("cannot open token file: ") + std::strerror(errno));
+  struct stat st{};
+  if (::fstat(fileno(f.get()), &st) != 0 || !S_ISREG(st.st_mode))
+    throw InputError(path, "open", "not a regular file");
+  const uint64_t file_size = uint64_t(st.st_size);
+  uint8_t head[8] = {};
+  const size_t got = std::fread(head, 1, sizeof head, f.get());
+  const bool own = got == 8 && std::memcmp(head, kShardMagic, 8) == 0;
+  const bool llmc = got >= 4 && get_le(head, 4) == kLlmcMagic;
+  if (format == ShardFormat::Auto) {
+    if (own) return read_token_shard(path);
+    if (!llmc)
+      throw InputError(path, "magic", "neither an mptrain shard (magic \"MPTTOKEN\") nor an llm.c shard (magic 20240520); "
+                                      "if it is a raw uint16 token file (nanoGPT's .bin), set data.format=nanogpt");
+    format = ShardFormat::Llmc;
   }
+  // llm.c and nanoGPT files record no vocabulary; the model's bounds their tokens.
+  const uint64_t limit = vocab == 0 ? 65536 : std::min<uint64_t>(vocab, 65536);
+  const std::string limit_desc = vocab == 0 ? "65536" : "model.vocab " + std::to_string(vocab);
+  TokenShard s;
+  s.path = path;
+  s.vocab = limit;
+  uint64_t count = 0;
+  if (format == ShardFormat::Llmc) {
+    if (!llmc)
+      throw InputError(path, "magic", own ? "an mptrain shard, not an llm.c one (set data.format=auto or mptrain)"
+                                          : "not an llm.c token shard (expected magic 20240520)");
+    uint8_t h[kLlmcHeaderBytes];
+    std::memcpy(h, head, got);
+    const size_t rest = std::fread(h + got, 1, kLlmcHeaderBytes - got, f.get());
+    if (got + rest < kLlmcHeaderBytes)
+      throw InputError(path, "header", "truncated: " + std::to_string(got + rest) + " of " +
+                                           std::to_string(kLlmcHeaderBytes) + " header bytes");
+    const int32_t version = int32_t(uint32_t(get_le(h + 4, 4)));
+    if (version != 1)
+      throw InputError(path, "version", "unsupported llm.c shard version " + std::to_string(version) +
+                                            " (expected 1: uint16 tokens)");
+    const int32_t n = int32_t(uint32_t(get_le(h + 8, 4)));
+    if (n < 0) throw InputError(path, "token count", "is negative (" + std::to_string(n) + ")");
+    count = uint64_t(n);
+    const uint64_t payload = file_size - kLlmcHeaderBytes;
+    if (count > payload / 2)
+      throw InputError(path, "token count", "file truncated: header says " + std::to_string(count) +
+                                                " tokens but only " + std::to_string(payload / 2) + " are present");
+    if (count * 2 != payload)
+      throw InputError(path, "token count", "file has " + std::to_string(payload - count * 2) +
+                                                " bytes beyond the " + std::to_string(count) + " tokens the header lists");
+  } else {
+    if (own || llmc)
+      throw InputError(path, "magic", std::string("starts with the magic of ") + (own ? "an mptrain" : "an llm.c") +
+                                          " shard, not raw nanoGPT tokens (set data.format=auto)");
+    if (file_size % 2 != 0)
+      throw InputError(path, "file size", "odd size " + std::to_string(file_size) +
+                                              ": a nanoGPT .bin file holds 2-byte (uint16) tokens");
+    count = file_size / 2;
+    if (std::fseek(f.get(), 0, SEEK_SET) != 0) throw InputError(path, "open", "cannot seek");
+  }
+  read_payload(f.get(), path, count, 2, limit, "tokens", limit_desc, s.tokens);
   return s;
 }
 
@@ -197,10 +273,10 @@ std::vector<std::string> expand_shard_paths(const std::vector<std::string>& entr
   return out;
 }
 
-TokenStream load_token_stream(const std::vector<std::string>& paths) {
+TokenStream load_token_stream(const std::vector<std::string>& paths, ShardFormat format, uint64_t vocab) {
   TokenStream s;
   for (const auto& p : paths) {
-    TokenShard sh = read_token_shard(p);
+    TokenShard sh = read_tokens_file(p, format, vocab);
     s.vocab = std::max(s.vocab, sh.vocab);
     if (s.tokens.empty()) {
       s.tokens = std::move(sh.tokens);
