@@ -97,10 +97,10 @@ std::string random_utf8(mpt::Rng& r, size_t n) {
   return s;
 }
 
+// MPT_BPE_DIR overrides the build's default (the checkout's .data/gpt2-bpe).
 std::string bpe_dir() {
   if (const char* d = std::getenv("MPT_BPE_DIR")) return d;
-  const char* src = std::getenv("MPT_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/.data/gpt2-bpe";
+  return MPT_BPE_DIR_DEFAULT;
 }
 
 // GPT-2's tokenizer, loaded once; nullptr (the test skips) when the files are absent.
