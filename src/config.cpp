@@ -44,7 +44,8 @@ const json& default_config_json() {
         {"train_limit", 0},
         {"test_limit", 0},
         {"train_shards", json::array()},
-        {"val_shards", json::array()}}},
+        {"val_shards", json::array()},
+        {"format", "auto"}}},
       {"precision", {{"mode", "auto"}, {"layers", json::array()}, {"fallback", "auto"}}},
       {"loss_scale",
        {{"enabled", "auto"},
@@ -125,6 +126,7 @@ const KeyDoc kKeyDocs[] = {
     {"data.test_limit", "use the first N test examples; 0: all"},
     {"data.train_shards", "tokens: training shard files or glob patterns"},
     {"data.val_shards", "tokens: validation shard files or glob patterns"},
+    {"data.format", "tokens: shard format: auto (by magic: MPTTOKEN or llm.c's 20240520) | mptrain | llmc | nanogpt (raw uint16)"},
     {"precision.mode", "compute precision: fp32 | tf32 | fp16 | bf16 | auto"},
     {"precision.layers", "per-layer dtype: [{\"pattern\": glob (* ?), \"dtype\": fp32|fp16|bf16}], last match wins"},
     {"precision.fallback", "precision after a stability fallback: auto (bf16 if supported, else fp32) | bf16 | fp32 | none"},
@@ -684,6 +686,7 @@ void read_data(Reader& r, DataConfig& d) {
   d.test_limit = r.integer<int64_t>("data.test_limit", 0);
   d.train_shards = read_string_list(r, "data.train_shards");
   d.val_shards = read_string_list(r, "data.val_shards");
+  d.format = r.choice("data.format", {"auto", "mptrain", "llmc", "nanogpt"});
   if (d.dataset == "tokens" && d.train_shards.empty())
     r.fail("data.train_shards", "dataset 'tokens' needs at least one training shard");
 }

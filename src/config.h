@@ -35,6 +35,7 @@ struct DataConfig {
   // token shards (dataset "tokens"): file paths or glob patterns
   std::vector<std::string> train_shards;
   std::vector<std::string> val_shards;
+  std::string format = "auto";         // auto | mptrain | llmc | nanogpt (src/tokens.h)
 };
 
 struct LayerPrecision {

@@ -37,7 +37,7 @@ const char* kUsage =
     "                                            all-reduce / reduce-scatter / all-gather times and alpha-beta fits\n"
     "  bench-attention [--dtype bf16|fp16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
     "                                            the attention kernels alone on device 0 (TFLOP/s, causal FLOPs)\n"
-    "  tokenize --out DIR [--val-fraction F] FILE...   text files -> byte-level token shards\n"
+    "  tokenize --out DIR [--bpe BPE_DIR] [--val-fraction F] FILE...   text -> byte-level or GPT-2 BPE shards; --decode: back\n"
     "  synth-tokens --out FILE --tokens N [--vocab V] [--seed S]   a synthetic token shard (benchmarks)\n"
     "\n"
     "options:\n"

@@ -1,7 +1,5 @@
 #include "src/tokens.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -79,146 +77,29 @@ void write_file_atomically(const std::string& path, const std::string& field, co
   }
 }
 
+// count tokens of bpt bytes from f into out; a token >= vocab is refused under `field`, naming its index
+// and `limit` (what bounds it).
+void read_payload(std::FILE* f, const std::string& path, uint64_t count, uint32_t bpt, uint64_t vocab,
+                  const char* field, const std::string& limit, std::vector<int32_t>& out) {
+  out.resize(size_t(count));
+  std::vector<uint8_t> buf(kChunkTokens * bpt);
+  for (uint64_t done = 0; done < count;) {
+    const size_t n = size_t(std::min<uint64_t>(kChunkTokens, count - done));
+    if (std::fread(buf.data(), bpt, n, f) != n)
+      throw InputError(path, "token count", "read failed after " + std::to_string(done) + " tokens");
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t t = get_le(buf.data() + i * bpt, int(bpt));
+      if (t >= vocab)
+        throw InputError(path, field, "token " + std::to_string(t) + " at index " + std::to_string(done + i) +
+                                          " is >= " + limit);
+      out[size_t(done) + i] = int32_t(t);
+    }
+    done += n;
+  }
+}
+
 bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
-// Whole file through zlib, which passes files without a gzip header through unchanged.
-std::string read_text_file(const std::string& path) {
-  errno = 0;
-  gzFile g = gzopen(path.c_str(), "rb");
-  if (!g) throw InputError(path, "open", std::string("cannot open: ") + std::strerror(errno ? errno : ENOENT));
-  gzbuffer(g, 1 << 20);
-  std::string out;
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    const int r = gzread(g, buf.data(), unsigned(buf.size()));
-    if (r < 0) {
-      int err = 0;
-      const std::string msg = gzerror(g, &err);
-      gzclose(g);
-      throw InputError(path, "read", "read failed: " + (err == Z_ERRNO ? std::string(std::strerror(errno)) : msg));
-    }
-    if (r == 0) break;
-    out.append(buf.data(), size_t(r));
-  }
-  // A gzip stream cut short reads as a clean end of file plus Z_BUF_ERROR.
-  int err = 0;
-  const char* msg = gzerror(g, &err);
-  if (err != Z_OK && err != Z_STREAM_END) {
-    const std::string m = msg ? msg : "unknown error";
-    gzclose(g);
-    throw InputError(path, "read", "truncated or corrupt gzip data: " + m);
-  }
-  gzclose(g);
-  return out;
-}
-
-// ---- command-line helpers shared by tokenize and synth-tokens
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// "--name VALUE" or "--name=VALUE"; advances i past the value.
-bool take_option(int argc, char** argv, int& i, const char* name, std::string* value) {
-  const std::string_view a = argv[i];
-  const size_t n = std::strlen(name);
-  if (a.substr(0, n) != name) return false;
-  if (a.size() == n) {
-    if (i + 1 >= argc) throw UsageError(std::string(name) + " needs a value");
-    *value = argv[++i];
-    return true;
-  }
-  if (a[n] != '=') return false;
-  *value = std::string(a.substr(n + 1));
-  return true;
-}
-
-uint64_t parse_u64(const std::string& opt, const std::string& s, uint64_t lo, uint64_t hi) {
-  uint64_t v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty())
-    throw UsageError(opt + " expects a non-negative integer, got '" + s + "'");
-  if (v < lo || v > hi)
-    throw UsageError(opt + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + s);
-  return v;
-}
-
-double parse_fraction(const std::string& opt, const std::string& s) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = std::strtod(s.c_str(), &end);
-  if (s.empty() || *end != '\0' || errno != 0 || !std::isfinite(v))
-    throw UsageError(opt + " expects a number, got '" + s + "'");
-  if (v < 0.0 || v >= 1.0) throw UsageError(opt + " must be in [0, 1), got " + s);
-  return v;
-}
-
-std::string shard_name(const char* split, size_t index) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%s-%05zu.bin", split, index);
-  return b;
-}
-
-// Removes DIR/<split>-NNNNN.bin files from an earlier run that this run did not rewrite, so a glob over
-// the directory never mixes two tokenizations.
-void remove_stale_shards(const std::string& dir, const char* split, size_t written) {
-  const std::string prefix = std::string(split) + "-", suffix = ".bin";
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.size() < prefix.size() + 5 + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
-      continue;
-    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
-    uint64_t index = 0;
-    const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
-    if (err != std::errc() || end != digits.data() + digits.size()) continue;
-    if (index >= written) std::filesystem::remove(e.path(), ec);
-  }
-}
-
-// Writes tokens [begin, end) of the stream as shards of at most per_shard tokens.
-std::vector<std::string> write_split(const std::string& dir, const char* split, const std::vector<uint16_t>& stream,
-                                     size_t begin, size_t end, size_t per_shard) {
-  std::vector<std::string> names;
-  std::vector<int32_t> chunk;
-  for (size_t b = begin; b < end; b += per_shard) {
-    const size_t e = std::min(end, b + per_shard);
-    chunk.assign(stream.begin() + std::ptrdiff_t(b), stream.begin() + std::ptrdiff_t(e));
-    names.push_back(shard_name(split, names.size()));
-    write_token_shard(dir + "/" + names.back(), chunk, kByteVocab);
-  }
-  remove_stale_shards(dir, split, names.size());
-  return names;
-}
-
-std::string list_names(const std::vector<std::string>& names) {
-  if (names.empty()) return "none";
-  if (names.size() <= 4) {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : " ") + n;
-    return s;
-  }
-  return names.front() + " .. " + names.back();
-}
-
-const char* kTokenizeUsage =
-    "usage: mptrain tokenize --out DIR [--val-fraction F] [--shard-tokens N] FILE...\n"
-    "  Byte-level tokenization (vocabulary 257: bytes and end-of-text). Each FILE (plain or .gz) is one\n"
-    "  document. Writes DIR/train-NNNNN.bin and DIR/val-NNNNN.bin; validation is the last F of the tokens.\n"
-    "  --val-fraction F    in [0, 1), default 0.05 (0: no validation shard)\n"
-    "  --shard-tokens N    tokens per shard, default 100000000\n";
-
-const char* kSynthUsage =
-    "usage: mptrain synth-tokens --out FILE --tokens N [--vocab V] [--seed S]\n"
-    "  Random tokens with a Zipf-like frequency profile (token k has probability ~ 1/(k+1)), for\n"
-    "  benchmarks where the text does not matter. Default vocabulary 50257 (GPT-2), seed 1.\n";
-
-bool wants_help(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) return true;
-  return false;
-}
 
 }  // namespace
 
@@ -266,22 +147,79 @@ TokenShard read_token_shard(const std::string& path) {
   TokenShard s;
   s.path = path;
   s.vocab = vocab;
-  s.tokens.resize(size_t(count));
-  std::vector<uint8_t> buf(kChunkTokens * bpt);
-  for (uint64_t done = 0; done < count;) {
-    const size_t n = size_t(std::min<uint64_t>(kChunkTokens, count - done));
-    if (std::fread(buf.data(), bpt, n, f.get()) != n)
-      throw InputError(path, "token count", "read failed after " + std::to_string(done) + " tokens");
-    for (size_t i = 0; i < n; ++i) {
-      const uint64_t t = get_le(buf.data() + i * bpt, int(bpt));
-      if (t >= vocab)
-        throw InputError(path, "vocabulary size", "token " + std::to_string(t) + " at index " +
-                                                      std::to_string(done + i) + " is >= vocabulary size " +
-                                                      std::to_string(vocab));
-      s.tokens[size_t(done) + i] = int32_t(t);
-    }
-    done += n;
+  read_payload(f.get(), path, count, bpt, vocab, "vocabulary size", "vocabulary size " + std::to_string(vocab), s.tokens);
+  return s;
+}
+
+ShardFormat parse_shard_format(const std::string& name) {
+  if (name == "auto") return ShardFormat::Auto;
+  if (name == "mptrain") return ShardFormat::Mptrain;
+  if (name == "llmc") return ShardFormat::Llmc;
+  if (name == "nanogpt") return ShardFormat::Nanogpt;
+  throw std::invalid_argument("unknown token shard format '" + name + "' (auto, mptrain, llmc or nanogpt)");
+}
+
+TokenShard read_tokens_file(const std::string& path, ShardFormat format, uint64_t vocab) {
+  if (format == ShardFormat::Mptrain) return read_token_shard(path);
+  FilePtr f(std::fopen(path.c_str(), "rb"));
+  if (!f) throw InputError(path, "open", std::string("cannot open token file: ") + std::strerror(errno));
+  struct stat st{};
+  if (::fstat(fileno(f.get()), &st) != 0 || !S_ISREG(st.st_mode))
+    throw InputError(path, "open", "not a regular file");
+  const uint64_t file_size = uint64_t(st.st_size);
+  uint8_t head[8] = {};
+  const size_t got = std::fread(head, 1, sizeof head, f.get());
+  const bool own = got == 8 && std::memcmp(head, kShardMagic, 8) == 0;
+  const bool llmc = got >= 4 && get_le(head, 4) == kLlmcMagic;
+  if (format == ShardFormat::Auto) {
+    if (own) return read_token_shard(path);
+    if (!llmc)
+      throw InputError(path, "magic", "neither an mptrain shard (magic \"MPTTOKEN\") nor an llm.c shard (magic 20240520); "
+                                      "if it is a raw uint16 token file (nanoGPT's .bin), set data.format=nanogpt");
+    format = ShardFormat::Llmc;
   }
+  // llm.c and nanoGPT files record no vocabulary; the model's bounds their tokens.
+  const uint64_t limit = vocab == 0 ? 65536 : std::min<uint64_t>(vocab, 65536);
+  const std::string limit_desc = vocab == 0 ? "65536" : "model.vocab " + std::to_string(vocab);
+  TokenShard s;
+  s.path = path;
+  s.vocab = limit;
+  uint64_t count = 0;
+  if (format == ShardFormat::Llmc) {
+    if (!llmc)
+      throw InputError(path, "magic", own ? "an mptrain shard, not an llm.c one (set data.format=auto or mptrain)"
+                                          : "not an llm.c token shard (expected magic 20240520)");
+    uint8_t h[kLlmcHeaderBytes];
+    std::memcpy(h, head, got);
+    const size_t rest = std::fread(h + got, 1, kLlmcHeaderBytes - got, f.get());
+    if (got + rest < kLlmcHeaderBytes)
+      throw InputError(path, "header", "truncated: " + std::to_string(got + rest) + " of " +
+                                           std::to_string(kLlmcHeaderBytes) + " header bytes");
+    const int32_t version = int32_t(uint32_t(get_le(h + 4, 4)));
+    if (version != 1)
+      throw InputError(path, "version", "unsupported llm.c shard version " + std::to_string(version) +
+                                            " (expected 1: uint16 tokens)");
+    const int32_t n = int32_t(uint32_t(get_le(h + 8, 4)));
+    if (n < 0) throw InputError(path, "token count", "is negative (" + std::to_string(n) + ")");
+    count = uint64_t(n);
+    const uint64_t payload = file_size - kLlmcHeaderBytes;
+    if (count > payload / 2)
+      throw InputError(path, "token count", "file truncated: header says " + std::to_string(count) +
+                                                " tokens but only " + std::to_string(payload / 2) + " are present");
+    if (count * 2 != payload)
+      throw InputError(path, "token count", "file has " + std::to_string(payload - count * 2) +
+                                                " bytes beyond the " + std::to_string(count) + " tokens the header lists");
+  } else {
+    if (own || llmc)
+      throw InputError(path, "magic", std::string("starts with the magic of ") + (own ? "an mptrain" : "an llm.c") +
+                                          " shard, not raw nanoGPT tokens (set data.format=auto)");
+    if (file_size % 2 != 0)
+      throw InputError(path, "file size", "odd size " + std::to_string(file_size) +
+                                              ": a nanoGPT .bin file holds 2-byte (uint16) tokens");
+    count = file_size / 2;
+    if (std::fseek(f.get(), 0, SEEK_SET) != 0) throw InputError(path, "open", "cannot seek");
+  }
+  read_payload(f.get(), path, count, 2, limit, "tokens", limit_desc, s.tokens);
   return s;
 }
 
@@ -335,10 +273,10 @@ std::vector<std::string> expand_shard_paths(const std::vector<std::string>& entr
   return out;
 }
 
-TokenStream load_token_stream(const std::vector<std::string>& paths) {
+TokenStream load_token_stream(const std::vector<std::string>& paths, ShardFormat format, uint64_t vocab) {
   TokenStream s;
   for (const auto& p : paths) {
-    TokenShard sh = read_token_shard(p);
+    TokenShard sh = read_tokens_file(p, format, vocab);
     s.vocab = std::max(s.vocab, sh.vocab);
     if (s.tokens.empty()) {
       s.tokens = std::move(sh.tokens);
@@ -397,120 +335,5 @@ void TokenWindows::get(int64_t w, int32_t* inputs, int32_t* targets) const {
   std::memcpy(targets, t + 1, size_t(seq_len_) * sizeof(int32_t));
 }
 
-// ---- commands
-
-int tokenize_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) {
-    std::fputs(kTokenizeUsage, stdout);
-    return 0;
-  }
-  std::string out_dir;
-  double val_fraction = 0.05;
-  uint64_t shard_tokens = 100000000;
-  std::vector<std::string> files;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      std::string v;
-      if (take_option(argc, argv, i, "--out", &v)) {
-        out_dir = v;
-      } else if (take_option(argc, argv, i, "--val-fraction", &v)) {
-        val_fraction = parse_fraction("--val-fraction", v);
-      } else if (take_option(argc, argv, i, "--shard-tokens", &v)) {
-        shard_tokens = parse_u64("--shard-tokens", v, 1, uint64_t(1) << 40);
-      } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-        throw UsageError(std::string("unknown option '") + argv[i] + "'");
-      } else {
-        files.emplace_back(argv[i]);
-      }
-    }
-    if (out_dir.empty()) throw UsageError("--out DIR is required");
-    if (files.empty()) throw UsageError("no input files");
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "mptrain tokenize: %s\n%s", e.what(), kTokenizeUsage);
-    return kExitBadInput;
-  }
-
-  try {
-    // The whole corpus is held as 16-bit tokens: the validation split is the tail of the stream, which is
-    // only known once every file is read.
-    std::vector<uint16_t> stream;
-    uint64_t bytes = 0;
-    for (const auto& f : files) {
-      const std::string text = read_text_file(f);
-      bytes += text.size();
-      for (const char c : text) stream.push_back(uint16_t(static_cast<unsigned char>(c)));
-      stream.push_back(uint16_t(kEndOfText));
-    }
-    std::error_code ec;
-    std::filesystem::create_directories(out_dir, ec);
-    if (ec) throw InputError(out_dir, "--out", "cannot create directory: " + ec.message());
-
-    const size_t n = stream.size();
-    const size_t n_val = size_t(std::floor(double(n) * val_fraction));
-    const size_t n_train = n - n_val;
-    const auto train = write_split(out_dir, "train", stream, 0, n_train, size_t(shard_tokens));
-    const auto val = write_split(out_dir, "val", stream, n_train, n, size_t(shard_tokens));
-    std::printf("tokenize: %zu files, %llu bytes -> %zu train tokens, %zu val tokens (vocab %d) in %s: %s%s%s\n",
-                files.size(), static_cast<unsigned long long>(bytes), n_train, n_val, kByteVocab, out_dir.c_str(),
-                list_names(train).c_str(), val.empty() ? "" : ", ", val.empty() ? "" : list_names(val).c_str());
-    return 0;
-  } catch (const InputError& e) {
-    std::fprintf(stderr, "mptrain tokenize: %s\n", e.what());
-    return kExitBadInput;
-  }
-}
-
-int synth_tokens_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) {
-    std::fputs(kSynthUsage, stdout);
-    return 0;
-  }
-  std::string out;
-  uint64_t n = 0, vocab = 50257, seed = 1;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      std::string v;
-      if (take_option(argc, argv, i, "--out", &v)) {
-        out = v;
-      } else if (take_option(argc, argv, i, "--tokens", &v)) {
-        n = parse_u64("--tokens", v, 1, uint64_t(1) << 34);
-      } else if (take_option(argc, argv, i, "--vocab", &v)) {
-        vocab = parse_u64("--vocab", v, 2, uint64_t(1) << 31);
-      } else if (take_option(argc, argv, i, "--seed", &v)) {
-        seed = parse_u64("--seed", v, 0, UINT64_MAX);
-      } else {
-        throw UsageError(std::string("unexpected argument '") + argv[i] + "'");
-      }
-    }
-    if (out.empty()) throw UsageError("--out FILE is required");
-    if (n == 0) throw UsageError("--tokens N is required");
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "mptrain synth-tokens: %s\n%s", e.what(), kSynthUsage);
-    return kExitBadInput;
-  }
-
-  try {
-    // Zipf with exponent 1 over ranks, the usual first approximation of word frequencies: a few tokens
-    // dominate and most are rare, so embedding and softmax traffic look like real text's.
-    std::vector<double> cdf(static_cast<size_t>(vocab));
-    double acc = 0.0;
-    for (uint64_t k = 0; k < vocab; ++k) cdf[size_t(k)] = (acc += 1.0 / double(k + 1));
-    for (auto& c : cdf) c /= acc;
-    Rng rng(seed);
-    std::vector<int32_t> tokens(static_cast<size_t>(n));
-    for (auto& t : tokens) {
-      const double u = double(rng.next() >> 11) * (1.0 / 9007199254740992.0);  // 53 bits in [0, 1)
-      const size_t k = size_t(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
-      t = int32_t(std::min<size_t>(k, size_t(vocab - 1)));
-    }
-    write_token_shard(out, tokens, vocab);
-    std::printf("synth-tokens: %llu tokens, vocab %llu, seed %llu -> %s\n", static_cast<unsigned long long>(n),
-                static_cast<unsigned long long>(vocab), static_cast<unsigned long long>(seed), out.c_str());
-    return 0;
-  } catch (const InputError& e) {
-    std::fprintf(stderr, "mptrain synth-tokens: %s\n", e.what());
-    return kExitBadInput;
-  }
-}
 
 }  // namespace mpt

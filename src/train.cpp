@@ -287,9 +287,10 @@ void Trainer::load_data() {
     return;
   }
   if (m.type != "gpt2") throw InputError(cfg_.source, "data.dataset", "token shards need model.type gpt2");
-  tok_train_ = load_token_stream(expand_shard_paths(cfg_.data.train_shards, "data.train_shards"));
+  const ShardFormat format = parse_shard_format(cfg_.data.format);
+  tok_train_ = load_token_stream(expand_shard_paths(cfg_.data.train_shards, "data.train_shards"), format, uint64_t(m.vocab));
   if (!cfg_.data.val_shards.empty())
-    tok_val_ = load_token_stream(expand_shard_paths(cfg_.data.val_shards, "data.val_shards"));
+    tok_val_ = load_token_stream(expand_shard_paths(cfg_.data.val_shards, "data.val_shards"), format, uint64_t(m.vocab));
   const uint64_t vocab = std::max(tok_train_.vocab, tok_val_.vocab);
   if (vocab > uint64_t(m.vocab))
     throw InputError(cfg_.source, "model.vocab",

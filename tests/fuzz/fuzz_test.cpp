@@ -1,5 +1,6 @@
 // Bounded fuzzing of every reader of outside input (label `fuzz`): config files and --set values, IDX
-// (.gz) files, token shards, checkpoints and safetensors. Each starts from a valid input and applies
+// (.gz) files, token shards (own and llm.c), GPT-2 BPE files, checkpoints and safetensors. Each starts
+// from a valid input and applies
 // random mutations (bit flips, byte overwrites, truncations, insertions, duplicated spans, extreme values
 // in 4- and 8-byte fields); every case must end in a clean InputError or a valid result, never in another
 // exception, a crash or a hang (ctest's timeout). Mutations are fresh each run (the seed is printed).
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "src/bpe.h"
 #include "src/check.h"
 #include "src/checkpoint.h"
 #include "src/config.h"
@@ -190,6 +192,66 @@ TEST(Fuzz, TokenShards) {
   write_token_shard(p.string(), tokens, 257);
   const std::vector<uint8_t> valid = read_all(p);
   fuzz(valid, p, [&] { read_token_shard(p.string()); });
+}
+
+// llm.c shards: magic, version, token count and the reserved words of the 1024-byte header, the tokens
+// against model.vocab; under data.format=llmc and auto.
+TEST(Fuzz, LlmcShards) {
+  TempDir d;
+  Rng r = test::fresh_rng();
+  std::vector<uint8_t> valid;
+  auto put32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) valid.push_back(uint8_t(v >> (8 * i)));
+  };
+  const uint32_t n = 500;
+  put32(kLlmcMagic);
+  put32(1);
+  put32(n);
+  for (int i = 3; i < 256; ++i) put32(0);
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t t = uint32_t(r.below(50257));
+    valid.push_back(uint8_t(t));
+    valid.push_back(uint8_t(t >> 8));
+  }
+  const fs::path p = d.path / "llmc.bin";
+  write_all(p, valid);
+  ASSERT_EQ(read_tokens_file(p.string(), ShardFormat::Llmc, 50257).tokens.size(), n);
+  fuzz(valid, p, [&] { read_tokens_file(p.string(), ShardFormat::Llmc, 50257); });
+  fuzz(valid, p, [&] { read_tokens_file(p.string(), ShardFormat::Auto, 50257); });
+}
+
+// GPT-2 BPE files (a small vocabulary of the same shape): encoder.json and vocab.bpe.
+TEST(Fuzz, BpeFiles) {
+  TempDir d;
+  auto alpha = [](const std::string& raw) {
+    std::string s;
+    for (const char c : raw) {
+      const uint32_t cp = bpe_byte_to_code_point(static_cast<unsigned char>(c));
+      if (cp < 0x80) s += char(cp);
+      else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+    }
+    return s;
+  };
+  std::string enc = "{", mer = "#version: 0.2\n";
+  for (int b = 0; b < 256; ++b) {
+    std::string key = alpha(std::string(1, char(b)));
+    if (key == "\"" || key == "\\") key = "\\" + key;
+    enc += "\"" + key + "\": " + std::to_string(b) + ", ";
+  }
+  const char* merges[][2] = {{"t", "h"}, {"th", "e"}, {" ", "the"}, {"a", "n"}, {"an", "d"}, {" ", "and"}};
+  int id = 256;
+  for (const auto& m : merges) {
+    enc += "\"" + alpha(std::string(m[0]) + m[1]) + "\": " + std::to_string(id++) + ", ";
+    mer += alpha(m[0]) + " " + alpha(m[1]) + "\n";
+  }
+  enc += "\"<|endoftext|>\": " + std::to_string(id) + "}";
+  const fs::path pe = d.path / "encoder.json", pm = d.path / "vocab.bpe";
+  write_all(pe, std::vector<uint8_t>(enc.begin(), enc.end()));
+  write_all(pm, std::vector<uint8_t>(mer.begin(), mer.end()));
+  ASSERT_EQ(BpeTokenizer::load(d.path.string()).encode(" the and"), (std::vector<int32_t>{258, 261}));
+  fuzz(std::vector<uint8_t>(enc.begin(), enc.end()), pe, [&] { BpeTokenizer::load(d.path.string()).encode("the band"); });
+  write_all(pe, std::vector<uint8_t>(enc.begin(), enc.end()));
+  fuzz(std::vector<uint8_t>(mer.begin(), mer.end()), pm, [&] { BpeTokenizer::load(d.path.string()).encode("the band"); });
 }
 
 TEST(Fuzz, Checkpoints) {

@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 75;
+constexpr size_t kLeafKeys = 76;
 
 class TempDir {
  public:
@@ -110,6 +110,7 @@ void expect_same_config(const Config& a, const Config& b) {
   EXPECT_EQ(a.data.dir, b.data.dir);
   EXPECT_EQ(a.data.train_limit, b.data.train_limit);
   EXPECT_EQ(a.data.test_limit, b.data.test_limit);
+  EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.precision.mode, b.precision.mode);
   ASSERT_EQ(a.precision.layers.size(), b.precision.layers.size());
   for (size_t i = 0; i < a.precision.layers.size(); ++i) {
@@ -225,6 +226,7 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("data.dataset", "tokens", data.dataset),
       KEY("data.train_shards", (std::vector<std::string>{"t" + std::to_string(n(0, 99)), "u*"}), data.train_shards),
       KEY("data.val_shards", (std::vector<std::string>{"v" + std::to_string(n(0, 99))}), data.val_shards),
+      KEY("data.format", (std::vector<std::string>{"mptrain", "llmc", "nanogpt"}[size_t(n(0, 3))]), data.format),
       KEY("precision.fallback", "fp32", precision.fallback),
       KEY("train.eval_every", n(1, 1000), train.eval_every),
       KEY("train.eval_batches", n(1, 1000), train.eval_batches),
@@ -603,6 +605,7 @@ TEST_F(ConfigFileTest, OutOfRangeValues) {
       {R"({"data": {"dataset": "mnist"}})", "data.dataset", "must be one of {fashion-mnist, tokens}, got \"mnist\""},
       {R"({"data": {"dataset": "tokens"}})", "data.train_shards", "needs at least one training shard"},
       {R"({"data": {"train_shards": "x.bin"}})", "data.train_shards", "expected array of strings"},
+      {R"({"data": {"format": "llm.c"}})", "data.format", "must be one of {auto, mptrain, llmc, nanogpt}, got \"llm.c\""},
       {R"({"model": {"type": "gpt2", "n_embd": 100, "n_head": 3}})", "model.n_embd", "must be a multiple of model.n_head"},
       {R"({"model": {"type": "gpt2", "n_embd": 96, "n_head": 2}})", "model.n_head", "head size n_embd / n_head = 48"},
       {R"({"precision": {"fallback": "fp8"}})", "precision.fallback", "must be one of {auto, bf16, fp32, none}"},
