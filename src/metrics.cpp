@@ -96,10 +96,10 @@ void MetricsLog::open(const std::string& path, bool resuming) {
   if (cut) std::fputc('\n', f_);
 }
 
-void MetricsLog::write(nlohmann::json record) {
+void MetricsLog::write(MetricsRecord record) {
   if (!f_) return;
   if (!record.contains("time")) record["time"] = std::round(unix_time_now() * 1000) / 1000;
-  const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string line = record.dump(-1, ' ', false, MetricsRecord::error_handler_t::replace);
   std::fprintf(f_, "%s\n", line.c_str());
   std::fflush(f_);
 }

@@ -15,6 +15,8 @@
 namespace mpt {
 
 inline constexpr int kMetricsSchema = 1;
+// One record: keys stay in the order they are given (type first), so that the lines read well.
+using MetricsRecord = nlohmann::ordered_json;
 
 double unix_time_now();                      // seconds since 1970-01-01 UTC, sub-second resolution
 std::string iso8601_utc(double unix_s);      // "2025-01-31T12:34:56.789Z"
@@ -40,7 +42,7 @@ class MetricsLog {
   const std::string& rotated_to() const { return rotated_to_; }
   // One record: "time" (unix seconds) is added unless present; the line is flushed, so that a killed run
   // leaves whole lines. No-op when not open.
-  void write(nlohmann::json record);
+  void write(MetricsRecord record);
   void close();
 
  private:

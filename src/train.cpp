@@ -609,14 +609,14 @@ TrainSummary Trainer::run() {
   const bool lm = language_model();
   const char* unit = lm ? "tokens" : "samples";
   const int64_t global_batch = units_per_step();
-  auto log_eval = [&](const EvalResult& ev, nlohmann::json j) {
+  auto log_eval = [&](const EvalResult& ev, MetricsRecord extra) {
     const std::string p = lm ? "val_" : "test_";
+    MetricsRecord j = {{"type", "eval"}, {"step", step_}};
+    j.update(extra);
     j[p + "loss"] = ev.loss;
     j[p + "accuracy"] = ev.accuracy;
     j[p + (lm ? "tokens" : "samples")] = ev.count;
     if (lm) j["val_ppl"] = std::exp(ev.loss);
-    j["type"] = "eval";
-    j["step"] = step_;
     metrics_.write(std::move(j));
   };
   double step_time_sum = 0, last_loss = 0;
@@ -653,7 +653,7 @@ TrainSummary Trainer::run() {
         std::printf("eval at step %lld | %s loss %.4f%s | accuracy %.2f%%\n", static_cast<long long>(step_),
                     lm ? "validation" : "test", ev.loss,
                     lm ? (" (ppl " + std::to_string(std::exp(ev.loss)) + ")").c_str() : "", 100 * ev.accuracy);
-      log_eval(ev, nlohmann::json::object());
+      log_eval(ev, MetricsRecord::object());
     }
     if (epoch_end || step_ == total_steps_) {
       const double secs = since(t_epoch);
@@ -718,14 +718,14 @@ TrainSummary Trainer::run() {
   else if (eval_count_ > 0 && sum.test.count > 0 && !std::isfinite(sum.test.loss))
     failure = std::string(lm ? "validation" : "test") + " loss is " + std::to_string(sum.test.loss);
   if (metrics_.enabled()) {
-    nlohmann::json j = {{"type", "summary"}, {"run_id", run_id_}, {"steps", sum.steps}, {"steps_run", steps_run}, {"skipped", sum.skipped},
+    MetricsRecord j = {{"type", "summary"}, {"run_id", run_id_}, {"steps", sum.steps}, {"steps_run", steps_run}, {"skipped", sum.skipped},
                         {"seconds", sum.seconds}, {"test_accuracy", sum.test.accuracy}, {"test_loss", sum.test.loss},
                         {"final_scale", sum.final_scale}, {"precision", prec_.mode}, {"ranks", world_.size},
                         {"zero_stage", cfg_.zero.stage}, {"device", device_desc_},
                         {"peak_allocated_bytes", sum.peak_device_bytes},
                         {"device_used_bytes", sum.device_used_bytes},
                         {"epoch_seconds", sum.epoch_seconds}, {"monitor_skips", monitor_skips_},
-                        {"fallbacks", fallbacks_json()},
+                        {"fallbacks", MetricsRecord::parse(fallbacks_json().dump())},
                         {"mean_step_s", timed_steps > 0 ? step_time_sum / double(timed_steps) : 0.0},
                         {std::string(unit) + "_per_s",
                          timed_steps > 0 ? double(global_batch) * double(timed_steps) / step_time_sum : 0.0}};

@@ -150,9 +150,9 @@ class Trainer {
   // Metrics file and progress line (src/train_log.cpp). open_metrics is collective: a metrics file that
   // cannot be opened ends every rank with exit 2.
   void open_metrics();
-  nlohmann::json header_record() const;
+  MetricsRecord header_record() const;
   void log_step(const StepRecord& r);
-  void log_event(const std::string& event, nlohmann::json fields);
+  void log_event(const std::string& event, MetricsRecord fields);
   int64_t units_per_step() const;  // tokens (language model) or samples of one optimizer step, all ranks
   Batch make_batch(bool train, const int64_t* idx, int n);
 

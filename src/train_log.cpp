@@ -38,10 +38,10 @@ void Trainer::open_metrics() {
     log_event("resume", {{"checkpoint", resumed_from_}, {"epoch", epoch_ + 1}, {"skipped_total", skipped_total()}});
 }
 
-nlohmann::json Trainer::header_record() const {
+MetricsRecord Trainer::header_record() const {
   const double now = unix_time_now();
   const bool lm = language_model();
-  nlohmann::json j = {{"type", "header"},
+  MetricsRecord j = {{"type", "header"},
                       {"schema", kMetricsSchema},
                       {"time", std::round(now * 1000) / 1000},
                       {"start_time", iso8601_utc(now)},
@@ -62,18 +62,18 @@ nlohmann::json Trainer::header_record() const {
                       {"total_steps", total_steps_},
                       {"steps_per_epoch", steps_per_epoch_},
                       {"start_step", step_},
-                      {"resumed_from", resumed_from_.empty() ? nlohmann::json(nullptr) : nlohmann::json(resumed_from_)},
+                      {"resumed_from", resumed_from_.empty() ? MetricsRecord(nullptr) : MetricsRecord(resumed_from_)},
                       {"config_file", cfg_.source},
-                      {"config", cfg_.resolved}};
+                      {"config", MetricsRecord::parse(cfg_.resolved.dump())}};
   if (!metrics_.rotated_to().empty()) j["earlier_records_moved_to"] = metrics_.rotated_to();
   if (flops_per_unit_ > 0) j["flops_per_unit"] = flops_per_unit_;
   if (peak_flops_ > 0) j["peak_flops"] = peak_flops_;
   return j;
 }
 
-void Trainer::log_event(const std::string& event, nlohmann::json fields) {
+void Trainer::log_event(const std::string& event, MetricsRecord fields) {
   if (!metrics_.enabled()) return;
-  nlohmann::json j = {{"type", "event"}, {"event", event}, {"step", step_}};
+  MetricsRecord j = {{"type", "event"}, {"event", event}, {"step", step_}};
   for (auto it = fields.begin(); it != fields.end(); ++it) j[it.key()] = it.value();
   metrics_.write(std::move(j));
 }
@@ -92,14 +92,14 @@ void Trainer::log_step(const StepRecord& r) {
   auto mfu = [&](double rate) { return peak_flops_ > 0 ? rate * flops_per_unit_ / peak_flops_ : -1.0; };
   if (metrics_.enabled()) {
     const double rate = r.seconds > 0 ? double(units) / r.seconds : 0.0;
-    nlohmann::json j = {{"type", "step"},
+    MetricsRecord j = {{"type", "step"},
                         {"step", done},
                         {"epoch", r.epoch + 1},
                         {"loss", r.loss},
                         {"lr", r.lr},
                         {"scale", r.scale},
                         {"next_scale", r.next_scale},
-                        {"grad_norm", r.overflow ? nlohmann::json(nullptr) : nlohmann::json(r.grad_norm)},
+                        {"grad_norm", r.overflow ? MetricsRecord(nullptr) : MetricsRecord(r.grad_norm)},
                         {"skipped", r.skipped},
                         {"overflow", r.overflow},
                         {"skipped_total", skipped_total()},
