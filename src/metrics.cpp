@@ -1,5 +1,6 @@
 #include "src/metrics.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -26,12 +27,11 @@ double unix_time_now() {
 
 std::string iso8601_utc(double unix_s) {
   const std::time_t whole = std::time_t(std::floor(unix_s));
-  int ms = int(std::lround((unix_s - double(whole)) * 1000));
-  if (ms > 999) ms = 999;
+  const unsigned ms = unsigned(std::min(999L, std::max(0L, std::lround((unix_s - double(whole)) * 1000))));
   std::tm tm{};
   gmtime_r(&whole, &tm);
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
   return buf;
 }
