@@ -143,6 +143,7 @@ else
 fi
 
 # 6. A language model: tokens/s, val_* evaluation records.
+mkdir -p "$tmp/tok"
 if "$MPTRAIN" synth-tokens --out "$tmp/tok/train-00000.bin" --tokens 40000 --vocab 257 --seed $RANDOM > /dev/null \
    && "$MPTRAIN" synth-tokens --out "$tmp/tok/val-00000.bin" --tokens 8000 --vocab 257 --seed $RANDOM > /dev/null \
    && train "$tmp/out6" "$SRC/configs/gpt2-tiny.json" --set device=cpu --set train.steps=6 --set train.eval_every=3 \

@@ -27,6 +27,7 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+mkdir -p "$tmp/tok"
 "$MPTRAIN" synth-tokens --out "$tmp/tok/train-00000.bin" --tokens 60000 --vocab 257 --seed $RANDOM > /dev/null
 "$MPTRAIN" synth-tokens --out "$tmp/tok/val-00000.bin" --tokens 8000 --vocab 257 --seed $RANDOM > /dev/null
 steps=$((12 + RANDOM % 8))

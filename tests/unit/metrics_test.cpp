@@ -106,7 +106,7 @@ TEST(Metrics, ResumeAppendsAndEndsACutLine) {
 TEST(Metrics, UnusablePathNamesLogMetrics) {
   TempDir d;
   spit(d.path + "/plainfile", "x");
-  for (const std::string bad : {d.path + "/plainfile/m.jsonl", d.path}) {
+  for (const std::string& bad : {d.path + "/plainfile/m.jsonl", d.path}) {
     MetricsLog log;
     try {
       log.open(bad, false);
