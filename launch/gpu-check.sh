@@ -84,7 +84,7 @@ if want gpt2; then
     local tag="gpt2-$2-z$3-np$1"
     timeout 240 $RUN -np "$1" "$MPT" train configs/gpt2-124m.json --set device=cuda --set precision.mode="$2" \
       --set zero.stage="$3" --set train.steps="$STEPS" --set log.metrics="\"$OUT/$tag.jsonl\"" > "$OUT/$tag.log" 2>&1 || status=1
-    echo "np=$1 $2 ZeRO-$3: $(grep -E '^(step +1 |step +'"$STEPS"' |summary|throughput|model:)' "$OUT/$tag.log" | sed 's/  */ /g' | tr '\n' ' ')"
+    echo "np=$1 $2 ZeRO-$3: $(grep -E '^(step +1/|step +'"$STEPS"'/|summary|throughput|model:)' "$OUT/$tag.log" | sed 's/  */ /g' | tr '\n' ' ')"
   }
   for mode in fp16 bf16; do gpt2 1 "$mode" 0; done
   if [ "$NGPU" -ge 2 ]; then
@@ -223,9 +223,10 @@ out = sys.argv[1]
 for dt in ("bf16", "fp16"):
     try:
         t = json.load(open(f"{out}/peer-torch-{dt}.json"))
-        steps = [json.loads(l) for l in open(f"{out}/peer-mpt-{dt}.jsonl") if '"step_s"' in l]
+        recs = [json.loads(l) for l in open(f"{out}/peer-mpt-{dt}.jsonl")]
+        steps = [r for r in recs if r["type"] == "step"]
         ms = 1e3 * statistics.median(s["step_s"] for s in steps[10:])
-        summ = [json.loads(l) for l in open(f"{out}/peer-mpt-{dt}.jsonl") if '"summary"' in l][0]
+        summ = [r for r in recs if r["type"] == "summary"][-1]
         tok = 16 * 1024 / (ms / 1e3)
         print(f"{dt}: mptrain {ms:.1f} ms/step {tok:,.0f} tok/s, peak {summ['peak_allocated_bytes'] / 2**30:.2f} GiB "
               f"allocated ({summ['device_used_bytes'] / 2**30:.2f} in use) | PyTorch {t['median_step_ms']:.1f} ms/step "

@@ -3,7 +3,7 @@
 # checks for the CUDA toolkit, which is not a Debian package here and must already be installed.
 set -euo pipefail
 PKGS=(build-essential cmake openmpi-bin libopenmpi-dev nlohmann-json3-dev libgtest-dev googletest
-      zlib1g-dev dataset-fashion-mnist fortunes python3 libopenblas-dev)
+      zlib1g-dev dataset-fashion-mnist fortunes python3 libopenblas-dev python3-matplotlib)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

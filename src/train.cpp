@@ -210,7 +210,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
 }
 
 Trainer::~Trainer() {
-  if (metrics_) std::fclose(metrics_);
+  metrics_.close();
   opt_.reset();
   model_.reset();
   comm_.reset();
@@ -258,16 +258,13 @@ void Trainer::fallback(const std::string& reason) {
   scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
   prior_skipped_ = skipped;
   monitor_->reset();
-  fallbacks_.push_back({step_, from, to, reason});
+  fallbacks_.push_back({step_ + 1, from, to, reason});
   if (rank0_)
-    std::printf("precision fallback at step %lld: %s -> %s (%s); loss scaling %s\n", static_cast<long long>(step_),
-                dtype_name(from), dtype_name(to), reason.c_str(), scaler_->enabled() ? "dynamic" : "off");
-  if (metrics_) {
-    nlohmann::json j = {{"event", "precision_fallback"}, {"step", step_}, {"from", dtype_name(from)},
-                        {"to", dtype_name(to)}, {"reason", reason}};
-    std::fprintf(metrics_, "%s\n", j.dump().c_str());
-    std::fflush(metrics_);
-  }
+    std::printf("precision fallback at step %lld: %s -> %s (%s); loss scaling %s\n",
+                static_cast<long long>(step_ + 1), dtype_name(from), dtype_name(to), reason.c_str(),
+                scaler_->enabled() ? "dynamic" : "off");
+  log_event("precision_fallback", {{"step", step_ + 1}, {"from", dtype_name(from)}, {"to", dtype_name(to)},
+                                   {"reason", reason}, {"loss_scaling", scaler_->enabled()}});
 }
 
 void Trainer::load_data() {
@@ -340,6 +337,7 @@ void Trainer::setup_device() {
   if (choice.device < 0) throw InputError(cfg_.source, "device", world_.host + ": " + choice.error);
   const DeviceInfo info = query_device(select_cuda_device(world_));
   hw_.cuda = true;
+  device_name_ = info.name;
   hw_.cc_major = info.cc_major;
   hw_.cc_minor = info.cc_minor;
   char buf[256];
@@ -459,15 +457,20 @@ StepRecord Trainer::train_step() {
     scaler_->update(st.overflow);  // a monitor skip is not an overflow: the scale stays where it is
   }
   rec.skipped = st.overflow || monitor_skip;
+  rec.overflow = st.overflow;
   rec.next_scale = scaler_->scale();
   overflow_at_min_run_ = (st.overflow && at_min) ? overflow_at_min_run_ + 1 : 0;
   if (overflow_at_min_run_ >= kMinScaleOverflowLimit && verdict.action < MonitorAction::Fallback)
     throw RunFailed("step " + std::to_string(step_) + ": " + std::to_string(overflow_at_min_run_) +
                     " steps in a row overflowed at the minimum loss scale (" + std::to_string(cfg_.loss_scale.min) +
                     "); nothing can train (enable the monitor's fallback, or use bf16)");
-  if (verdict.action >= MonitorAction::Log && rank0_)
-    std::fprintf(stderr, "mptrain: stability monitor at step %lld: %s -> %s\n", static_cast<long long>(step_),
-                 verdict.reason.c_str(), monitor_action_name(verdict.action));
+  if (verdict.action >= MonitorAction::Log) {
+    if (rank0_)
+      std::fprintf(stderr, "mptrain: stability monitor at step %lld: %s -> %s\n", static_cast<long long>(step_ + 1),
+                   verdict.reason.c_str(), monitor_action_name(verdict.action));
+    log_event("monitor", {{"step", step_ + 1}, {"action", monitor_action_name(verdict.action)},
+                          {"reason", verdict.reason}});
+  }
   if (verdict.action == MonitorAction::Fallback) fallback(verdict.reason);
   if (verdict.action == MonitorAction::Stop)
     throw StabilityStop("step " + std::to_string(step_) + ": " + verdict.reason + " (monitor action: stop)");
@@ -529,11 +532,7 @@ void Trainer::save_checkpoint() {
     prune_checkpoints(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
   });
   if (rank0_ && !cfg_.log.quiet) std::printf("checkpoint: %s\n", path.c_str());
-  if (metrics_) {
-    nlohmann::json j = {{"event", "checkpoint"}, {"step", step_}, {"path", path}};
-    std::fprintf(metrics_, "%s\n", j.dump().c_str());
-    std::fflush(metrics_);
-  }
+  log_event("checkpoint", {{"path", path}, {"epoch", epoch_ + 1}});
 }
 
 std::string Trainer::write_checkpoint_files(const ShardedOptimizer::FullState& state) {
@@ -612,6 +611,7 @@ void Trainer::try_resume() {
   epoch_ = meta.epoch;
   step_in_epoch_ = meta.step_in_epoch;
   sampler_->set_epoch(epoch_);
+  resumed_from_ = from;
   if (rank0_ && !cfg_.log.quiet)
     std::printf("resumed from %s at step %lld (epoch %d)\n", from.c_str(), static_cast<long long>(step_), epoch_ + 1);
 }
@@ -625,38 +625,29 @@ nlohmann::json Trainer::fallbacks_json() const {
 
 TrainSummary Trainer::run() {
   print_banner();
+  open_metrics();
   watchdog_start(cfg_.watchdog_timeout_s);
   struct StopWatchdog {
     ~StopWatchdog() { watchdog_stop(); }
   } stop_watchdog;
-  if (rank0_ && !cfg_.log.metrics.empty()) {
-    std::error_code ec;
-    const auto parent = std::filesystem::path(cfg_.log.metrics).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    // A resumed run appends; if the killed run left a cut last line, end it first so that every line
-    // stays one whole record of its own.
-    bool cut = false;
-    if (step_ > 0) {
-      std::FILE* old = std::fopen(cfg_.log.metrics.c_str(), "rb");
-      if (old) {
-        cut = std::fseek(old, -1, SEEK_END) == 0 && std::fgetc(old) != '\n';
-        std::fclose(old);
-      }
-    }
-    metrics_ = std::fopen(cfg_.log.metrics.c_str(), step_ > 0 ? "a" : "w");
-    if (!metrics_) std::fprintf(stderr, "mptrain: %s: log.metrics: cannot open for writing\n", cfg_.log.metrics.c_str());
-    else if (cut) std::fputc('\n', metrics_);
-  }
   TrainSummary sum;
   const auto t_run = Clock::now();
   auto t_epoch = Clock::now();
-  auto t_window = Clock::now();
-  int64_t window_samples = 0;
+  progress_ = Progress{t_run, t_run, 0, 0, 0};
   // A language model counts tokens, a classifier samples.
   const bool lm = language_model();
   const char* unit = lm ? "tokens" : "samples";
-  const int64_t global_batch =
-      int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum * world_.size * model_->targets_per_example();
+  const int64_t global_batch = units_per_step();
+  auto log_eval = [&](const EvalResult& ev, MetricsRecord extra) {
+    const std::string p = lm ? "val_" : "test_";
+    MetricsRecord j = {{"type", "eval"}, {"step", step_}};
+    j.update(extra);
+    j[p + "loss"] = ev.loss;
+    j[p + "accuracy"] = ev.accuracy;
+    j[p + (lm ? "tokens" : "samples")] = ev.count;
+    if (lm) j["val_ppl"] = std::exp(ev.loss);
+    metrics_.write(std::move(j));
+  };
   double step_time_sum = 0, last_loss = 0;
   int64_t timed_steps = 0, steps_run = 0, skipped_run = 0;
   // A preemption notice (SIGTERM, SIGUSR1) stops the run after the current step on every rank.
@@ -678,28 +669,11 @@ TrainSummary Trainer::run() {
     last_loss = r.loss;
     ++steps_run;
     skipped_run += r.skipped ? 1 : 0;
-    window_samples += global_batch;
-    if (r.step > 0) {  // the first step pays for cuBLASLt plans and NCCL warm-up
+    if (steps_run > 1) {  // the first step of a process pays for cuBLASLt plans and NCCL warm-up
       step_time_sum += r.seconds;
       ++timed_steps;
     }
-    if (metrics_) {
-      nlohmann::json j = {{"step", r.step}, {"epoch", r.epoch + 1}, {"loss", r.loss}, {"scale", r.scale},
-                          {"skipped", r.skipped}, {"skipped_total", skipped_total()}, {"grad_norm", r.grad_norm},
-                          {"lr", r.lr}, {"step_s", r.seconds}, {"precision", dtype_name(prec_.model)},
-                          {std::string(unit) + "_per_s", double(global_batch) / r.seconds}};
-      std::fprintf(metrics_, "%s\n", j.dump().c_str());
-      std::fflush(metrics_);  // a killed run leaves whole lines
-    }
-    if (rank0_ && !cfg_.log.quiet && (step_ % cfg_.log.every == 0 || step_ == total_steps_)) {
-      std::printf("step %6lld | epoch %d | loss %.4f | scale %g | skipped %lld | gnorm %.3f | lr %.2e | %.0f %s/s\n",
-                  static_cast<long long>(step_), r.epoch + 1, r.loss, r.next_scale,
-                  static_cast<long long>(skipped_total()), r.grad_norm, r.lr, double(window_samples) / since(t_window),
-                  unit);
-      std::fflush(stdout);
-      t_window = Clock::now();
-      window_samples = 0;
-    }
+    log_step(r);
     const bool epoch_end = step_in_epoch_ == steps_per_epoch_;
     const bool periodic = cfg_.train.eval_every > 0 && step_ % cfg_.train.eval_every == 0 && eval_count_ > 0;
     if (periodic && !epoch_end && step_ != total_steps_) {
@@ -708,11 +682,7 @@ TrainSummary Trainer::run() {
         std::printf("eval at step %lld | %s loss %.4f%s | accuracy %.2f%%\n", static_cast<long long>(step_),
                     lm ? "validation" : "test", ev.loss,
                     lm ? (" (ppl " + std::to_string(std::exp(ev.loss)) + ")").c_str() : "", 100 * ev.accuracy);
-      if (metrics_) {
-        nlohmann::json j = {{"event", "eval"}, {"step", step_}, {"test_loss", ev.loss}, {"test_accuracy", ev.accuracy}};
-        std::fprintf(metrics_, "%s\n", j.dump().c_str());
-        std::fflush(metrics_);
-      }
+      log_eval(ev, MetricsRecord::object());
     }
     if (epoch_end || step_ == total_steps_) {
       const double secs = since(t_epoch);
@@ -723,12 +693,8 @@ TrainSummary Trainer::run() {
       if (rank0_ && !cfg_.log.quiet)
         std::printf("epoch %d done in %.1f s | %s loss %.4f | %s accuracy %.2f%%\n", r.epoch + 1, secs,
                     lm ? "validation" : "test", ev.loss, lm ? "next-token" : "test", 100 * ev.accuracy);
-      if (metrics_) {
-        nlohmann::json j = {{"event", "eval"}, {"epoch", r.epoch + 1}, {"step", step_}, {"test_loss", ev.loss},
-                            {"test_accuracy", ev.accuracy}, {"epoch_s", secs}};
-        std::fprintf(metrics_, "%s\n", j.dump().c_str());
-        std::fflush(metrics_);
-      }
+      if (ev.count > 0) log_eval(ev, {{"epoch", r.epoch + 1}, {"epoch_s", secs}});
+      else log_event("epoch_end", {{"epoch", r.epoch + 1}, {"epoch_s", secs}});
       sum.test = ev;
       if (!cfg_.checkpoint.dir.empty()) save_checkpoint();
       t_epoch = Clock::now();
@@ -747,11 +713,7 @@ TrainSummary Trainer::run() {
         save_checkpoint();
         where = "checkpoint saved in " + cfg_.checkpoint.dir;
       }
-      if (metrics_) {
-        nlohmann::json j = {{"event", "interrupted"}, {"step", step_}, {"signal", any}};
-        std::fprintf(metrics_, "%s\n", j.dump().c_str());
-        std::fflush(metrics_);
-      }
+      log_event("interrupted", {{"signal", any}});
       throw Interrupted("signal " + std::to_string(any) + " after step " + std::to_string(step_) + "; " + where);
     }
   }
@@ -761,7 +723,7 @@ TrainSummary Trainer::run() {
   sum.final_scale = scaler_->scale();
   sum.peak_device_bytes = peak_allocated_bytes(ex_.device) + ex_.workspace_bytes;
   if (ex_.cuda()) sum.device_used_bytes = peak_device_memory();
-  if (rank0_ && !cfg_.log.quiet) {
+  if (rank0_) {  // log.quiet keeps the summary
     std::printf("summary: %lld steps (%lld skipped) in %.1f s | %s %.4f | accuracy %.2f%% | final scale %g | "
                 "peak %s memory per rank: %s allocated by mptrain",
                 static_cast<long long>(sum.steps), static_cast<long long>(sum.skipped), sum.seconds,
@@ -784,22 +746,25 @@ TrainSummary Trainer::run() {
               " steps of this run were skipped (overflow or monitor); the model barely trained";
   else if (eval_count_ > 0 && sum.test.count > 0 && !std::isfinite(sum.test.loss))
     failure = std::string(lm ? "validation" : "test") + " loss is " + std::to_string(sum.test.loss);
-  if (metrics_) {
-    nlohmann::json j = {{"event", "summary"}, {"steps", sum.steps}, {"skipped", sum.skipped},
+  if (metrics_.enabled()) {
+    MetricsRecord j = {{"type", "summary"}, {"run_id", run_id_}, {"steps", sum.steps}, {"steps_run", steps_run}, {"skipped", sum.skipped},
                         {"seconds", sum.seconds}, {"test_accuracy", sum.test.accuracy}, {"test_loss", sum.test.loss},
                         {"final_scale", sum.final_scale}, {"precision", prec_.mode}, {"ranks", world_.size},
                         {"zero_stage", cfg_.zero.stage}, {"device", device_desc_},
                         {"peak_allocated_bytes", sum.peak_device_bytes},
                         {"device_used_bytes", sum.device_used_bytes},
                         {"epoch_seconds", sum.epoch_seconds}, {"monitor_skips", monitor_skips_},
-                        {"fallbacks", fallbacks_json()},
+                        {"fallbacks", MetricsRecord::parse(fallbacks_json().dump())},
                         {"mean_step_s", timed_steps > 0 ? step_time_sum / double(timed_steps) : 0.0},
                         {std::string(unit) + "_per_s",
                          timed_steps > 0 ? double(global_batch) * double(timed_steps) / step_time_sum : 0.0}};
+    if (lm) {
+      j["val_loss"] = sum.test.loss;
+      j["val_accuracy"] = sum.test.accuracy;
+    }
     if (!failure.empty()) j["failure"] = failure;
-    std::fprintf(metrics_, "%s\n", j.dump().c_str());
-    std::fclose(metrics_);
-    metrics_ = nullptr;
+    metrics_.write(std::move(j));
+    metrics_.close();
   }
   if (!failure.empty()) throw RunFailed(failure);
   return sum;

@@ -2,6 +2,7 @@
 // evaluation and checkpoints. Trainer exposes single steps so the multi-rank tests can drive it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -17,6 +18,7 @@
 #include "src/check.h"
 #include "src/config.h"
 #include "src/data.h"
+#include "src/metrics.h"
 #include "src/model.h"
 #include "src/stability.h"
 #include "src/tokens.h"
@@ -53,6 +55,7 @@ struct StepRecord {
   float scale = 1;                   // loss scale used by this step
   float next_scale = 1;              // after the verdict
   bool skipped = false;
+  bool overflow = false;             // non-finite gradients: skipped, and grad_norm means nothing
   double grad_norm = 0;
   double lr = 0;
   double seconds = 0;
@@ -61,7 +64,7 @@ struct StepRecord {
 };
 
 struct FallbackEvent {
-  int64_t step = 0;
+  int64_t step = 0;                  // 1-based, the step whose verdict asked for it
   DType from = DType::F16, to = DType::BF16;
   std::string reason;
 };
@@ -148,6 +151,13 @@ class Trainer {
   // the optimizer around the unchanged FP32 master state.
   void fallback(const std::string& reason);
   nlohmann::json fallbacks_json() const;
+  // Metrics file and progress line (src/train_log.cpp). open_metrics is collective: a metrics file that
+  // cannot be opened ends every rank with exit 2.
+  void open_metrics();
+  MetricsRecord header_record() const;
+  void log_step(const StepRecord& r);
+  void log_event(const std::string& event, MetricsRecord fields);
+  int64_t units_per_step() const;  // tokens (language model) or samples of one optimizer step, all ranks
   Batch make_batch(bool train, const int64_t* idx, int n);
 
   Config cfg_;
@@ -178,7 +188,15 @@ class Trainer {
   int epoch_ = 0;
   std::vector<float> xbuf_;
   std::vector<int32_t> ybuf_, inbuf_;
-  std::FILE* metrics_ = nullptr;
+  MetricsLog metrics_;
+  std::string device_name_;          // CUDA device name ("" on CPU ranks): the MFU peak's table key
+  std::string resumed_from_;         // checkpoint this run resumed from ("" : a fresh run)
+  std::string run_id_;
+  double flops_per_unit_ = 0, peak_flops_ = 0;  // MFU: model FLOPs per token/sample; peak of all ranks
+  struct Progress {
+    std::chrono::steady_clock::time_point start, window;
+    int64_t window_units = 0, window_steps = 0, steps = 0;
+  } progress_;
 };
 
 

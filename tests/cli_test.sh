@@ -164,8 +164,8 @@ if MPTRAIN="$MPTRAIN" bash "$SRC/launch/prepare-text.sh" "$tmp/text" > "$tmp/pre
   run 0 "summary:" train "$SRC/configs/gpt2-tiny.json" --set device=cpu --set train.steps=60 --set train.eval_every=30 \
     --set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]" \
     --set log.metrics="\"$tmp/g.jsonl\""
-  first=$(grep '"step":0,' "$tmp/g.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
-  last=$(grep '"step":59,' "$tmp/g.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+  first=$(grep '"type":"step"' "$tmp/g.jsonl" | grep '"step":1,' | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+  last=$(grep '"type":"step"' "$tmp/g.jsonl" | grep '"step":60,' | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
   if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 5 && b < a - 1.5) }'; then
     echo "ok: gpt2-tiny loss $first -> $last"
   else
