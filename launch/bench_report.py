@@ -98,7 +98,13 @@ def main():
     plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
     png = os.path.join(a.dir, "scaling.png")
     if os.path.exists(plot):
-        rc = subprocess.run([sys.executable, plot, "--bench", os.path.join(a.dir, "bench.json"), "--out", png]).returncode
+        # A python3 with matplotlib: this one, else the system's (python3-matplotlib).
+        py = sys.executable
+        for cand in (sys.executable, "/usr/bin/python3"):
+            if os.path.exists(cand) and subprocess.run([cand, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+                py = cand
+                break
+        rc = subprocess.run([py, plot, "--bench", os.path.join(a.dir, "bench.json"), "--out", png]).returncode
         if rc != 0:
             print(f"bench_report: {plot} --bench failed (exit {rc}); no scaling plot", file=sys.stderr)
             return rc

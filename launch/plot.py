@@ -212,6 +212,7 @@ def read_bench(path):
     if not rows:
         raise BadInput(f"{path}: rows: empty")
     lines = {}
+    cpu_ranks = False
     for i, r in enumerate(rows):
         where = f"{path}: rows[{i}]"
         if not isinstance(r, dict):
@@ -219,7 +220,10 @@ def read_bench(path):
         system = need(r, "system", where, "string")
         label = need(r, "label", where, "string")
         gpus = need(r, "gpus", where, "int")
-        if gpus < 1:
+        if gpus == 0 and isinstance(r.get("ranks"), int) and r["ranks"] >= 1:
+            gpus = r["ranks"]  # CPU ranks: the x axis counts ranks
+            cpu_ranks = True
+        elif gpus < 1:
             raise BadInput(f"{where}: gpus: {gpus} is not >= 1")
         tps = need(r, "tokens_per_s", where)
         if not tps > 0:
@@ -232,11 +236,11 @@ def read_bench(path):
         # A row without an efficiency: per-GPU throughput against the smallest run of its line.
         lines[key] = [(g, t, e if e is not None else (t / g) / (base_t / base_g)) for g, t, e in pts]
     title = " | ".join(str(doc[k]) for k in ("machine", "config", "date", "git_commit") if doc.get(k))
-    return lines, title
+    return lines, title, ("CPU ranks" if cpu_ranks else "GPUs")
 
 
 def plot_bench(path, out, plt):
-    lines, title = read_bench(path)
+    lines, title, xlabel = read_bench(path)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     all_g = sorted({g for pts in lines.values() for g, _, _ in pts})
     for (system, label), pts in sorted(lines.items()):
@@ -246,7 +250,7 @@ def plot_bench(path, out, plt):
         a1.plot(g, [p[1] for p in pts], style, marker="o", label=name)
         a2.plot(g, [p[2] for p in pts], style, marker="o", label=name)
     for ax in (a1, a2):
-        ax.set_xlabel("GPUs")
+        ax.set_xlabel(xlabel)
         if len(all_g) > 1:
             ax.set_xscale("log", base=2)
         ax.set_xticks(all_g)

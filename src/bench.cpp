@@ -21,6 +21,7 @@
 #include "src/buffer.h"
 #include "src/check.h"
 #include "src/commands.h"
+#include "src/metrics.h"
 #include "src/train.h"
 
 namespace mpt {
@@ -33,16 +34,6 @@ double quantile(std::vector<double> v, double q) {
   const double pos = q * double(v.size() - 1);
   const size_t lo = size_t(pos), hi = std::min(v.size() - 1, lo + 1);
   return v[lo] + (pos - double(lo)) * (v[hi] - v[lo]);
-}
-
-// Dense peak of the device's tensor cores for the model dtype (spec sheet values, SXM parts), TFLOP/s; 0
-// when unknown (then MFU is left out unless --peak-tflops gives it).
-double spec_peak_tflops(const DeviceInfo& d, DType t, bool tf32) {
-  const int cc = d.cc_major * 10 + d.cc_minor;
-  const bool half = is_half(t);
-  if (cc == 90) return half ? 989.4 : (tf32 ? 494.7 : 66.9);   // H100 / H200 SXM
-  if (cc == 80) return half ? 312.0 : (tf32 ? 156.0 : 19.5);   // A100 SXM
-  return 0;
 }
 
 nlohmann::json versions() {
@@ -102,15 +93,12 @@ int bench_command(int argc, char** argv) {
     const int64_t per_rank = int64_t(cfg.train.batch_size) * cfg.train.grad_accum * (lm ? t.model().targets_per_example() : 1);
     const double ms = 1e3 * quantile(step_max, 0.5);
     const double units_s = double(per_rank) * world.size / (ms * 1e-3);
-    // Model FLOPs per token (GPT-2) or per sample (MLP): 6 per parameter (forward 2, backward 4) and, for
-    // attention, 12 * layers * context * width (QK^T and PV, forward and backward, the causal mask not
-    // discounted): the usual MFU convention. Recomputation, if any, is not counted.
+    // Model FLOPs per token or sample and the device's data-sheet peak: the figures of the progress line's MFU.
     const double n_params = double(t.optimizer().num_elements());
-    double flops_per_unit = 6.0 * n_params;
-    if (lm) flops_per_unit += 12.0 * cfg.model.n_layer * double(cfg.model.seq_len) * cfg.model.n_embd;
+    const double flops_per_unit = train_flops_per_unit(cfg.model, int64_t(n_params));
     DeviceInfo dev;
     if (t.exec().cuda()) dev = query_device(world.local_rank);
-    const double peak = peak_opt > 0 ? peak_opt : (t.exec().cuda() ? spec_peak_tflops(dev, t.model_dtype(), t.exec().allow_tf32) : 0);
+    const double peak = peak_opt > 0 ? peak_opt : (t.exec().cuda() ? peak_tflops(dev.name, t.model_dtype(), t.exec().allow_tf32) : 0);
     const double achieved_tflops = flops_per_unit * units_s / world.size * 1e-12;
     const double exp_ms = quantile(exp_max, 0.5);
     char date[32];

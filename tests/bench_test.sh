@@ -33,7 +33,7 @@ if not ok:
     print("FAIL: bench.json / bench.md", json.dumps(doc, indent=1)[:3000])
 sys.exit(0 if ok else 1)
 PY
-if python3 -c "import matplotlib" 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
+if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; } 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
   if [ "$(head -c 8 "$tmp/b/scaling.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] \
      && [ "$(stat -c %s "$tmp/b/scaling.png")" -gt 5000 ]; then echo "ok: scaling.png"; else echo "FAIL: scaling.png"; fail=1; fi
 else
