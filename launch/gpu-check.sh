@@ -167,7 +167,7 @@ if want reliability; then
     [ -n "$victim" ] && { kill -CONT "$victim" 2>/dev/null; kill -9 "$victim" 2>/dev/null; }
     verdict=FAIL
     if [ "$how" = STOP ]; then
-      [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -q "watchdog: .* while waiting in .* of step" "$OUT/watchdog-$how.log" && verdict=ok
+      [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -q "watchdog: no progress for [0-9]* s .* in step [0-9]*, waiting in the " "$OUT/watchdog-$how.log" && verdict=ok
     else
       [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict=ok
     fi

@@ -179,7 +179,7 @@ const KeyDoc kKeyDocs[] = {
     {"monitor.on_overflow_rate", "log | skip | fallback | stop"},
     {"monitor.min_scale_patience", "fp16: overflowing steps in a row at loss_scale.min that trigger on_min_scale (>= 1)"},
     {"monitor.on_min_scale", "log | skip | fallback | stop"},
-    {"watchdog.timeout_s", "end the job when a rank waits this long for the others in one collective; 0: off"},
+    {"watchdog.timeout_s", "end the job when a rank waits this long for the others in one collective or one training step; 0: off"},
     {"device", "auto | cuda | cpu"},
     {"cpu.gemm", "CPU ranks' GEMM: own (deterministic, the reference) | blas (OpenBLAS, faster; builds with it)"},
     {"cpu.threads", "BLAS threads per rank; 0: the node's cores / ranks on the node (at least 1)"},

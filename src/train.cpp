@@ -410,6 +410,9 @@ StepRecord Trainer::train_step() {
   }
   const auto t0 = Clock::now();
   watchdog_set_step(step_ + 1);  // 1-based, as the progress line prints it
+  // On GPUs the host blocks in device readbacks inside the step (the loss) that wait, through the compute
+  // stream, on collectives: the whole step is a wait for the other ranks.
+  const WaitScope step_wait("the training step");
   StepRecord rec;
   rec.step = step_;
   rec.epoch = epoch_;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "src/check.h"
 
@@ -21,9 +22,8 @@ struct State {
   std::thread thread;
   bool running = false;
   double timeout_s = 0;
-  int depth = 0;           // nested WaitScopes of the main thread
-  std::string what;        // the outermost wait
-  Clock::time_point since;
+  std::vector<std::string> names;  // nested WaitScopes of the main thread, outermost first
+  Clock::time_point since;         // when the outermost began
   std::atomic<int64_t> step{-1};
   std::thread poller;
   std::string poll_error;  // set by the poller: an NCCL communicator failed asynchronously
@@ -40,24 +40,24 @@ void watch() {
     s.cv.wait_for(lock, std::chrono::milliseconds(200));
     if (!s.running) continue;
     if (!s.poll_error.empty()) {
-      const std::string what = s.depth > 0 ? s.what : std::string("computation");
+      const std::string what = !s.names.empty() ? s.names.back() : std::string("computation");
       const std::string error = s.poll_error;
       const long long step = static_cast<long long>(s.step.load());
       lock.unlock();
       fatal_exit("watchdog: " + error + " (this rank was in " + what + " of step " + std::to_string(step) +
                  "). Ending the job");
     }
-    if (s.depth == 0) continue;
+    if (s.names.empty()) continue;
     const double waited = std::chrono::duration<double>(Clock::now() - s.since).count();
     if (waited < s.timeout_s) continue;
-    const std::string what = s.what;
+    const std::string what = s.names.back();
     const long long step = static_cast<long long>(s.step.load());
     lock.unlock();
-    char msg[512];
+    char msg[768];
     std::snprintf(msg, sizeof msg,
-                  "watchdog: no progress for %.0f s (watchdog.timeout_s = %g) while waiting in %s%s%lld; another rank "
-                  "has stopped or hangs. Ending the job",
-                  waited, s.timeout_s, what.c_str(), step >= 0 ? " of step " : "", step >= 0 ? step : 0LL);
+                  "watchdog: no progress for %.0f s (watchdog.timeout_s = %g) in step %lld, waiting in %s; another "
+                  "rank has stopped or hangs. Ending the job",
+                  waited, s.timeout_s, step, what.c_str());
     // The fatal path prints host and rank, aborts the communicator (every rank ends) and this process.
     fatal_exit(msg);
   }
@@ -88,7 +88,7 @@ void watchdog_start(double timeout_s) {
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.running || !(timeout_s > 0)) return;
   s.timeout_s = timeout_s;
-  s.depth = 0;
+  s.names.clear();
   s.running = true;
   s.poll_error.clear();
   s.thread = std::thread(watch);
@@ -114,17 +114,15 @@ WaitScope::WaitScope(std::string what) {
   std::lock_guard<std::mutex> lock(s.mu);
   if (!s.running) return;
   counted_ = true;
-  if (s.depth++ == 0) {
-    s.what = std::move(what);
-    s.since = Clock::now();
-  }
+  if (s.names.empty()) s.since = Clock::now();
+  s.names.push_back(std::move(what));
 }
 
 WaitScope::~WaitScope() {
   if (!counted_) return;
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.depth > 0) --s.depth;
+  if (!s.names.empty()) s.names.pop_back();
 }
 
 }  // namespace mpt

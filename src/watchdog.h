@@ -1,9 +1,13 @@
 // The watchdog: ends the whole job when this rank has waited for its peers longer than watchdog.timeout_s.
 // A rank that stops (a crashed node, a SIGSTOP, a hung driver) would otherwise leave every other rank in a
-// collective forever. Only waits are timed, never computation: the code marks each place that waits for
-// other ranks (a collective, a readback that waits for one) with a WaitScope naming it. When a wait runs
-// past the limit the watchdog prints this rank, the wait and the step, and takes the fatal path, which
-// aborts the communicator (NCCL, then MPI) so that every rank exits non-zero.
+// collective forever. The code marks each place that waits for other ranks with a WaitScope naming it: a
+// collective or readback on the host, and the whole of a training step, because on GPUs the host also
+// blocks in plain device readbacks (the loss) once the compute stream waits on a collective that a peer
+// never joins. The time counts from the outermost open scope, so a training step that takes longer than
+// watchdog.timeout_s counts as hung; the message names the innermost scope. A second thread polls the NCCL
+// communicators for asynchronous errors and ends the job at once when one reports an error. Ending: the
+// message names host, rank, step and wait, and the fatal path aborts the communicator (NCCL, bounded, then
+// MPI) so that every rank exits non-zero.
 #pragma once
 
 #include <cstdint>
