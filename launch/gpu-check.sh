@@ -20,6 +20,9 @@
 #   scaling    mptrain bench-comm on all GPUs over NVLink and over the network transport (NCCL_P2P_DISABLE=1
 #              NCCL_SHM_DISABLE=1), launch/bench.sh gpt2-124m at B=16 on 1 and all GPUs (bf16 ZeRO-1/2, fp16
 #              ZeRO-1, the network-transport run, the PyTorch DDP peer) and launch/project.py's projection
+#   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
+#              mptrain sample of an untrained gpt2-124m with GPT-2 BPE (.data/gpt2-bpe, carried along) for the
+#              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -38,7 +41,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 NPS=$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')  # 1 rank, and all GPUs when there are more
-PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability scaling peer}"
+PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability scaling sample peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
 RUN="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
@@ -203,6 +206,38 @@ if want scaling; then
     --steps "${BENCH_STEPS:-20}" ${BENCH_PEER---peer} --net --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
   python3 launch/project.py --bench "$OUT/bench/bench.json" --comm "$OUT/comm-nvlink.json" --comm-net "$OUT/comm-net.json" \
     --out "$OUT/projection" 2>&1 | tail -40 || status=1
+fi
+
+if want sample; then
+  echo "== sample"
+  ck="$OUT/sample-ck"; rm -rf "$ck"
+  timeout 120 "$MPT" train configs/gpt2-tiny.json --set device=cuda --set checkpoint.dir="\"$ck\"" \
+    --set checkpoint.every_steps=150 --set log.metrics="\"$OUT/sample-train.jsonl\"" > "$OUT/sample-train.log" 2>&1 || status=1
+  grep "^summary" "$OUT/sample-train.log"
+  for i in 1 2; do
+    timeout 60 "$MPT" sample configs/gpt2-tiny.json --set device=cuda --set checkpoint.dir="\"$ck\"" --prompt "The " \
+      --tokens 200 --seed 3 > "$OUT/sample-$i.txt" 2> "$OUT/sample-$i.err" || status=1
+  done
+  cmp -s "$OUT/sample-1.txt" "$OUT/sample-2.txt" && echo "sample ok: the same seed gives the same text:" || { echo "sample FAIL: differs"; status=1; }
+  head -c 400 "$OUT/sample-1.txt"; echo; cat "$OUT/sample-1.err"
+  if [ -s .data/gpt2-bpe/encoder.json ]; then
+    start=$(date +%s.%N)
+    timeout 120 "$MPT" sample configs/gpt2-124m.json --set device=cuda --bpe .data/gpt2-bpe --prompt "Hello, my name is" \
+      --tokens 64 --temperature 0 > "$OUT/sample-bpe.txt" 2> "$OUT/sample-bpe.err" || status=1
+    echo "BPE sample, untrained gpt2-124m (greedy), $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)") s with start-up:"
+    head -c 300 "$OUT/sample-bpe.txt"; echo; tail -1 "$OUT/sample-bpe.err"
+  fi
+  timeout 120 "$MPT" export configs/gpt2-tiny.json --set device=cuda --set checkpoint.dir="\"$ck\"" --out "$OUT/hf/" \
+    --dtype bf16 > "$OUT/export.log" 2>&1 || status=1
+  python3 - "$OUT/hf" <<'PY' || status=1
+import sys, torch
+from transformers import GPT2LMHeadModel
+m = GPT2LMHeadModel.from_pretrained(sys.argv[1])
+ids = torch.tensor([[84, 104, 101, 32]])
+out = m(ids, labels=ids)
+print(f"HF from_pretrained ok: {type(m).__name__}, {m.config.n_layer} layers, vocab {m.config.vocab_size}, "
+      f"dtype {next(m.parameters()).dtype}, logits {tuple(out.logits.shape)}, loss {out.loss.item():.4f}")
+PY
 fi
 
 if want peer; then

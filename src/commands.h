@@ -61,6 +61,9 @@ int profile_command(int argc, char** argv);
 // `mptrain bench CONFIG [--warmup N] [--steps N] [--out FILE.json] [--label TEXT] [--peak-tflops X]`: the
 // scaling benchmark's row at this world size (src/bench.cpp).
 int bench_command(int argc, char** argv);
+// `mptrain sample CONFIG [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S] [--bpe DIR]`:
+// text from the latest checkpoint or model.init_from (src/sample.cpp).
+int sample_command(int argc, char** argv);
 // `mptrain bench-comm [...]`: collective latency and bandwidth, alpha-beta fits (src/bench_comm.cpp).
 int bench_comm_command(int argc, char** argv);
 // `mptrain bench-attention [--dtype bf16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]`: the

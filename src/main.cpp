@@ -35,6 +35,8 @@ const char* kUsage =
     "                                            world size (launch/bench.sh runs it at each GPU count)\n"
     "  bench-comm [--device auto|cuda|cpu] [--dtype bf16] [--min-bytes B] [--max-bytes B] [--out FILE.json]\n"
     "                                            all-reduce / reduce-scatter / all-gather times and alpha-beta fits\n"
+    "  sample CONFIG [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "                                            one rank: generated text from the latest checkpoint\n"
     "  bench-attention [--dtype bf16|fp16] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
     "                                            the attention kernels alone on device 0 (TFLOP/s, causal FLOPs)\n"
     "  tokenize --out DIR [--bpe BPE_DIR] [--val-fraction F] FILE...   text -> byte-level or GPT-2 BPE shards; --decode: back\n"
@@ -100,6 +102,29 @@ const CommandHelp kCommandHelp[] = {
      "\n"
      "Per-op times of one steady-state training step (after N warm-up steps, default 3; the median of N timed\n"
      "steps, default 5), each op's rate against the device's peaks.\n"},
+    {"bench",
+     "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--steps 20] [--out FILE.json] [--label TEXT]\n"
+     "                                   [--peak-tflops X] [--set key.path=value ...]\n"
+     "\n"
+     "The scaling benchmark's row at this world size: after the warm-up steps, the median and spread of the\n"
+     "step time (the slowest rank's, per step) over the timed steps, tokens/s in all and per GPU, the exposed\n"
+     "communication per step, peak memory per GPU and MFU (data-sheet peak, or --peak-tflops). One line on\n"
+     "stdout, one JSON row with --out. launch/bench.sh runs it at each world size and writes the report.\n"},
+    {"bench-comm",
+     "usage: mpirun -np N mptrain bench-comm [--device auto|cuda|cpu] [--dtype bf16|fp16|fp32] [--min-bytes 4096]\n"
+     "                                   [--max-bytes 268435456] [--iters 20] [--out FILE.json]\n"
+     "\n"
+     "All-reduce, reduce-scatter and all-gather on the communicator training uses (NCCL on GPUs, MPI on CPU\n"
+     "ranks) at sizes from min to max bytes by factors of 4: the slowest rank's median time, the bus bandwidth,\n"
+     "and a fit t = alpha + f S / busbw per collective (launch/project.py reads it).\n"},
+    {"sample",
+     "usage: mptrain sample CONFIG [--prompt TEXT] [--tokens 200] [--temperature 0.8] [--top-k 40] [--seed 1234]\n"
+     "                      [--bpe DIR] [--set key.path=value ...]\n"
+     "\n"
+     "One rank: text from the GPT-2 of CONFIG, resumed from checkpoint.dir (or model.init_from; untrained weights\n"
+     "with a warning). The prompt is encoded with the model's tokenizer (byte-level for vocab 257, GPT-2 BPE for\n"
+     "50257: --bpe DIR, default .data/gpt2-bpe); generation stops after N tokens or at end-of-text.\n"
+     "  --temperature T        0: greedy; otherwise softmax(logits / T) over the top K (0: all) logits\n"},
     {"bench-attention",
      "usage: mptrain bench-attention [--dtype bf16|fp16|fp32] [--batch 16] [--seq 1024] [--heads 12] [--head-dim 64]\n"
      "                              [--iters 20] [--out FILE.json]\n"
@@ -162,6 +187,7 @@ int main(int argc, char** argv) {
   if (cmd == "dump") return mpt::dump_command(argc - 1, argv + 1);
   if (cmd == "profile") return mpt::profile_command(argc - 1, argv + 1);
   if (cmd == "bench") return mpt::bench_command(argc - 1, argv + 1);
+  if (cmd == "sample") return mpt::sample_command(argc - 1, argv + 1);
   if (cmd == "bench-comm") return mpt::bench_comm_command(argc - 1, argv + 1);
   if (cmd == "bench-attention") return mpt::bench_attention_command(argc - 1, argv + 1);
   if (cmd == "tokenize") return mpt::tokenize_command(argc - 1, argv + 1);

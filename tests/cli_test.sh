@@ -163,7 +163,7 @@ if [ "$(grep -c '"step"' "$tmp/m.jsonl" 2>/dev/null)" -lt 20 ]; then echo "FAIL:
 if MPTRAIN="$MPTRAIN" bash "$SRC/launch/prepare-text.sh" "$tmp/text" > "$tmp/prep" 2>&1; then
   run 0 "summary:" train "$SRC/configs/gpt2-tiny.json" --set device=cpu --set train.steps=60 --set train.eval_every=30 \
     --set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]" \
-    --set log.metrics="\"$tmp/g.jsonl\""
+    --set log.metrics="\"$tmp/g.jsonl\"" --set checkpoint.dir="\"$tmp/gck\"" --set checkpoint.every_steps=60
   first=$(grep '"type":"step"' "$tmp/g.jsonl" | grep '"step":1,' | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
   last=$(grep '"type":"step"' "$tmp/g.jsonl" | grep '"step":60,' | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
   if awk -v a="$first" -v b="$last" 'BEGIN { exit !(a > 5 && b < a - 1.5) }'; then
@@ -171,6 +171,26 @@ if MPTRAIN="$MPTRAIN" bash "$SRC/launch/prepare-text.sh" "$tmp/text" > "$tmp/pre
   else
     echo "FAIL: gpt2-tiny loss $first -> $last (want a drop of more than 1.5 from > 5)"; fail=$((fail+1))
   fi
+  # Text from the trained checkpoint: the same seed gives the same text, mostly printable ASCII after 60
+  # steps on English, where the untrained model's bytes (uniform over 257 tokens) are mostly not.
+  tiny=("$SRC/configs/gpt2-tiny.json" --set device=cpu --set data.train_shards="[\"$tmp/text/train-*.bin\"]"
+        --set data.val_shards="[\"$tmp/text/val-*.bin\"]" --set log.metrics='""')
+  seed=$RANDOM
+  "$MPTRAIN" sample "${tiny[@]}" --set checkpoint.dir="\"$tmp/gck\"" --prompt "The " --tokens 150 --seed $seed > "$tmp/s1" 2>/dev/null
+  rc1=$?
+  "$MPTRAIN" sample "${tiny[@]}" --set checkpoint.dir="\"$tmp/gck\"" --prompt "The " --tokens 150 --seed $seed > "$tmp/s2" 2>/dev/null
+  "$MPTRAIN" sample "${tiny[@]}" --prompt "The " --tokens 150 --seed $seed --temperature 1 --top-k 0 > "$tmp/s0" 2>"$tmp/s0.err"
+  if [ "$rc1" = 0 ] && cmp -s "$tmp/s1" "$tmp/s2" && grep -q "untrained" "$tmp/s0.err" && python3 - "$tmp/s1" "$tmp/s0" <<'PY'
+import sys
+def printable(p):
+    b = open(p, "rb").read()[4:-1]  # after the prompt, before the final newline
+    return sum(1 for c in b if 32 <= c < 127 or c == 10) / max(1, len(b)), len(b)
+(t, nt), (u, nu) = printable(sys.argv[1]), printable(sys.argv[2])
+print(f"    printable ASCII: trained {t:.2f} of {nt} bytes, untrained {u:.2f} of {nu}")
+sys.exit(0 if t >= 0.85 and u < 0.7 and nt > 20 else 1)
+PY
+  then echo "ok: sample from the checkpoint (seed $seed): reproducible, English-like bytes"
+  else echo "FAIL: sample (exit $rc1)"; head -c 300 "$tmp/s1"; fail=$((fail+1)); fi
   # The per-op profile of one step (1 rank): a table whose rows add up to no more than the step, with the
   # attention, GEMM and loss rows present and every row's rate computed.
   run 0 "sum of the ops above" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu --warmup 1 --steps 2 \
