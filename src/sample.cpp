@@ -53,14 +53,16 @@ int sample_command(int argc, char** argv) {
     return kExitBadInput;
   int n_new = 0, top_k = 0, seed = 0;
   double temperature = 0;
+  // --temperature 0 (greedy) is allowed; anything else must be a positive number.
+  const auto t_opt = a.opts.find("temperature");
+  const bool greedy = t_opt != a.opts.end() && std::strtod(t_opt->second.c_str(), nullptr) == 0.0 &&
+                      t_opt->second.find_first_not_of("0.+-") == std::string::npos && !t_opt->second.empty();
   if (!int_option(a, "tokens", 200, 1, &n_new) || !int_option(a, "top-k", 40, 0, &top_k) ||
-      !int_option(a, "seed", 1234, 0, &seed) || !double_option(a, "temperature", 0.8, &temperature))
+      !int_option(a, "seed", 1234, 0, &seed) || (!greedy && !double_option(a, "temperature", 0.8, &temperature)))
     return kExitBadInput;
   const std::string prompt = a.opts.count("prompt") ? a.opts.at("prompt") : std::string();
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     if (world.size != 1) throw InputError(a.config, "", "mptrain sample runs on one rank");
-    if (!std::isfinite(temperature) || temperature < 0)
-      throw InputError("mptrain sample", "--temperature", "must be a finite number >= 0 (0: greedy)");
     cfg.log.quiet = true;
     cfg.log.metrics = "";
     // The tokenizer follows the vocabulary: byte-level (257) or GPT-2 BPE (50257, from --bpe DIR or the
@@ -107,6 +109,7 @@ int sample_command(int argc, char** argv) {
       std::fflush(stdout);
     }
     std::printf("\n");
+    std::fflush(stdout);
     std::fprintf(stderr, "sample: %d token(s) at temperature %g, top-k %d, seed %d, from step %lld\n", generated,
                  temperature, top_k, seed, static_cast<long long>(step));
   });

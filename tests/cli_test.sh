@@ -285,6 +285,16 @@ t = struct.unpack("<%dH" % n, b[64:64 + 2 * n])
 sys.exit(0 if (bpt, vocab, t[0], t[1], t[-1]) == (2, 50257, 15496, 995, 50256) and len(t) < 60 else 1)
 PY
   then echo "ok: BPE shard header and ids"; else echo "FAIL: BPE shard header or ids"; fail=$((fail+1)); fi
+  # Sampling with the BPE vocabulary (an untrained small model): greedy twice gives the same valid UTF-8 text
+  # after the prompt, and the prompt's tokens went through the tokenizer (20 new tokens, not 20 bytes).
+  for i in 1 2; do
+    "$MPTRAIN" sample "$SRC/configs/gpt2-tiny.json" --set device=cpu --set model.vocab=50257 --set log.metrics='""' \
+      --set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]" \
+      --bpe "$SRC/.data/gpt2-bpe" --prompt "Hello, my name is" --tokens 20 --temperature 0 > "$tmp/bpe$i.txt" 2> "$tmp/bpe$i.err"
+  done
+  if cmp -s "$tmp/bpe1.txt" "$tmp/bpe2.txt" && grep -q "^sample: 20 token(s) at temperature 0" "$tmp/bpe1.err" &&
+     python3 -c "import sys; t = open(sys.argv[1], 'rb').read().decode('utf-8'); sys.exit(0 if t.startswith('Hello, my name is') and len(t) > 40 else 1)" "$tmp/bpe1.txt"
+  then echo "ok: BPE sample (greedy, reproducible, UTF-8)"; else echo "FAIL: BPE sample"; cat "$tmp/bpe1.err"; fail=$((fail+1)); fi
 else
   echo "skip: .data/gpt2-bpe is missing (launch/setup.sh fetches it with npm): 2 BPE checks"; skipped=2
 fi
