@@ -52,6 +52,7 @@ std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, 
   h["params"] = nlohmann::json::array();
   for (const auto& [name, shape] : meta.params) h["params"].push_back({{"name", name}, {"shape", shape}});
   h["config"] = meta.config;
+  if (!meta.precision.is_null()) h["precision"] = meta.precision;
   // CRC-32 (zlib) of each FP32 array as written: a flipped byte anywhere in the state is refused on load.
   auto crc = [](const std::vector<float>& v) {
     uLong c = crc32(0L, Z_NULL, 0);
@@ -154,6 +155,7 @@ void load_checkpoint(const std::string& path, const std::vector<ParamSpec>& spec
     meta->hysteresis_left = h.at("scaler").at("hysteresis_left");
     meta->skipped = h.at("scaler").at("skipped");
     meta->config = h.value("config", nlohmann::json::object());
+    meta->precision = h.value("precision", nlohmann::json());
     meta->params.clear();
     for (const auto& p : h.at("params")) meta->params.emplace_back(p.at("name"), p.at("shape"));
   } catch (const nlohmann::json::exception& e) {

@@ -26,6 +26,9 @@ struct CheckpointMeta {
   int64_t skipped = 0;
   std::vector<std::pair<std::string, std::vector<int64_t>>> params;  // name, shape (spec order)
   nlohmann::json config;
+  // The precision the run was in (after fallbacks and recoveries) and the recovery state: {"model": dtype,
+  // "layers": [{pattern, dtype}], "recovery": {...}}; null in checkpoints written before it was recorded.
+  nlohmann::json precision;
 };
 
 // Writes dir/ckpt-<step>.bin and points dir/latest at it. Throws InputError on I/O failure.

@@ -92,7 +92,9 @@ const json& default_config_json() {
         {"max_overflow_rate", 0.5},
         {"on_overflow_rate", "fallback"},
         {"min_scale_patience", 50},
-        {"on_min_scale", "fallback"}}},
+        {"on_min_scale", "fallback"},
+        {"recover_after", 0},
+        {"max_recoveries", 2}}},
       {"device", "auto"},
       {"cpu", {{"gemm", "own"}, {"threads", 0}}},
   };
@@ -178,6 +180,8 @@ const KeyDoc kKeyDocs[] = {
     {"monitor.max_overflow_rate", "overflowing fraction of the window that triggers on_overflow_rate, (0, 1]"},
     {"monitor.on_overflow_rate", "log | skip | fallback | stop"},
     {"monitor.min_scale_patience", "fp16: overflowing steps in a row at loss_scale.min that trigger on_min_scale (>= 1)"},
+    {"monitor.recover_after", "after a precision fallback: clean steps in a row before the faster precision is tried again (0: never)"},
+    {"monitor.max_recoveries", "how many times a run tries the faster precision again (>= 0)"},
     {"monitor.on_min_scale", "log | skip | fallback | stop"},
     {"watchdog.timeout_s", "end the job when a rank waits this long for the others in one collective or one training step; 0: off"},
     {"device", "auto | cuda | cpu"},
@@ -789,6 +793,8 @@ void read_rest(Reader& r, Config& c) {
   m.spike_zscore = r.number("monitor.spike_zscore", above(0));
   m.max_overflow_rate = r.number("monitor.max_overflow_rate", {0, 1, true, false});
   m.min_scale_patience = r.integer<int>("monitor.min_scale_patience", 1);
+  m.recover_after = r.integer<int64_t>("monitor.recover_after", 0);
+  m.max_recoveries = r.integer<int>("monitor.max_recoveries", 0);
   static const std::initializer_list<const char*> actions = {"log", "skip", "fallback", "stop"};
   m.on_loss_spike = r.choice("monitor.on_loss_spike", actions);
   m.on_grad_spike = r.choice("monitor.on_grad_spike", actions);

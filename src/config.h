@@ -100,6 +100,11 @@ struct MonitorConfig {
   std::string on_overflow_rate = "fallback";
   int min_scale_patience = 50;         // fp16: steps in a row at loss_scale.min (overflowing) ...
   std::string on_min_scale = "fallback";
+  // Recovery: after a fallback, this many clean steps in a row in the safer precision (0: never) and the
+  // faster one is tried again, at most max_recoveries times; a recovery the monitor sends back doubles the
+  // wait before the next.
+  int64_t recover_after = 0;
+  int max_recoveries = 2;
 };
 
 struct LogConfig {

@@ -237,15 +237,76 @@ void Trainer::fallback(const std::string& reason) {
   if (to == from)
     throw StabilityStop("step " + std::to_string(step_) + ": " + reason + "; no fallback from " + dtype_name(from) +
                         " is allowed (precision.fallback = " + cfg_.precision.fallback + ")");
+  const MonitorConfig& mc = cfg_.monitor;
+  if (mc.recover_after > 0) {
+    if (!recovery_.armed) {
+      recovery_.armed = true;
+      recovery_.faster = from;
+      recovery_.layers = cfg_.precision.layers;
+      recovery_.wait = mc.recover_after;
+    } else if (recovery_.attempted_at >= 0 && from == recovery_.faster) {
+      recovery_.wait *= 2;  // the attempt was sent back during its probation: wait twice as long
+    }
+    if (from == recovery_.faster) recovery_.scale = scaler_->enabled() ? scaler_->raw_scale() : 0.0;
+    recovery_.clean = 0;
+    recovery_.attempted_at = -1;
+  }
+  std::vector<LayerPrecision> layers = cfg_.precision.layers;
+  for (LayerPrecision& r : layers)
+    if (r.dtype == dtype_name(from)) r.dtype = dtype_name(to);
+  switch_precision(to, layers, std::string(dtype_name(to)) + " (fallback from " + dtype_name(from) + " at step " +
+                                   std::to_string(step_ + 1) + ")");
+  fallbacks_.push_back({step_ + 1, from, to, reason});
+  const bool again = recovery_.armed && from == recovery_.faster && recovery_.attempts < mc.max_recoveries;
+  if (rank0_)
+    std::printf("precision fallback at step %lld: %s -> %s (%s); loss scaling %s%s\n",
+                static_cast<long long>(step_ + 1), dtype_name(from), dtype_name(to), reason.c_str(),
+                scaler_->enabled() ? "dynamic" : "off",
+                again ? ("; " + std::string(dtype_name(from)) + " is tried again after " + std::to_string(recovery_.wait) +
+                         " clean steps").c_str()
+                      : "");
+  log_event("precision_fallback", {{"step", step_ + 1}, {"from", dtype_name(from)}, {"to", dtype_name(to)},
+                                   {"reason", reason}, {"loss_scaling", scaler_->enabled()},
+                                   {"retry_after", again ? nlohmann::json(recovery_.wait) : nlohmann::json(nullptr)}});
+}
+
+void Trainer::maybe_recover(bool clean_step) {
+  if (!recovery_.armed) return;
+  if (prec_.model == recovery_.faster) {
+    // An attempt that lasts its probation (as long as its wait) without being sent back has held.
+    if (recovery_.attempted_at >= 0 && step_ - recovery_.attempted_at >= recovery_.wait) recovery_.attempted_at = -1;
+    return;
+  }
+  recovery_.clean = clean_step ? recovery_.clean + 1 : 0;
+  if (recovery_.clean < recovery_.wait || recovery_.attempts >= cfg_.monitor.max_recoveries) return;
+  const DType from = prec_.model, to = recovery_.faster;
+  ++recovery_.attempts;
+  recovery_.attempted_at = step_;
+  recovery_.clean = 0;
+  const std::string reason = std::to_string(recovery_.wait) + " clean steps in " + dtype_name(from) + " (attempt " +
+                             std::to_string(recovery_.attempts) + " of " + std::to_string(cfg_.monitor.max_recoveries) + ")";
+  // After step_ steps: the next step (step_ + 1, 1-based) runs in the faster precision.
+  switch_precision(to, recovery_.layers, std::string(dtype_name(to)) + " (recovered after step " + std::to_string(step_) + ")");
+  // Where the faster precision left off: a scale that still overflows shows at once, rather than after the
+  // scaler has backed off from loss_scale.init again.
+  if (scaler_->enabled() && recovery_.scale > 0) scaler_->set_state(recovery_.scale, 0, scaler_->hysteresis_left(), 0);
+  fallbacks_.push_back({step_ + 1, from, to, reason, true});
+  if (rank0_)
+    std::printf("precision recovery after step %lld: %s -> %s (%s)\n", static_cast<long long>(step_), dtype_name(from),
+                dtype_name(to), reason.c_str());
+  log_event("precision_recovery", {{"step", step_ + 1}, {"from", dtype_name(from)}, {"to", dtype_name(to)},
+                                   {"reason", reason}, {"attempt", recovery_.attempts},
+                                   {"loss_scaling", scaler_->enabled()}});
+}
+
+void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& layers, const std::string& mode) {
   // The FP32 master weights and AdamW moments carry over exactly; only the model-dtype copies change.
   const ShardedOptimizer::FullState state = opt_->gather_state();
   const int64_t adam_step = opt_->adam_step();
   const int64_t skipped = scaler_->skipped() + prior_skipped_;
-  for (LayerPrecision& r : cfg_.precision.layers)
-    if (r.dtype == dtype_name(from)) r.dtype = dtype_name(to);
+  cfg_.precision.layers = layers;
   prec_.model = to;
-  prec_.mode = std::string(dtype_name(to)) + " (fallback from " + dtype_name(from) + " at step " +
-               std::to_string(step_) + ")";
+  prec_.mode = mode;
   cfg_.resolved["precision"]["mode"] = dtype_name(to);
   opt_.reset();
   model_.reset();
@@ -258,13 +319,6 @@ void Trainer::fallback(const std::string& reason) {
   scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
   prior_skipped_ = skipped;
   monitor_->reset();
-  fallbacks_.push_back({step_ + 1, from, to, reason});
-  if (rank0_)
-    std::printf("precision fallback at step %lld: %s -> %s (%s); loss scaling %s\n",
-                static_cast<long long>(step_ + 1), dtype_name(from), dtype_name(to), reason.c_str(),
-                scaler_->enabled() ? "dynamic" : "off");
-  log_event("precision_fallback", {{"step", step_ + 1}, {"from", dtype_name(from)}, {"to", dtype_name(to)},
-                                   {"reason", reason}, {"loss_scaling", scaler_->enabled()}});
 }
 
 void Trainer::load_data() {
@@ -474,7 +528,16 @@ StepRecord Trainer::train_step() {
     log_event("monitor", {{"step", step_ + 1}, {"action", monitor_action_name(verdict.action)},
                           {"reason", verdict.reason}});
   }
-  if (verdict.action == MonitorAction::Fallback) fallback(verdict.reason);
+  const bool probation = recovery_.attempted_at >= 0 && prec_.model == recovery_.faster;
+  if (verdict.action == MonitorAction::Fallback) {
+    fallback(verdict.reason);
+  } else if (probation && st.overflow && verdict.action < MonitorAction::Stop) {
+    rec.action = MonitorAction::Fallback;
+    rec.reason = "overflow " + std::to_string(step_ + 1 - recovery_.attempted_at) + " step(s) after the recovery to " +
+                 dtype_name(prec_.model);
+    fallback(rec.reason);
+  }
+  const bool clean_step = !rec.skipped && rec.action < MonitorAction::Skip;
   if (verdict.action == MonitorAction::Stop)
     throw StabilityStop("step " + std::to_string(step_) + ": " + verdict.reason + " (monitor action: stop)");
   if (cfg_.debug.check_consistency) {
@@ -492,6 +555,7 @@ StepRecord Trainer::train_step() {
   rec.seconds = since(t0);
   ++step_;
   ++step_in_epoch_;
+  maybe_recover(clean_step);  // between steps: the next one may run in the faster precision again
   return rec;
 }
 
@@ -550,6 +614,17 @@ std::string Trainer::write_checkpoint_files(const ShardedOptimizer::FullState& s
   meta.skipped = scaler_->skipped();
   for (int i = 0; i < opt_->num_params(); ++i) meta.params.emplace_back(opt_->spec(i).name, opt_->spec(i).shape);
   meta.config = cfg_.resolved;
+  auto layers_json = [](const std::vector<LayerPrecision>& v) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const LayerPrecision& r : v) a.push_back({{"pattern", r.pattern}, {"dtype", r.dtype}});
+    return a;
+  };
+  meta.precision = {{"model", dtype_name(prec_.model)}, {"mode", prec_.mode}, {"layers", layers_json(cfg_.precision.layers)}};
+  if (recovery_.armed)
+    meta.precision["recovery"] = {{"faster", dtype_name(recovery_.faster)}, {"layers", layers_json(recovery_.layers)},
+                                  {"clean", recovery_.clean}, {"wait", recovery_.wait},
+                                  {"attempted_at", recovery_.attempted_at}, {"attempts", recovery_.attempts},
+                                  {"scale", recovery_.scale}};
   return mpt::save_checkpoint(cfg_.checkpoint.dir, meta, state);
 }
 
@@ -607,6 +682,7 @@ void Trainer::try_resume() {
   if (!everywhere && !nowhere)
     throw InputError(cfg_.checkpoint.dir, "checkpoint.dir", "a checkpoint is visible to some ranks only");
   if (!found) return;
+  restore_precision(from, meta.precision);
   opt_->load_state(state);
   opt_->set_adam_step(meta.adam_step);
   scaler_->set_state(meta.scale, meta.growth_tracker, meta.hysteresis_left, meta.skipped);
@@ -619,10 +695,62 @@ void Trainer::try_resume() {
     std::printf("resumed from %s at step %lld (epoch %d)\n", from.c_str(), static_cast<long long>(step_), epoch_ + 1);
 }
 
+void Trainer::restore_precision(const std::string& path, const nlohmann::json& p) {
+  if (p.is_null()) return;  // a checkpoint from before precision was recorded: the config's precision
+  auto dtype_at = [&](const nlohmann::json& j, const std::string& field) {
+    DType t;
+    if (!j.is_string() || !parse_dtype(j.get<std::string>(), &t))
+      throw InputError(path, field, "is not fp32, fp16 or bf16");
+    return t;
+  };
+  auto layers_at = [&](const nlohmann::json& j, const std::string& field) {
+    std::vector<LayerPrecision> v;
+    DType t;
+    if (!j.is_array()) throw InputError(path, field, "is not a list");
+    for (const auto& r : j) {
+      if (!r.is_object() || !r.contains("pattern") || !r["pattern"].is_string() || !r.contains("dtype") ||
+          !r["dtype"].is_string() || !parse_dtype(r["dtype"].get<std::string>(), &t))
+        throw InputError(path, field, "holds an entry that is not {pattern, dtype}");
+      v.push_back({r["pattern"].get<std::string>(), r["dtype"].get<std::string>()});
+    }
+    return v;
+  };
+  if (!p.is_object()) throw InputError(path, "precision", "is not an object");
+  const DType model = dtype_at(p.value("model", nlohmann::json()), "precision.model");
+  const std::vector<LayerPrecision> layers = layers_at(p.value("layers", nlohmann::json::array()), "precision.layers");
+  if (p.contains("recovery")) {
+    const nlohmann::json& r = p["recovery"];
+    Recovery rc;
+    rc.armed = true;
+    rc.faster = dtype_at(r.value("faster", nlohmann::json()), "precision.recovery.faster");
+    rc.layers = layers_at(r.value("layers", nlohmann::json::array()), "precision.recovery.layers");
+    try {
+      rc.clean = r.at("clean");
+      rc.wait = r.at("wait");
+      rc.attempted_at = r.at("attempted_at");
+      rc.attempts = r.at("attempts");
+      rc.scale = r.at("scale");
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(path, "precision.recovery", e.what());
+    }
+    if (rc.clean < 0 || rc.wait < 1 || rc.attempted_at < -1 || rc.attempts < 0 || !(rc.scale >= 0))
+      throw InputError(path, "precision.recovery", "holds a value out of range");
+    recovery_ = rc;
+  }
+  if (model == prec_.model && layers.size() == cfg_.precision.layers.size() &&
+      std::equal(layers.begin(), layers.end(), cfg_.precision.layers.begin(),
+                 [](const LayerPrecision& a, const LayerPrecision& b) { return a.pattern == b.pattern && a.dtype == b.dtype; }))
+    return;
+  switch_precision(model, layers, std::string(dtype_name(model)) + " (as in " + path + ")");
+  if (rank0_ && !cfg_.log.quiet)
+    std::printf("precision: %s, as the checkpoint records (the run had switched precision)\n", dtype_name(model));
+}
+
 nlohmann::json Trainer::fallbacks_json() const {
   nlohmann::json a = nlohmann::json::array();
   for (const FallbackEvent& f : fallbacks_)
-    a.push_back({{"step", f.step}, {"from", dtype_name(f.from)}, {"to", dtype_name(f.to)}, {"reason", f.reason}});
+    a.push_back({{"step", f.step}, {"from", dtype_name(f.from)}, {"to", dtype_name(f.to)}, {"reason", f.reason},
+                 {"recovery", f.recovery}});
   return a;
 }
 

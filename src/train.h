@@ -67,6 +67,7 @@ struct FallbackEvent {
   int64_t step = 0;                  // 1-based, the step whose verdict asked for it
   DType from = DType::F16, to = DType::BF16;
   std::string reason;
+  bool recovery = false;             // a return to the faster precision (monitor.recover_after)
 };
 
 // The stability monitor decided to stop (action stop, or a fallback with none allowed). Every rank
@@ -128,7 +129,15 @@ class Trainer {
   const Exec& exec() const { return ex_; }
   DType model_dtype() const { return prec_.model; }
   Model& model() { return *model_; }
+  // Precision switches of this run in order: fallbacks, and recoveries (recovery = true).
   const std::vector<FallbackEvent>& fallbacks() const { return fallbacks_; }
+  // The model dtype and the per-layer rules of every rank become `to` / `layers` (a collective: every rank
+  // calls it at the same step): the model and the optimizer are rebuilt around the FP32 master weights and
+  // AdamW moments, which carry over bit for bit; the loss scaler starts afresh for the new dtype.
+  void switch_precision(DType to, const std::vector<LayerPrecision>& layers, const std::string& mode);
+  // A fallback to the safer precision (precision.fallback), as the monitor's verdict takes it (tests may
+  // force one; every rank must call it at the same step); arms the recovery when monitor.recover_after > 0.
+  void fallback(const std::string& reason);
   int64_t monitor_skips() const { return monitor_skips_; }
   int64_t skipped_total() const { return prior_skipped_ + scaler_->skipped() + monitor_skips_; }
   const Config& config() const { return cfg_; }
@@ -147,9 +156,6 @@ class Trainer {
   std::string write_checkpoint_files(const ShardedOptimizer::FullState& state);
   void load_data();
   DType fallback_target() const;
-  // Switches the model dtype for the rest of the run (same step on every rank): rebuilds the model and
-  // the optimizer around the unchanged FP32 master state.
-  void fallback(const std::string& reason);
   nlohmann::json fallbacks_json() const;
   // Metrics file and progress line (src/train_log.cpp). open_metrics is collective: a metrics file that
   // cannot be opened ends every rank with exit 2.
@@ -180,6 +186,21 @@ class Trainer {
   std::unique_ptr<LossScaler> scaler_;
   std::unique_ptr<StabilityMonitor> monitor_;
   std::vector<FallbackEvent> fallbacks_;
+  // Recovery after a fallback (monitor.recover_after): the faster precision and its rules, the clean steps
+  // in a row seen since, the wait before trying it, the attempts so far, and the step of the last attempt
+  // (-1: none in probation). An attempt starts at the loss scale the faster precision fell back at; an
+  // overflow during its probation (the `wait` steps after it) falls back at once and doubles the wait.
+  struct Recovery {
+    bool armed = false;
+    DType faster = DType::F16;
+    std::vector<LayerPrecision> layers;
+    int64_t clean = 0, wait = 0, attempted_at = -1;
+    int attempts = 0;
+    double scale = 0;                // the loss scale of the faster precision when it fell back (0: none)
+  } recovery_;
+  void maybe_recover(bool clean_step);
+  // Resume: the precision (and recovery state) a checkpoint records, switched to before its state loads.
+  void restore_precision(const std::string& path, const nlohmann::json& precision);
   int64_t prior_skipped_ = 0, monitor_skips_ = 0;
   int max_batch_ = 0;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0;

@@ -3,6 +3,8 @@
 // fallback on a healthy run), the stop when no fallback is allowed, and the monitor's skip decision, all
 // agreed by every rank at the same step.
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -191,6 +193,85 @@ TEST(Precision, MonitorSkipLeavesParametersUntouched) {
   EXPECT_GT(skipped, 0);
   EXPECT_EQ(t.monitor_skips(), skipped);
   EXPECT_EQ(agreed_min(skipped), agreed_max(skipped));
+}
+
+// Every switch of precision (fallback, recovery) keeps the FP32 master weights and AdamW moments bit for bit.
+TEST(Precision, SwitchingPrecisionKeepsMasterAndMomentsExact) {
+  Trainer t(overflow_config({"model.init_std=0", "loss_scale.init=65536"}), mpi_init(nullptr, nullptr));
+  for (int s = 0; s < 3; ++s) t.train_step();
+  const ShardedOptimizer::FullState before = t.optimizer().gather_state();
+  for (DType to : {DType::BF16, DType::F32, DType::F16}) {
+    t.switch_precision(to, t.config().precision.layers, "test");
+    EXPECT_EQ(t.model_dtype(), to);
+    const ShardedOptimizer::FullState after = t.optimizer().gather_state();
+    EXPECT_EQ(after.master, before.master) << dtype_name(to);
+    EXPECT_EQ(after.m, before.m) << dtype_name(to);
+    EXPECT_EQ(after.v, before.v) << dtype_name(to);
+  }
+}
+
+// A forced fallback on a healthy fp16 run: after monitor.recover_after clean bf16 steps every rank returns
+// to fp16 at the same step, and fp16 holds.
+TEST(Precision, RecoveryReturnsToTheFasterPrecisionAndHolds) {
+  Trainer t(overflow_config({"model.init_std=0", "loss_scale.init=65536", "monitor.recover_after=6"}),
+            mpi_init(nullptr, nullptr));
+  for (int s = 0; s < 4; ++s) t.train_step();
+  t.fallback("forced by the test");
+  EXPECT_EQ(t.model_dtype(), DType::BF16);
+  int64_t back_at = -1;
+  for (int s = 0; s < 30; ++s) {
+    const StepRecord r = t.train_step();
+    if (back_at < 0 && t.model_dtype() == DType::F16) back_at = r.step + 1;  // steps taken when it switched
+  }
+  EXPECT_EQ(back_at, 4 + 6) << "recovery after 6 clean steps in bf16";
+  EXPECT_EQ(agreed_min(back_at), agreed_max(back_at));
+  EXPECT_EQ(t.model_dtype(), DType::F16) << "the recovered precision must hold on a healthy run";
+  ASSERT_EQ(t.fallbacks().size(), 2u);
+  EXPECT_TRUE(t.fallbacks()[1].recovery);
+  EXPECT_EQ(t.fallbacks()[1].from, DType::BF16);
+  EXPECT_EQ(t.fallbacks()[1].to, DType::F16);
+}
+
+// The overflow case with recovery: fallback at step 15 (10 backoffs + 5 at the minimum), recovery after 10
+// clean bf16 steps, which overflows at once (it starts at the scale it fell back at) and falls back
+// immediately, doubling the wait to 20; the second attempt the same; then no more (max_recoveries 2).
+TEST(Precision, FailedRecoveriesFallBackAtOnceAndDoubleTheWait) {
+  Trainer t(overflow_config({"monitor.recover_after=10", "monitor.max_recoveries=2", "train.steps=100"}),
+            mpi_init(nullptr, nullptr));
+  for (int s = 0; s < 100; ++s) t.train_step();
+  std::vector<std::pair<int64_t, bool>> seen;
+  for (const FallbackEvent& f : t.fallbacks()) seen.emplace_back(f.step, f.recovery);
+  const std::vector<std::pair<int64_t, bool>> want = {{15, false}, {26, true}, {26, false}, {47, true}, {47, false}};
+  EXPECT_EQ(seen, want);
+  EXPECT_EQ(agreed_min(int64_t(seen.size())), agreed_max(int64_t(seen.size())));
+  EXPECT_EQ(t.model_dtype(), DType::BF16);
+}
+
+// A checkpoint written after a fallback resumes in the precision the run was in, with the recovery state.
+TEST(Precision, CheckpointResumesInTheSwitchedPrecision) {
+  char tmpl[] = "/tmp/mpt_prec_XXXXXX";
+  std::string dir;
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0) dir = mkdtemp(tmpl);
+  int len = int(dir.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dir.resize(size_t(len));
+  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::vector<std::string> extra = {"monitor.recover_after=1000", "checkpoint.dir=\"" + dir + "\""};
+  {
+    Trainer t(overflow_config(extra), mpi_init(nullptr, nullptr));
+    for (int s = 0; s < 20; ++s) t.train_step();
+    ASSERT_EQ(t.model_dtype(), DType::BF16);
+    t.save_checkpoint();
+  }
+  Trainer r(overflow_config(extra), mpi_init(nullptr, nullptr));
+  EXPECT_EQ(r.model_dtype(), DType::BF16) << "the resumed run must continue in the precision it had switched to";
+  const StepRecord rec = r.train_step();
+  EXPECT_EQ(rec.step, 20);
+  EXPECT_FALSE(rec.skipped);
+  EXPECT_TRUE(std::isfinite(rec.loss));
+  if (rank == 0) std::filesystem::remove_all(dir);
 }
 
 }  // namespace

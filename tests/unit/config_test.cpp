@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 76;
+constexpr size_t kLeafKeys = 78;
 
 class TempDir {
  public:
@@ -241,6 +241,8 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("monitor.on_overflow_rate", "log", monitor.on_overflow_rate),
       KEY("monitor.min_scale_patience", n(51, 500), monitor.min_scale_patience),
       KEY("monitor.on_min_scale", "stop", monitor.on_min_scale),
+      KEY("monitor.recover_after", int64_t(n(1, 100000)), monitor.recover_after),
+      KEY("monitor.max_recoveries", n(3, 50), monitor.max_recoveries),
       KEY("data.dir", "/tmp/fm" + std::to_string(n(0, 1000)), data.dir),
       // Past 2^32 so that a 32-bit read would show.
       KEY("data.train_limit", int64_t(5000000000) + n(0, 1000), data.train_limit),
