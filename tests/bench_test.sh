@@ -39,5 +39,33 @@ if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; 
 else
   echo "scaling.png not checked: python3-matplotlib or launch/plot.py missing"
 fi
-[ "$fail" = 0 ] && echo "ok: bench rows, bench.json, bench.md"
+# The collectives' fits on 2 CPU ranks and the projection from them and the bench above: every collective
+# fitted (alpha >= 0, bandwidth > 0), the measured 2-rank run checked, 3 models x 4 sizes x 2 stages x
+# overlap on/off projected, overlap never worse, ZeRO-1 and ZeRO-2 equal (the same bytes), efficiencies in (0, 1].
+timeout 300 mpirun -np 2 "$MPTRAIN" bench-comm --device cpu --max-bytes 1048576 --iters 3 --out "$tmp/comm.json" \
+  > "$tmp/comm.out" 2>&1 || { echo "FAIL: bench-comm"; cat "$tmp/comm.out"; fail=1; }
+python3 "$SRC/launch/project.py" --bench "$tmp/b/bench.json" --comm "$tmp/comm.json" --series "fp32 ZeRO-1" \
+  --out "$tmp/proj" > "$tmp/proj.out" 2>&1 || { echo "FAIL: project.py"; cat "$tmp/proj.out"; fail=1; }
+python3 - "$tmp/comm.json" "$tmp/proj/projection.json" <<'PY' || fail=1
+import json, sys
+comm, proj = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+ok = comm["ranks"] == 2 and comm["communicator"] == "mpi"
+ok = ok and all(comm["fits"][k]["alpha_us"] >= 0 and comm["fits"][k]["busbw_gbs"] > 0
+                for k in ("all_reduce", "reduce_scatter", "all_gather"))
+ok = ok and len(comm["rows"]) == 3 * 5 and all(r["us"] > 0 for r in comm["rows"])
+rows = proj["projection"]
+ok = ok and len(rows) == 3 * 4 * 2 * 2 and all(0 < r["efficiency"] <= 1 for r in rows)
+key = lambda r: (r["model"], r["gpus"])
+for r in rows:
+    twin = [q for q in rows if key(q) == key(r) and q["zero"] == r["zero"] and q["overlap"] != r["overlap"]][0]
+    other = [q for q in rows if key(q) == key(r) and q["zero"] != r["zero"] and q["overlap"] == r["overlap"]][0]
+    ok = ok and (r["efficiency"] >= twin["efficiency"] if r["overlap"] else True)
+    ok = ok and abs(r["efficiency"] - other["efficiency"]) < 1e-12
+    ok = ok and abs(r["step_ms"] - r["compute_ms"] - r["exposed_ms"]) < 1e-9 * r["step_ms"]
+ok = ok and len(proj["checks"]) == 1 and proj["checks"][0]["gpus"] == 2
+if not ok:
+    print("FAIL: bench-comm / projection", json.dumps(comm)[:1500], json.dumps(proj)[:1500])
+sys.exit(0 if ok else 1)
+PY
+[ "$fail" = 0 ] && echo "ok: bench rows, bench.json, bench.md, bench-comm fits, projection"
 exit $fail
