@@ -531,10 +531,12 @@ StepRecord Trainer::train_step() {
   const bool probation = recovery_.attempted_at >= 0 && prec_.model == recovery_.faster;
   if (verdict.action == MonitorAction::Fallback) {
     fallback(verdict.reason);
-  } else if (probation && st.overflow && verdict.action < MonitorAction::Stop) {
+  } else if (probation && st.overflow && (at_min || !scaler_->enabled()) && verdict.action < MonitorAction::Stop) {
+    // Overflowing with no room left to back the scale off (at loss_scale.min, or scaling off): the faster
+    // precision still cannot hold this run. Overflows above the minimum are the scaler's ordinary work.
     rec.action = MonitorAction::Fallback;
-    rec.reason = "overflow " + std::to_string(step_ + 1 - recovery_.attempted_at) + " step(s) after the recovery to " +
-                 dtype_name(prec_.model);
+    rec.reason = "overflow at the minimum loss scale " + std::to_string(step_ + 1 - recovery_.attempted_at) +
+                 " step(s) after the recovery to " + dtype_name(prec_.model);
     fallback(rec.reason);
   }
   const bool clean_step = !rec.skipped && rec.action < MonitorAction::Skip;

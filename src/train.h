@@ -189,7 +189,8 @@ class Trainer {
   // Recovery after a fallback (monitor.recover_after): the faster precision and its rules, the clean steps
   // in a row seen since, the wait before trying it, the attempts so far, and the step of the last attempt
   // (-1: none in probation). An attempt starts at the loss scale the faster precision fell back at; an
-  // overflow during its probation (the `wait` steps after it) falls back at once and doubles the wait.
+  // overflow at the minimum scale (or with scaling off) during its probation (the `wait` steps after it)
+  // falls back at once, and any fallback in the probation doubles the wait.
   struct Recovery {
     bool armed = false;
     DType faster = DType::F16;

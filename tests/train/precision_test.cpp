@@ -233,8 +233,8 @@ TEST(Precision, RecoveryReturnsToTheFasterPrecisionAndHolds) {
 }
 
 // The overflow case with recovery: fallback at step 15 (10 backoffs + 5 at the minimum), recovery after 10
-// clean bf16 steps, which overflows at once (it starts at the scale it fell back at) and falls back
-// immediately, doubling the wait to 20; the second attempt the same; then no more (max_recoveries 2).
+// clean bf16 steps, which overflows at once at the minimum scale (it starts at the scale it fell back at)
+// and falls back immediately, doubling the wait to 20; the second attempt the same; then no more.
 TEST(Precision, FailedRecoveriesFallBackAtOnceAndDoubleTheWait) {
   Trainer t(overflow_config({"monitor.recover_after=10", "monitor.max_recoveries=2", "train.steps=100"}),
             mpi_init(nullptr, nullptr));
