@@ -71,4 +71,38 @@ void copy_device(const void* src, void* dst, Device d, size_t bytes, Stream s) {
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(s)));
 }
 
+Uploader::~Uploader() {
+  for (Slot& sl : slots_) {
+    if (sl.done) {
+      cudaEventSynchronize(static_cast<cudaEvent_t>(sl.done));
+      cudaEventDestroy(static_cast<cudaEvent_t>(sl.done));
+    }
+    if (sl.pinned) cudaFreeHost(sl.pinned);
+  }
+}
+
+void Uploader::upload(const void* host, void* dst, size_t bytes) {
+  if (bytes == 0) return;
+  if (dev_ == Device::CPU) { std::memcpy(dst, host, bytes); return; }
+  Slot& sl = slots_[next_];
+  next_ = (next_ + 1) % kSlots;
+  if (sl.used) MPT_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(sl.done)));
+  if (sl.cap < bytes) {
+    if (sl.pinned) MPT_CUDA_CHECK(cudaFreeHost(sl.pinned));
+    sl.pinned = nullptr;
+    MPT_CUDA_CHECK(cudaHostAlloc(&sl.pinned, bytes, cudaHostAllocDefault));
+    sl.cap = bytes;
+  }
+  if (!sl.done) {
+    cudaEvent_t ev;
+    MPT_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    sl.done = ev;
+  }
+  std::memcpy(sl.pinned, host, bytes);
+  auto st = reinterpret_cast<cudaStream_t>(stream_);
+  MPT_CUDA_CHECK(cudaMemcpyAsync(dst, sl.pinned, bytes, cudaMemcpyHostToDevice, st));
+  MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(sl.done), st));
+  sl.used = true;
+}
+
 }  // namespace mpt

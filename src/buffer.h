@@ -45,4 +45,26 @@ void copy_to_host(const void* src, Device d, void* host, size_t bytes, Stream s)
 void copy_from_host(const void* host, void* dst, Device d, size_t bytes, Stream s);
 void copy_device(const void* src, void* dst, Device d, size_t bytes, Stream s);
 
+// Host-to-device uploads that do not make the host wait (DESIGN.md: batches arrive through pinned memory
+// and asynchronous copies). upload() copies the host bytes into a pinned staging slot (so the caller may
+// reuse its memory at once) and queues cudaMemcpyAsync on the stream; slots are used round-robin, and a
+// slot is refilled only after its previous copy has finished (an event; with kSlots slots and the host
+// reading results back once per step, that wait never happens in steady state). On CPU ranks: memcpy.
+class Uploader {
+ public:
+  static constexpr int kSlots = 16;
+  Uploader(Device d, Stream s) : dev_(d), stream_(s) {}
+  ~Uploader();
+  Uploader(const Uploader&) = delete;
+  Uploader& operator=(const Uploader&) = delete;
+  void upload(const void* host, void* dst, size_t bytes);
+
+ private:
+  struct Slot { void* pinned = nullptr; size_t cap = 0; void* done = nullptr; bool used = false; };
+  Device dev_;
+  Stream stream_;
+  Slot slots_[kSlots];
+  int next_ = 0;
+};
+
 }  // namespace mpt

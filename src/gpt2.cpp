@@ -13,6 +13,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/softmax_xent.h"
+#include "kernels/sum.h"
 #include "src/amp.h"
 #include "src/check.h"
 
@@ -30,7 +31,7 @@ size_t nbytes(int64_t rows, int64_t cols, DType t) { return size_t(rows) * size_
 
 Gpt2::Gpt2(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex, int max_batch)
     : cfg_(m), ex_(ex), md_(model_dtype), B_(max_batch), T_(m.seq_len), C_(m.n_embd), H_(m.n_head),
-      L_(m.n_layer), V_(m.vocab), Vp_((m.vocab + 127) / 128 * 128) {
+      L_(m.n_layer), V_(m.vocab), Vp_((m.vocab + 127) / 128 * 128), up_(ex.device, ex.stream) {
   if (B_ < 1) throw std::invalid_argument("Gpt2: max_batch must be >= 1");
   const Device d = ex_.device;
   const int64_t N = int64_t(B_) * T_;
@@ -257,7 +258,7 @@ void Gpt2::forward(const Batch& bt) {
   if (n < 1 || n > B_) throw std::invalid_argument("Gpt2: batch of " + std::to_string(n) + " sequences");
   const int N = n * T_;
   last_n_ = n;
-  copy_from_host(bt.inputs, tokens_.data(), ex_.device, size_t(N) * 4, ex_.stream);
+  up_.upload(bt.inputs, tokens_.data(), size_t(N) * 4);
   ops::embedding_forward(ex_, tokens_.as<int32_t>(), param(wte_), param(wpe_), md_, blocks_[0].x.data(), N, T_, C_);
   for (int l = 0; l < L_; ++l) {
     Block& b = blocks_[size_t(l)];
@@ -298,16 +299,16 @@ void Gpt2::forward(const Batch& bt) {
   ops::gemm(ex_, g);
 }
 
-double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimizer& opt) {
+double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimizer& opt, float* loss_sum) {
   forward(bt);
   const int n = bt.n, N = n * T_;
   // Grouping the rows by token on the host (where the tokens are) makes the embedding backward
   // deterministic without atomics.
   const TokenGroups tg = make_token_groups(bt.inputs, N, V_);
-  copy_from_host(bt.targets, targets_.data(), ex_.device, size_t(N) * 4, ex_.stream);
-  copy_from_host(tg.order.data(), order_.data(), ex_.device, tg.order.size() * 4, ex_.stream);
-  copy_from_host(tg.starts.data(), starts_.data(), ex_.device, tg.starts.size() * 4, ex_.stream);
-  copy_from_host(tg.uniq.data(), uniq_.data(), ex_.device, tg.uniq.size() * 4, ex_.stream);
+  up_.upload(bt.targets, targets_.data(), size_t(N) * 4);
+  up_.upload(tg.order.data(), order_.data(), tg.order.size() * 4);
+  up_.upload(tg.starts.data(), starts_.data(), tg.starts.size() * 4);
+  up_.upload(tg.uniq.data(), uniq_.data(), tg.uniq.size() * 4);
   ops::softmax_xent(ex_, logits_.data(), md_, targets_.as<int32_t>(), N, Vp_, V_, grad_scale, loss_rows_.as<float>(),
                     logits_.data(), nullptr);
   void* dlogits = logits_.data();
@@ -368,6 +369,10 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimize
                           T_, C_);
   opt.grad_ready(wpe_);
   opt.grad_ready(wte_);
+  if (loss_sum) {
+    ops::sum(ex_, loss_rows_.as<float>(), N, loss_sum);
+    return 0;
+  }
   std::vector<float> loss(static_cast<size_t>(N));
   copy_to_host(loss_rows_.data(), ex_.device, loss.data(), loss.size() * 4, ex_.stream);
   double sum = 0;

@@ -36,7 +36,8 @@ class Gpt2 : public Model {
 
   std::vector<ParamSpec> param_specs() const override;
   void bind(const ShardedOptimizer& opt) override;
-  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) override;
+  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt,
+                          float* loss_sum = nullptr) override;
   void evaluate(const Batch& b, double* loss_sum, int64_t* correct) override;
   std::vector<std::pair<std::string, DType>> layer_dtypes() const override;
   int max_batch() const override { return B_; }
@@ -103,6 +104,7 @@ class Gpt2 : public Model {
   Buffer tokens_, targets_, order_, starts_, uniq_;
   Buffer x0_, xf_, lnf_out_, lnf_mean_, lnf_rstd_, logits_;
   Buffer proj_, dres_, dsmall_, dbig_, delta_, loss_rows_, pred_;
+  Uploader up_;  // tokens, targets and the token groups of each micro-batch
   int last_n_ = 0;
 };
 

@@ -8,6 +8,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/softmax_xent.h"
+#include "kernels/sum.h"
 #include "src/amp.h"
 
 namespace mpt {
@@ -18,7 +19,8 @@ size_t bytes(int rows, int cols, DType t) { return size_t(rows) * size_t(cols) *
 }  // namespace
 
 Mlp::Mlp(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex, int max_batch)
-    : cfg_(m), ex_(ex), max_batch_(max_batch), act_(m.activation == "relu" ? Act::Relu : Act::Gelu) {
+    : cfg_(m), ex_(ex), max_batch_(max_batch), act_(m.activation == "relu" ? Act::Relu : Act::Gelu),
+      up_(ex.device, ex.stream) {
   std::vector<int> dims;
   dims.push_back(m.input_dim);
   for (int h : m.hidden) dims.push_back(h);
@@ -111,7 +113,7 @@ const void* Mlp::layer_input(size_t i) const {
 void Mlp::forward(const float* x, int n) {
   if (n <= 0 || n > max_batch_) throw std::invalid_argument("Mlp: batch of " + std::to_string(n) + " rows");
   last_n_ = n;
-  copy_from_host(x, x_in.data(), ex_.device, bytes(n, cfg_.input_dim, DType::F32), ex_.stream);
+  up_.upload(x, x_in.data(), bytes(n, cfg_.input_dim, DType::F32));
   opt_->all_params_ready();  // a small model: no per-layer overlap of the parameter all-gather
   const size_t nl = layers_.size();
   for (size_t i = 0; i < nl; ++i) {
@@ -148,9 +150,10 @@ void Mlp::forward(const float* x, int n) {
   }
 }
 
-double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt) {
+double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt,
+                             float* loss_sum) {
   forward(x, n);
-  copy_from_host(y, labels_.data(), ex_.device, size_t(n) * 4, ex_.stream);
+  up_.upload(y, labels_.data(), size_t(n) * 4);
   const size_t nl = layers_.size();
   Linear& head = layers_[nl - 1];
   ops::softmax_xent(ex_, head.z.data(), head.dt, labels_.as<int32_t>(), n, head.out, head.out, grad_scale,
@@ -203,6 +206,10 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
     } else {
       ops::act_backward(ex_, act_, P.z.data(), da, P.dz.data(), P.dt, cnt);
     }
+  }
+  if (loss_sum) {
+    ops::sum(ex_, loss_rows_.as<float>(), n, loss_sum);
+    return 0;
   }
   std::vector<float> loss(static_cast<size_t>(n));
   copy_to_host(loss_rows_.data(), ex_.device, loss.data(), loss.size() * 4, ex_.stream);

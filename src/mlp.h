@@ -32,7 +32,9 @@ class Mlp {
   // dL/dlogits is multiplied by grad_scale (= loss scale / (global micro-batch rows)); gradients are
   // accumulated where opt.grad(i) points (stage 2: bucket staging slots) and opt.grad_ready(i) is called as each one completes.
   // Returns the sum over rows of the FP32 per-row losses (unscaled).
-  double forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt);
+  // loss_sum: as Model::forward_backward.
+  double forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt,
+                          float* loss_sum = nullptr);
 
   // Forward only. Adds the summed loss and the number of correct predictions.
   void evaluate(const float* x, const int32_t* y, int n, double* loss_sum, int64_t* correct);
@@ -72,6 +74,7 @@ class Mlp {
   std::vector<ParamView> views_;
   const ShardedOptimizer* opt_ = nullptr;  // set by bind: the forward waits for the parameter all-gather
   Buffer x_in, labels_, loss_rows_, pred_;
+  Uploader up_;  // inputs and labels of each micro-batch
   int last_n_ = 0;
 };
 

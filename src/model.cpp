@@ -14,8 +14,9 @@ class MlpModel : public Model {
       : cfg_(m), mlp_(m, p, dt, ex, max_batch) {}
   std::vector<ParamSpec> param_specs() const override { return mlp_.param_specs(); }
   void bind(const ShardedOptimizer& opt) override { mlp_.bind(opt); }
-  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) override {
-    return mlp_.forward_backward(b.x, b.targets, b.n, grad_scale, opt);
+  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt,
+                          float* loss_sum = nullptr) override {
+    return mlp_.forward_backward(b.x, b.targets, b.n, grad_scale, opt, loss_sum);
   }
   void evaluate(const Batch& b, double* loss_sum, int64_t* correct) override {
     mlp_.evaluate(b.x, b.targets, b.n, loss_sum, correct);

@@ -31,8 +31,12 @@ class Model {
   virtual void bind(const ShardedOptimizer& opt) = 0;
   // Forward and backward; dL/dlogits is multiplied by grad_scale (loss scale / targets in the global
   // micro-batch set). Gradients are accumulated into the optimizer's gradients, grad_ready() called as
-  // each completes. Returns the sum of the FP32 per-target losses (unscaled).
-  virtual double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) = 0;
+  // each completes. loss_sum null: returns the sum of the FP32 per-target losses (unscaled), read back
+  // from the device. loss_sum given (FP32, memory of the executing device): that sum is added into it on
+  // the device (kernels/sum.h) and nothing is read back, so the host does not wait for the micro-batch;
+  // returns 0.
+  virtual double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt,
+                                  float* loss_sum = nullptr) = 0;
   // Forward only: adds the summed loss and the number of correct (argmax) predictions.
   virtual void evaluate(const Batch& b, double* loss_sum, int64_t* correct) = 0;
   // "layer dtype" for every layer that precision rules can match, in forward order.

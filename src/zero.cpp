@@ -163,8 +163,9 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     views_[i].param = at(g.params, views_[i].offset, g.dtype);
     views_[i].grad = stage_ < 2 ? at(g.grads, views_[i].offset, g.dtype) : nullptr;
   }
-  // stats_[0..1]: this rank's owned-part statistics.
-  stats_ = Buffer(ex_.device, 2 * sizeof(float));
+  // stats_[0..1]: this rank's owned-part statistics; stats_[2]: the loss sum of the step's micro-batches
+  // (the model adds into it on the device); all three ride in one all-reduce.
+  stats_ = Buffer(ex_.device, 3 * sizeof(float));
   if (ex_.cuda()) {
     cudaEvent_t a, b;
     MPT_CUDA_CHECK(cudaEventCreateWithFlags(&a, cudaEventDisableTiming));
@@ -228,7 +229,13 @@ void ShardedOptimizer::init_params(uint64_t seed) {
   }
 }
 
+void ShardedOptimizer::zero_floats(float* p, size_t n) {
+  if (ex_.cuda()) MPT_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), cu(ex_.stream)));
+  else std::memset(p, 0, n * sizeof(float));
+}
+
 void ShardedOptimizer::zero_grads() {
+  zero_floats(stats_.as<float>() + 2, 1);
   for (Group& g : groups_) {
     g.grads.zero(ex_.stream);
     // Stage 2: the first reduction of each bucket in the step overwrites its shard part, so nothing is
@@ -431,26 +438,28 @@ StepStats ShardedOptimizer::step(float loss_scale, const AdamWHyper& hyper, doub
 }
 
 StepStats ShardedOptimizer::reduce_stats(float loss_scale, double clip_norm) {
-  stats_.zero(ex_.stream);
   float* stats = stats_.as<float>();
+  zero_floats(stats, 2);  // the loss sum (stats[2]) was zeroed by zero_grads and filled by the micro-batches
   const float inv_scale = float(1.0 / (double(loss_scale) * double(world_)));
   for (Group& g : groups_) {
     const void* src = stage_ == 2 ? g.grad_shard.data() : g.grads.data();
     ops::unscale_stats_segments(ex_, src, g.dtype, g.stat_segs.as<StatSegment>(), g.n_stat_segs, g.stat_elems,
                                 inv_scale, stats);
   }
-  float host[2];
+  float host[3];
   {
     // The readback waits for the whole step's device work and collectives, hence for every other rank.
+    // It is the one point of a training step where the host waits for the device.
     const WaitScope wait("the all-reduce of the gradient statistics");
     begin_exposed();
-    comm_.all_reduce(stats, stats, 2, DType::F32, ReduceOp::Sum, ex_.stream);
+    comm_.all_reduce(stats, stats, 3, DType::F32, ReduceOp::Sum, ex_.stream);
     end_exposed();
     copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);
   }
 
   StepStats st;
   st.grad_unscale = inv_scale;
+  st.loss_sum = host[2];
   st.nonfinite = host[0];
   st.overflow = host[0] > 0.f || !std::isfinite(host[1]);
   if (st.overflow) return st;

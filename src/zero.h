@@ -74,6 +74,7 @@ struct StepStats {
   double grad_norm = 0;              // global L2 norm of the unscaled gradient
   double clip_coef = 1;
   float grad_unscale = 1;            // 1 / (loss scale * world): what the update multiplies the gradient by
+  double loss_sum = 0;               // all ranks' loss_sum() of the step, summed (in the same collective)
 };
 
 struct MemoryReport {
@@ -101,8 +102,12 @@ class ShardedOptimizer {
   int num_buckets() const;
   int64_t num_elements() const;      // real parameters, all groups
 
-  // Start of a step: zero the gradients.
+  // Start of a step: zero the gradients and the loss sum.
   void zero_grads();
+  // One FP32 on the executing device, zeroed by zero_grads, into which the model adds each micro-batch's
+  // loss sum (Model::forward_backward); reduce_stats all-reduces it with the gradient statistics and
+  // returns it in StepStats::loss_sum, so the loss costs no readback and no collective of its own.
+  float* loss_sum() { return stats_.as<float>() + 2; }
   // The model calls grad_ready(i) when parameter i's gradient for the current micro-batch is complete.
   // During the last micro-batch of a step (set_last_micro(true); stage 2: during every micro-batch) a
   // bucket whose parameters are all ready is reduced at once, on the communication stream, while
@@ -185,6 +190,7 @@ class ShardedOptimizer {
   void reduce_bucket(Group& g, Bucket& b, int64_t shard_off);
   void take_slot(Group& g, Bucket& b);
   void reduce_leftovers(bool all_unreduced);
+  void zero_floats(float* p, size_t n);  // on the compute stream
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
   bool overlap_gather() const { return ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream; }
