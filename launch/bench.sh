@@ -6,7 +6,9 @@
 #        [--steps 20] [--warmup 5] [--peer] [--net] [--out DIR] [--set key=value ...]
 #   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
 #   --cpu      CPU ranks instead (world sizes from --ranks, default 1,2): what CI runs
-#   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1")
+#   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1"); a third
+#              field "nooverlap" runs the pair with zero.overlap=false (every collective waited for at once:
+#              the baseline that shows what overlap hides)
 #   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
 #              (same model shape, batch and sequence length as CONFIG; needs PyTorch): the peer rows and the
 #              mptrain / PyTorch ratio
@@ -48,18 +50,26 @@ status=0
 one() {  # np mode stage tag [mpirun args...]
   local np=$1 mode=$2 stage=$3 tag=$4; shift 4
   "${RUN[@]}" "$@" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
-    --set zero.stage="$stage" "${SETS[@]}" --warmup "$WARMUP" --steps "$STEPS" --label "$tag" \
+    --set zero.stage="$stage" "${SETS[@]}" "${EXTRA[@]}" --warmup "$WARMUP" --steps "$STEPS" --label "$tag" \
     --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
   grep "^bench:" "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" || tail -5 "$OUTDIR/rows/mptrain-$np-${tag// /_}.log"
 }
+EXTRA=()
 for m in $MODES; do
-  mode=${m%%:*}; stage=${m##*:}
-  for np in $SIZES; do one "$np" "$mode" "$stage" "$mode ZeRO-$stage"; done
+  IFS=: read -r mode stage flag <<< "$m"
+  tag="$mode ZeRO-$stage"; EXTRA=()
+  case "$flag" in
+    "") ;;
+    nooverlap) tag="$tag no overlap"; EXTRA=(--set zero.overlap=false) ;;
+    *) echo "bench: unknown mode flag '$flag' in --modes $m (known: nooverlap)" >&2; exit 2 ;;
+  esac
+  for np in $SIZES; do one "$np" "$mode" "$stage" "$tag"; done
 done
+EXTRA=()
 first_mode=$(echo $MODES | cut -d' ' -f1)
 if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
   big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
-  mode=${first_mode%%:*}; stage=${first_mode##*:}
+  IFS=: read -r mode stage _ <<< "$first_mode"
   [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1
 fi
 if [ "$PEER" = 1 ] && [ "$CPU" = 0 ]; then

@@ -66,7 +66,7 @@ const json& default_config_json() {
         {"schedule", "cosine"},
         {"min_lr", 0.0},
         {"clip_norm", 1.0}}},
-      {"zero", {{"stage", 2}, {"bucket_mb", 25.0}}},
+      {"zero", {{"stage", 2}, {"bucket_mb", 25.0}, {"overlap", true}}},
       {"train",
        {{"batch_size", 64},
         {"grad_accum", 1},
@@ -151,6 +151,7 @@ const KeyDoc kKeyDocs[] = {
     {"optimizer.clip_norm", "clip the global gradient norm to this; 0: no clipping"},
     {"zero.stage", "ZeRO stage: 0 | 1 (shard optimizer state) | 2 (and gradients)"},
     {"zero.bucket_mb", "gradient communication bucket size in MiB (> 0)"},
+    {"zero.overlap", "GPUs: overlap the gradient reduction with backward and the parameter all-gather with the next forward (false: wait for each collective at once, the no-overlap baseline)"},
     {"train.batch_size", "examples per rank per micro-batch (>= 1)"},
     {"train.grad_accum", "micro-batches per optimizer step (>= 1)"},
     {"train.epochs", "passes over the training set (>= 1)"},
@@ -761,6 +762,7 @@ void read_optimizer(Reader& r, OptimizerConfig& o) {
 void read_rest(Reader& r, Config& c) {
   c.zero.stage = r.integer<int>("zero.stage", 0, 2);
   c.zero.bucket_mb = r.number("zero.bucket_mb", above(0));
+  c.zero.overlap = r.boolean("zero.overlap");
 
   c.train.batch_size = r.integer<int>("train.batch_size", 1);
   c.train.grad_accum = r.integer<int>("train.grad_accum", 1);

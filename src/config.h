@@ -73,6 +73,8 @@ struct OptimizerConfig {
 struct ZeroConfig {
   int stage = 2;                       // 0 | 1 | 2
   double bucket_mb = 25.0;             // gradient bucket size (MiB)
+  bool overlap = true;                 // GPUs: collectives overlap backward / the next forward (false: the
+                                       // compute stream waits for each one at once; a baseline for bench)
 };
 
 struct TrainConfig {

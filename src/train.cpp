@@ -169,6 +169,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+  opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(*opt_);
   if (!cfg_.model.init_from.empty()) {
     std::vector<ParamSpec> specs;

@@ -102,6 +102,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+  opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(*opt_);
   opt_->load_state(state);
   opt_->set_adam_step(adam_step);

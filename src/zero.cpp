@@ -335,6 +335,16 @@ void ShardedOptimizer::take_slot(Group& g, Bucket& b) {
 }
 
 void ShardedOptimizer::reduce_bucket(Group& g, Bucket& b, int64_t shard_off) {
+  reduce_bucket_collectives(g, b, shard_off);
+  if (overlap_ || !ex_.cuda()) return;
+  // No overlap: the compute stream waits here for everything queued on the communication stream.
+  MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
+  begin_exposed();
+  MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(ev_comm_), 0));
+  end_exposed();
+}
+
+void ShardedOptimizer::reduce_bucket_collectives(Group& g, Bucket& b, int64_t shard_off) {
   const DType t = g.dtype;
   // Stage 2: a bucket nobody wrote in this micro-batch still takes part in the collective (from a
   // zeroed slot), so every rank runs the same sequence of collectives and a first micro-batch always

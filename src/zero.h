@@ -91,6 +91,10 @@ class ShardedOptimizer {
   // comm_stream: where bucket collectives run (CUDA); compute work runs on ex.stream.
   ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
                    size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr);
+  // zero.overlap = false (GPUs): the compute stream waits for each bucket's collective as soon as it is
+  // queued, and for the whole parameter all-gather right after the update: nothing overlaps, every
+  // collective is exposed. The same collectives in the same order, so results are bitwise unchanged.
+  void set_overlap(bool on) { overlap_ = on; }
   ~ShardedOptimizer();
   ShardedOptimizer(const ShardedOptimizer&) = delete;
   ShardedOptimizer& operator=(const ShardedOptimizer&) = delete;
@@ -188,12 +192,15 @@ class ShardedOptimizer {
   };
 
   void reduce_bucket(Group& g, Bucket& b, int64_t shard_off);
+  void reduce_bucket_collectives(Group& g, Bucket& b, int64_t shard_off);
   void take_slot(Group& g, Bucket& b);
   void reduce_leftovers(bool all_unreduced);
   void zero_floats(float* p, size_t n);  // on the compute stream
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
-  bool overlap_gather() const { return ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream; }
+  bool overlap_gather() const {
+    return overlap_ && ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream;
+  }
   // A collective on the compute stream (GPU: its events; CPU ranks: the host waits).
   void begin_exposed() { ex_.cuda() ? probe_.stream_begin() : probe_.host_begin(); }
   void end_exposed() { ex_.cuda() ? probe_.stream_end() : probe_.host_end(); }
@@ -207,6 +214,7 @@ class ShardedOptimizer {
   int rank_, world_;
   Stream comm_stream_;
   bool last_micro_ = true;
+  bool overlap_ = true;
   bool inject_inf_ = false;
   bool micro_active_ = false;        // stage 2: this micro-batch has asked for or readied a gradient
   Buffer accum_tmp_;                 // stage 2: reduce-scatter target of the micro-batches after the first

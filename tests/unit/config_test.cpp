@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 78;
+constexpr size_t kLeafKeys = 79;
 
 class TempDir {
  public:
@@ -275,6 +275,7 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("optimizer.clip_norm", u(1.5, 10.0), optimizer.clip_norm),
       KEY("zero.stage", n(0, 2), zero.stage),
       KEY("zero.bucket_mb", u(1.0, 24.0), zero.bucket_mb),
+      KEY("zero.overlap", false, zero.overlap),
       KEY("train.batch_size", n(65, 4096), train.batch_size),
       KEY("train.grad_accum", n(2, 64), train.grad_accum),
       KEY("train.epochs", n(2, 100), train.epochs),
