@@ -19,7 +19,9 @@
 #              memcheck over the GPU tests (SANITIZE_FILTER narrows them) and a short gpt2-tiny run on one GPU
 #   scaling    mptrain bench-comm on all GPUs over NVLink and over the network transport (NCCL_P2P_DISABLE=1
 #              NCCL_SHM_DISABLE=1), launch/bench.sh gpt2-124m at B=16 on 1 and all GPUs (bf16 ZeRO-1/2, fp16
-#              ZeRO-1, the network-transport run, the PyTorch DDP peer) and launch/project.py's projection
+#              ZeRO-1, the network-transport run, the PyTorch DDP peer) and launch/project.py's projection;
+#              BENCH_MODES, BENCH_STEPS, BENCH_PEER= (no peer), BENCH_NET= (no network run), SCALING_COMM=0
+#              (no bench-comm and no projection)
 #   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
 #              mptrain sample of an untrained gpt2-124m with GPT-2 BPE (.data/gpt2-bpe, carried along) for the
 #              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
@@ -197,15 +199,18 @@ fi
 
 if want scaling; then
   echo "== scaling: collectives, the benchmark on 1 and $NGPU GPU(s) with the PyTorch peer, the projection"
-  $RUN -np "$NGPU" "$MPT" bench-comm --out "$OUT/comm-nvlink.json" > "$OUT/comm-nvlink.log" 2>&1 || status=1
-  grep "fit" "$OUT/comm-nvlink.log" | sed 's/^/nvlink: /'
-  $RUN -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -np "$NGPU" "$MPT" bench-comm --max-bytes 67108864 \
-    --out "$OUT/comm-net.json" > "$OUT/comm-net.log" 2>&1 || status=1
-  grep "fit" "$OUT/comm-net.log" | sed 's/^/net: /'
+  # SCALING_COMM=0: the benchmark only (no bench-comm, no projection); BENCH_NET= leaves out the network run.
+  if [ "${SCALING_COMM:-1}" = 1 ]; then
+    $RUN -np "$NGPU" "$MPT" bench-comm --out "$OUT/comm-nvlink.json" > "$OUT/comm-nvlink.log" 2>&1 || status=1
+    grep "fit" "$OUT/comm-nvlink.log" | sed 's/^/nvlink: /'
+    $RUN -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1 -np "$NGPU" "$MPT" bench-comm --max-bytes 67108864 \
+      --out "$OUT/comm-net.json" > "$OUT/comm-net.log" 2>&1 || status=1
+    grep "fit" "$OUT/comm-net.log" | sed 's/^/net: /'
+  fi
   MPTRAIN="$MPT" timeout 500 bash launch/bench.sh configs/gpt2-124m.json --modes "${BENCH_MODES:-bf16:1 bf16:2 fp16:1}" \
-    --steps "${BENCH_STEPS:-20}" ${BENCH_PEER---peer} --net --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
-  python3 launch/project.py --bench "$OUT/bench/bench.json" --comm "$OUT/comm-nvlink.json" --comm-net "$OUT/comm-net.json" \
-    --out "$OUT/projection" 2>&1 | tail -40 || status=1
+    --steps "${BENCH_STEPS:-20}" ${BENCH_PEER---peer} ${BENCH_NET---net} --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
+  [ "${SCALING_COMM:-1}" = 1 ] && { python3 launch/project.py --bench "$OUT/bench/bench.json" --comm "$OUT/comm-nvlink.json" \
+    --comm-net "$OUT/comm-net.json" --out "$OUT/projection" 2>&1 | tail -40 || status=1; }
 fi
 
 if want sample; then
