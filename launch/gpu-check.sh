@@ -60,7 +60,7 @@ fi
 if want tests && [ -n "${GTEST_FILTER:-}" ]; then
   echo "== GPU tests matching $GTEST_FILTER"
   for np in $NPS; do
-    timeout 600 mpirun -np "$np" --bind-to none build-gpu/tests/gpu_tests --gtest_filter="$GTEST_FILTER" \
+    timeout 600 mpirun -np "$np" --bind-to none build-gpu/tests/gpu_tests --gtest_filter="$GTEST_FILTER" --gtest_color=no \
       > "$OUT/gpu-tests-np$np.log" 2>&1 || status=1
     grep -E "^\[  (PASSED|FAILED|  OK) |Failure|error|ratio" "$OUT/gpu-tests-np$np.log" | sed "s/^/np$np: /" | head -80
   done
