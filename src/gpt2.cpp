@@ -392,26 +392,6 @@ void Gpt2::evaluate(const Batch& bt, double* loss_sum, int64_t* correct) {
   }
 }
 
-std::vector<float> Gpt2::next_token_logits(const std::vector<int32_t>& tokens) {
-  if (tokens.empty()) throw std::invalid_argument("Gpt2::next_token_logits: no tokens");
-  const size_t len = std::min(tokens.size(), size_t(T_));
-  std::vector<int32_t> window(size_t(T_), 0);
-  std::copy(tokens.end() - std::ptrdiff_t(len), tokens.end(), window.begin());
-  Batch b;
-  b.n = 1;
-  b.inputs = window.data();
-  b.targets = window.data();
-  forward(b);
-  const size_t row = len - 1;
-  std::vector<uint8_t> raw(nbytes(1, Vp_, md_));
-  copy_to_host(static_cast<const char*>(logits_.data()) + row * raw.size(), ex_.device, raw.data(), raw.size(),
-               ex_.stream);
-  std::vector<float> all(static_cast<size_t>(Vp_));
-  to_float_n(raw.data(), md_, all.data(), all.size());
-  all.resize(size_t(V_));
-  return all;
-}
-
 std::vector<float> Gpt2::logits(int n) const {
   const int N = n * T_;
   std::vector<uint8_t> raw(nbytes(N, Vp_, md_));

@@ -47,14 +47,11 @@ class Gpt2 : public Model {
   int padded_vocab() const { return Vp_; }
   // Logits of the last forward, [n*T, vocab] (padding dropped), as float (tests, the reference check).
   std::vector<float> logits(int n) const;
-  // Text generation: one forward of a single sequence holding tokens[0, len) (the last seq_len of them
-  // when longer; positions after len padded, which causal attention keeps from the rows before), and the
-  // logits of the position after the last token (V floats; only that row leaves the device).
-  std::vector<float> next_token_logits(const std::vector<int32_t>& tokens);
   int seq_len() const { return T_; }
   int vocab() const { return V_; }
 
  private:
+  friend class Gpt2Decoder;  // text generation with a KV cache (src/gpt2_decode.h) runs the layers row by row
   struct Linear {
     std::string name;
     int in = 0, out = 0;
