@@ -252,13 +252,15 @@ void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   if (cast) ops::cast(ex_, L.dx_cast.data(), L.dt, dx, md_, size_t(n) * size_t(L.in));
 }
 
-void Gpt2::forward(const Batch& bt) {
+void Gpt2::forward(const Batch& bt, int T) {
   const int n = bt.n;
   if (n < 1 || n > B_) throw std::invalid_argument("Gpt2: batch of " + std::to_string(n) + " sequences");
-  const int N = n * T_;
-  last_n_ = n;
+  if (T < 0 || T > T_) throw std::invalid_argument("Gpt2: " + std::to_string(T) + " positions per sequence");
+  if (T == 0) T = T_;
+  const int N = n * T;
+  last_n_ = T == T_ ? n : 0;  // logits() and layer_output() describe full-length forwards only
   copy_from_host(bt.inputs, tokens_.data(), ex_.device, size_t(N) * 4, ex_.stream);
-  ops::embedding_forward(ex_, tokens_.as<int32_t>(), param(wte_), param(wpe_), md_, blocks_[0].x.data(), N, T_, C_);
+  ops::embedding_forward(ex_, tokens_.as<int32_t>(), param(wte_), param(wpe_), md_, blocks_[0].x.data(), N, T, C_);
   for (int l = 0; l < L_; ++l) {
     Block& b = blocks_[size_t(l)];
     if (l == 0) {
@@ -272,7 +274,7 @@ void Gpt2::forward(const Batch& bt) {
                                       C_, kLnEps);
     }
     linear_forward(b.c_attn, b.ln1_out.data(), b.qkv.data(), N, false, nullptr);
-    ops::attention_forward(ex_, b.qkv.data(), b.att.data(), b.lse.as<float>(), md_, n, T_, H_, C_ / H_);
+    ops::attention_forward(ex_, b.qkv.data(), b.att.data(), b.lse.as<float>(), md_, n, T, H_, C_ / H_);
     linear_forward(b.c_proj, b.att.data(), proj_.data(), N, false, nullptr);
     ops::residual_layernorm_forward(ex_, b.x.data(), proj_.data(), md_, param(b.ln2.w), param(b.ln2.b), b.ln2.dt,
                                     b.a.data(), b.ln2_out.data(), b.ln2_mean.as<float>(), b.ln2_rstd.as<float>(), N, C_,

@@ -76,7 +76,8 @@ class Gpt2 : public Model {
     Buffer fc_pre, fc_act;
   };
 
-  void forward(const Batch& b);
+  // T: positions per sequence, 1..seq_len (0: seq_len); the KV cache's prefill runs only the prompt's.
+  void forward(const Batch& b, int T = 0);
   // y = x W + bias in the layer's dtype; x, y in the model dtype. act: GELU epilogue (pre stored).
   void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
   // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.

@@ -44,14 +44,12 @@ std::vector<float> Gpt2Decoder::prefill(const std::vector<int32_t>& tokens) {
   if (n < 1 || n > cap_)
     throw std::invalid_argument("Gpt2Decoder::prefill: " + std::to_string(n) + " tokens for a cache of " +
                                 std::to_string(cap_));
-  // One sequence padded to seq_len: causal attention keeps the padding out of rows 0 .. n-1.
-  std::vector<int32_t> seq(size_t(m_.T_), 0);
-  std::copy(tokens.begin(), tokens.end(), seq.begin());
+  // One sequence of n positions (the forward's cost grows with n, not with seq_len).
   Batch b;
   b.n = 1;
-  b.inputs = seq.data();
-  b.targets = seq.data();
-  m_.forward(b);
+  b.inputs = tokens.data();
+  b.targets = tokens.data();
+  m_.forward(b, n);
   const size_t es = dtype_size(m_.md_), row = 3 * size_t(m_.C_) * es;
   for (int l = 0; l < m_.L_; ++l)
     copy_device(m_.blocks_[size_t(l)].qkv.data(), cache_[size_t(l)].data(), m_.ex_.device, size_t(n) * row,

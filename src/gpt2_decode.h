@@ -3,8 +3,8 @@
 // The cache holds, per layer, the c_attn output (q | k | v, the qkv layout of kernels/attention.h) of
 // every position generated so far, [capacity, 3C] in the model dtype; the q third is kept only so that a
 // position's qkv row is written by one GEMM straight into the cache and read in place by
-// kernels/attention_decode.h. prefill() runs the model's ordinary batched forward over a prompt and copies
-// each layer's qkv rows into the cache; step() runs one position through every layer for that row only
+// kernels/attention_decode.h. prefill() runs the model's ordinary batched forward over the prompt's positions
+// only and copies each layer's qkv rows into the cache; step() runs one position through every layer for that row only
 // (embedding + position, ln_1, c_attn into the cache row, decode attention over the cached rows, c_proj,
 // ln_2, MLP, ln_f, the tied LM head) and returns its logits. With the own CPU GEMM (cpu.gemm = "own") the
 // logits of step() are bitwise those of the full forward's row for the same prefix, in every dtype.

@@ -6,6 +6,7 @@
 #include "src/sample.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -102,8 +103,11 @@ int sample_command(int argc, char** argv) {
     std::fputs(prompt.c_str(), stdout);
     Rng rng(uint64_t(seed) * 0x9E3779B97F4A7C15ull + 1);
     // The cache holds what this run can use: the prompt and the new tokens, at most the context.
+    const auto t0 = std::chrono::steady_clock::now();
     Gpt2Decoder dec(model, int(std::min<int64_t>(model.seq_len(), int64_t(tokens.size()) + n_new)));
     std::vector<float> logits = dec.begin(tokens);
+    const int prefilled = dec.length();
+    const auto t1 = std::chrono::steady_clock::now();
     int generated = 0;
     for (; generated < n_new; ++generated) {
       if (generated > 0) logits = dec.extend(tokens);
@@ -117,8 +121,14 @@ int sample_command(int argc, char** argv) {
     }
     std::printf("\n");
     std::fflush(stdout);
+    const auto t2 = std::chrono::steady_clock::now();
+    const double s_prefill = std::chrono::duration<double>(t1 - t0).count(), s_gen = std::chrono::duration<double>(t2 - t1).count();
     std::fprintf(stderr, "sample: %d token(s) at temperature %g, top-k %d, seed %d, from step %lld\n", generated,
                  temperature, top_k, seed, static_cast<long long>(step));
+    // Generation speed: the tokens drawn (all but the first after one decode step each) over the time after
+    // the prefill.
+    std::fprintf(stderr, "sample: prefill of %d token(s) %.3f s; %d token(s) in %.3f s after it (%.1f tokens/s)\n",
+                 prefilled, s_prefill, generated, s_gen, s_gen > 0 ? generated / s_gen : 0.0);
   });
 }
 
