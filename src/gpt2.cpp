@@ -253,13 +253,15 @@ void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   if (cast) ops::cast(ex_, L.dx_cast.data(), L.dt, dx, md_, size_t(n) * size_t(L.in));
 }
 
-void Gpt2::forward(const Batch& bt) {
+void Gpt2::forward(const Batch& bt, int T) {
   const int n = bt.n;
   if (n < 1 || n > B_) throw std::invalid_argument("Gpt2: batch of " + std::to_string(n) + " sequences");
-  const int N = n * T_;
-  last_n_ = n;
+  if (T < 0 || T > T_) throw std::invalid_argument("Gpt2: " + std::to_string(T) + " positions per sequence");
+  if (T == 0) T = T_;
+  const int N = n * T;
+  last_n_ = T == T_ ? n : 0;  // logits() and layer_output() describe full-length forwards only
   up_.upload(bt.inputs, tokens_.data(), size_t(N) * 4);
-  ops::embedding_forward(ex_, tokens_.as<int32_t>(), param(wte_), param(wpe_), md_, blocks_[0].x.data(), N, T_, C_);
+  ops::embedding_forward(ex_, tokens_.as<int32_t>(), param(wte_), param(wpe_), md_, blocks_[0].x.data(), N, T, C_);
   for (int l = 0; l < L_; ++l) {
     Block& b = blocks_[size_t(l)];
     if (l == 0) {
@@ -273,7 +275,7 @@ void Gpt2::forward(const Batch& bt) {
                                       C_, kLnEps);
     }
     linear_forward(b.c_attn, b.ln1_out.data(), b.qkv.data(), N, false, nullptr);
-    ops::attention_forward(ex_, b.qkv.data(), b.att.data(), b.lse.as<float>(), md_, n, T_, H_, C_ / H_);
+    ops::attention_forward(ex_, b.qkv.data(), b.att.data(), b.lse.as<float>(), md_, n, T, H_, C_ / H_);
     linear_forward(b.c_proj, b.att.data(), proj_.data(), N, false, nullptr);
     ops::residual_layernorm_forward(ex_, b.x.data(), proj_.data(), md_, param(b.ln2.w), param(b.ln2.b), b.ln2.dt,
                                     b.a.data(), b.ln2_out.data(), b.ln2_mean.as<float>(), b.ln2_rstd.as<float>(), N, C_,
@@ -395,26 +397,6 @@ void Gpt2::evaluate(const Batch& bt, double* loss_sum, int64_t* correct) {
     *loss_sum += loss[size_t(i)];
     *correct += pred[size_t(i)] == bt.targets[i];
   }
-}
-
-std::vector<float> Gpt2::next_token_logits(const std::vector<int32_t>& tokens) {
-  if (tokens.empty()) throw std::invalid_argument("Gpt2::next_token_logits: no tokens");
-  const size_t len = std::min(tokens.size(), size_t(T_));
-  std::vector<int32_t> window(size_t(T_), 0);
-  std::copy(tokens.end() - std::ptrdiff_t(len), tokens.end(), window.begin());
-  Batch b;
-  b.n = 1;
-  b.inputs = window.data();
-  b.targets = window.data();
-  forward(b);
-  const size_t row = len - 1;
-  std::vector<uint8_t> raw(nbytes(1, Vp_, md_));
-  copy_to_host(static_cast<const char*>(logits_.data()) + row * raw.size(), ex_.device, raw.data(), raw.size(),
-               ex_.stream);
-  std::vector<float> all(static_cast<size_t>(Vp_));
-  to_float_n(raw.data(), md_, all.data(), all.size());
-  all.resize(size_t(V_));
-  return all;
 }
 
 std::vector<float> Gpt2::logits(int n) const {

@@ -48,14 +48,11 @@ class Gpt2 : public Model {
   int padded_vocab() const { return Vp_; }
   // Logits of the last forward, [n*T, vocab] (padding dropped), as float (tests, the reference check).
   std::vector<float> logits(int n) const;
-  // Text generation: one forward of a single sequence holding tokens[0, len) (the last seq_len of them
-  // when longer; positions after len padded, which causal attention keeps from the rows before), and the
-  // logits of the position after the last token (V floats; only that row leaves the device).
-  std::vector<float> next_token_logits(const std::vector<int32_t>& tokens);
   int seq_len() const { return T_; }
   int vocab() const { return V_; }
 
  private:
+  friend class Gpt2Decoder;  // text generation with a KV cache (src/gpt2_decode.h) runs the layers row by row
   struct Linear {
     std::string name;
     int in = 0, out = 0;
@@ -80,7 +77,8 @@ class Gpt2 : public Model {
     Buffer fc_pre, fc_act;
   };
 
-  void forward(const Batch& b);
+  // T: positions per sequence, 1..seq_len (0: seq_len); the KV cache's prefill runs only the prompt's.
+  void forward(const Batch& b, int T = 0);
   // y = x W + bias in the layer's dtype; x, y in the model dtype. act: GELU epilogue (pre stored).
   void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
   // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.

@@ -1,9 +1,12 @@
 // `mptrain sample CONFIG`: text from the latest checkpoint (or model.init_from), on the config's device.
-// Each new token runs one forward over the last seq_len tokens (no KV cache: the attention op attends within
-// a sequence only); only the last position's logits leave the device.
+// The prompt runs through one batched forward that fills a KV cache (src/gpt2_decode.h); each new token
+// then runs through the model for its own position only. When the text outgrows the context (seq_len),
+// the window slides: the last ceil(seq_len / 2) tokens are prefilled again. Only logits of one position
+// leave the device per token.
 #include "src/sample.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +19,7 @@
 #include "src/check.h"
 #include "src/commands.h"
 #include "src/gpt2.h"
+#include "src/gpt2_decode.h"
 #include "src/tokens.h"
 #include "src/train.h"
 
@@ -98,9 +102,16 @@ int sample_command(int argc, char** argv) {
     if (tokens.empty()) tokens.push_back(eot);  // no prompt: start a new document
     std::fputs(prompt.c_str(), stdout);
     Rng rng(uint64_t(seed) * 0x9E3779B97F4A7C15ull + 1);
+    // The cache holds what this run can use: the prompt and the new tokens, at most the context.
+    const auto t0 = std::chrono::steady_clock::now();
+    Gpt2Decoder dec(model, int(std::min<int64_t>(model.seq_len(), int64_t(tokens.size()) + n_new)));
+    std::vector<float> logits = dec.begin(tokens);
+    const int prefilled = dec.length();
+    const auto t1 = std::chrono::steady_clock::now();
     int generated = 0;
     for (; generated < n_new; ++generated) {
-      const int32_t next = sample_token(model.next_token_logits(tokens), temperature, top_k, rng);
+      if (generated > 0) logits = dec.extend(tokens);
+      const int32_t next = sample_token(logits, temperature, top_k, rng);
       if (next == eot) break;
       tokens.push_back(next);
       // Raw bytes as they come: a UTF-8 character split across tokens is whole once both are out.
@@ -110,8 +121,14 @@ int sample_command(int argc, char** argv) {
     }
     std::printf("\n");
     std::fflush(stdout);
+    const auto t2 = std::chrono::steady_clock::now();
+    const double s_prefill = std::chrono::duration<double>(t1 - t0).count(), s_gen = std::chrono::duration<double>(t2 - t1).count();
     std::fprintf(stderr, "sample: %d token(s) at temperature %g, top-k %d, seed %d, from step %lld\n", generated,
                  temperature, top_k, seed, static_cast<long long>(step));
+    // Generation speed: the tokens drawn (all but the first after one decode step each) over the time after
+    // the prefill.
+    std::fprintf(stderr, "sample: prefill of %d token(s) %.3f s; %d token(s) in %.3f s after it (%.1f tokens/s)\n",
+                 prefilled, s_prefill, generated, s_gen, s_gen > 0 ? generated / s_gen : 0.0);
   });
 }
 
