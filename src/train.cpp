@@ -205,6 +205,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     xbuf_.resize(mb * size_t(train_.dim()));
     ybuf_.resize(mb);
   }
+  if (cfg_.precision.layers_auto) auto_precision(true);  // before a resume, which restores its recorded precision
   if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.resume) try_resume();
 }
 
@@ -458,6 +459,7 @@ StepRecord Trainer::train_step() {
   ++step_;
   ++step_in_epoch_;
   maybe_recover(clean_step);  // between steps: the next one may run in the faster precision again
+  maybe_reanalyze();          // precision.reanalyze_every: the next step may run under a new policy
   return rec;
 }
 
@@ -493,6 +495,7 @@ EvalResult Trainer::evaluate() {
 TrainSummary Trainer::run() {
   print_banner();
   open_metrics();
+  report_auto_precision();
   watchdog_start(cfg_.watchdog_timeout_s);
   struct StopWatchdog {
     ~StopWatchdog() { watchdog_stop(); }

@@ -128,6 +128,7 @@ class Trainer {
   Communicator& comm() { return *comm_; }
   const Exec& exec() const { return ex_; }
   DType model_dtype() const { return prec_.model; }
+  const HardwareCaps& hardware() const { return hw_; }
   Model& model() { return *model_; }
   // Precision switches of this run in order: fallbacks, and recoveries (recovery = true).
   const std::vector<FallbackEvent>& fallbacks() const { return fallbacks_; }
@@ -200,6 +201,13 @@ class Trainer {
     double scale = 0;                // the loss scale of the faster precision when it fell back (0: none)
   } recovery_;
   void maybe_recover(bool clean_step);
+  // precision.layers = "auto" (src/train_auto.cpp): decide (collective) and switch when the decision
+  // changes; the report (console lines, `precision_auto` metrics event) waits for run() at start.
+  void auto_precision(bool at_start);
+  void report_auto_precision();
+  void maybe_reanalyze();
+  nlohmann::json auto_report_;
+  std::vector<std::string> auto_lines_;
   // Resume: the precision (and recovery state) a checkpoint records, switched to before its state loads.
   void restore_precision(const std::string& path, const nlohmann::json& precision);
   int64_t prior_skipped_ = 0, monitor_skips_ = 0;
