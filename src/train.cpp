@@ -363,6 +363,7 @@ StepRecord Trainer::train_step() {
     step_in_epoch_ = 0;
     sampler_->set_epoch(epoch_);
   }
+  maybe_reanalyze();  // precision.reanalyze_every: outside the step's watchdog scope and its timing
   const auto t0 = Clock::now();
   watchdog_set_step(step_ + 1);  // 1-based, as the progress line prints it
   // On GPUs the host blocks in device readbacks inside the step (the loss) that wait, through the compute
@@ -459,7 +460,6 @@ StepRecord Trainer::train_step() {
   ++step_;
   ++step_in_epoch_;
   maybe_recover(clean_step);  // between steps: the next one may run in the faster precision again
-  maybe_reanalyze();          // precision.reanalyze_every: the next step may run under a new policy
   return rec;
 }
 

@@ -61,7 +61,10 @@ void Trainer::report_auto_precision() {
 
 void Trainer::maybe_reanalyze() {
   const int64_t n = cfg_.precision.reanalyze_every;
-  if (!cfg_.precision.layers_auto || n <= 0 || step_ % n != 0 || step_ >= total_steps_) return;
+  if (!cfg_.precision.layers_auto || n <= 0 || step_ == 0 || step_ % n != 0 || step_ >= total_steps_ ||
+      reanalyzed_at_ == step_)
+    return;
+  reanalyzed_at_ = step_;
   // After a fallback the monitor owns the precision until it recovers.
   if (recovery_.armed && prec_.model != recovery_.faster) return;
   auto_precision(false);
