@@ -10,7 +10,9 @@
 //     underflow to zero (|g| < 2^-25), land in the subnormal range (< 2^-14: precision lost), or overflow
 //     (> 65504),
 // and recommends an fp32 (or, for range problems on bf16-capable hardware, bf16) override for layers past
-// the thresholds. Output: a table on stdout and, with --out, the same as JSON.
+// the thresholds (precision.max_output_err, max_grad_err, max_range_frac). Then it prints the decision
+// precision.layers = "auto" makes for the same config, through the trainer's code (src/precision_auto.h).
+// Output: a table on stdout and, with --out, the same as JSON.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
