@@ -291,6 +291,7 @@ AutoPrecision decide_auto_precision(const AutoPrecisionContext& ctx) {
   }
 
   res.sel = select_precision(in);
+  if (!ctx.current.empty()) res.sel = keep_unless_better(in, res.sel, ctx.current);
   // Rank 0 decides: its policy (or its verdict that nothing fits) goes to every rank.
   std::vector<int32_t> code = encode_selection(res.sel);
   code.push_back(res.sel.ok ? 1 : 0);

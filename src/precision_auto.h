@@ -40,6 +40,9 @@ struct AutoPrecisionContext {
   HardwareCaps hw;
   std::function<Batch(int64_t first, int n)> batch;  // training micro-batch of this rank
   std::vector<float> master;                         // FP32 weights to analyze at (empty: the seed's init)
+  // Re-analysis: the policy in force (encode_selection's layout); kept unless the new decision gains
+  // kMinReanalysisGain (src/precision_select.h). Empty at start.
+  std::vector<int32_t> current;
 };
 
 struct AutoPrecision {

@@ -159,11 +159,11 @@ std::vector<int32_t> encode_selection(const Selection& s) {
   return c;
 }
 
-void apply_encoded(const std::vector<int32_t>& code, Selection* s) {
+void apply_encoded(const std::vector<int32_t>& code, Selection* s, const std::string& reason) {
   const DType base = DType(code.at(0));
   if (base != s->base) {
     s->base = base;
-    s->why = "base " + std::string(dtype_name(base)) + " (decided on rank 0)";
+    s->why = "base " + std::string(dtype_name(base)) + " (" + reason + ")";
   }
   for (size_t i = 0; i < s->layers.size(); ++i) {
     LayerDecision& d = s->layers[i];
@@ -171,9 +171,36 @@ void apply_encoded(const std::vector<int32_t>& code, Selection* s) {
     d.default_dtype = d.default_f32 ? DType::F32 : base;
     if (t != d.dtype) {
       d.dtype = t;
-      d.reason = std::string(dtype_name(t)) + " (decided on rank 0)";
+      d.reason = std::string(dtype_name(t)) + " (" + reason + ")";
     }
   }
+}
+
+bool evaluate_policy(const SelectInputs& in, const std::vector<int32_t>& code, double* seconds, double* bytes) {
+  if (code.size() != in.layers.size() + 1) return false;
+  *seconds = 0;
+  *bytes = in.fixed_bytes;
+  bool ok = true;
+  for (size_t i = 0; i < in.layers.size(); ++i) {
+    const DType t = DType(code[i + 1]);
+    ok = ok && admissible(in.layers[i], t, in);
+    *seconds += seconds_of(in.layers[i], t);
+    *bytes += bytes_of(in.layers[i], t);
+  }
+  return ok && (in.budget_bytes <= 0 || *bytes <= in.budget_bytes);
+}
+
+Selection keep_unless_better(const SelectInputs& in, const Selection& fresh, const std::vector<int32_t>& current) {
+  double cs = 0, cb = 0;
+  if (!fresh.ok || encode_selection(fresh) == current || !evaluate_policy(in, current, &cs, &cb)) return fresh;
+  if (fresh.seconds <= cs * (1 - kMinReanalysisGain)) return fresh;
+  Selection kept = fresh;
+  apply_encoded(current, &kept, "kept: the new decision gains under " + fmt("%g%%", 100 * kMinReanalysisGain));
+  kept.seconds = cs;
+  kept.bytes = cb;
+  kept.why = "kept the current policy (" + ms(cs) + "): the new decision (" + ms(fresh.seconds) + ") gains under " +
+             fmt("%g%%", 100 * kMinReanalysisGain);
+  return kept;
 }
 
 }  // namespace mpt

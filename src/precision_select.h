@@ -79,8 +79,19 @@ Selection select_precision(const SelectInputs& in);
 
 // Compact encoding for a broadcast: {base, dtype of layer 0, 1, ...} as dtype codes.
 std::vector<int32_t> encode_selection(const Selection& s);
-// Overwrites base and layer dtypes of `s` (same layers) from `code`; reasons of layers whose dtype changed
-// say that rank 0 decided.
-void apply_encoded(const std::vector<int32_t>& code, Selection* s);
+// Overwrites base and layer dtypes of `s` (same layers) from `code`; layers whose dtype changed get `reason`.
+void apply_encoded(const std::vector<int32_t>& code, Selection* s, const std::string& reason = "decided on rank 0");
+
+// Predicted seconds and bytes of an encoded policy under `in` (same layers); false when one of its dtypes is
+// not admissible there or it is over the budget.
+bool evaluate_policy(const SelectInputs& in, const std::vector<int32_t>& code, double* seconds, double* bytes);
+
+// Re-analysis: a new decision replaces the current policy only when its predicted time is at least this
+// fraction lower (or the current one is no longer admissible or over budget), so that timing noise
+// between near-equal choices does not switch the run back and forth.
+inline constexpr double kMinReanalysisGain = 0.05;
+// `fresh` (decided on `in`) or, when it does not gain kMinReanalysisGain over the admissible `current`,
+// the current policy with its predicted time and reasons saying it was kept.
+Selection keep_unless_better(const SelectInputs& in, const Selection& fresh, const std::vector<int32_t>& current);
 
 }  // namespace mpt

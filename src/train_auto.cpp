@@ -25,6 +25,10 @@ void Trainer::auto_precision(bool at_start) {
   ctx.hw = hw_;
   ctx.batch = [this](int64_t first, int n) { return train_batch(first, n); };
   ctx.master = opt_->gather_master();
+  if (!at_start) {
+    ctx.current = {int32_t(prec_.model)};
+    for (const auto& [layer, t] : model_->layer_dtypes()) ctx.current.push_back(int32_t(t));
+  }
   const AutoPrecision a = decide_auto_precision(ctx);
   // Every rank has rank 0's verdict: all throw alike, rank 0 names the field.
   agree(mpi_comm_, [&] {

@@ -263,6 +263,32 @@ TEST(PrecisionSelect, EncodingRoundTripsRankZerosDecision) {
   }
 }
 
+// Re-analysis: a new decision replaces the current policy only when it gains kMinReanalysisGain, or when
+// the current one is no longer admissible.
+TEST(PrecisionSelect, ReanalysisKeepsTheCurrentPolicyUnlessClearlyBetter) {
+  Rng r = test::fresh_rng();
+  SelectInputs in = one_base(DType::F16);
+  in.bf16_hw = false;
+  LayerInput l = fast_half_layer(r, "fc1");
+  in.layers.push_back(l);
+  const std::vector<int32_t> current = {int32_t(DType::F16), int32_t(DType::F32)};  // fc1 in FP32 now
+  for (double gain : {kMinReanalysisGain * 0.9, kMinReanalysisGain * 1.1}) {
+    in.layers[0].t_f16 = in.layers[0].t_f32 * (1 - gain);
+    const Selection fresh = select_precision(in);
+    ASSERT_EQ(fresh.layers[0].dtype, DType::F16);
+    const Selection s = keep_unless_better(in, fresh, current);
+    const bool switched = gain > kMinReanalysisGain;
+    EXPECT_EQ(s.layers[0].dtype, switched ? DType::F16 : DType::F32) << "gain " << gain;
+    EXPECT_DOUBLE_EQ(s.seconds, switched ? in.layers[0].t_f16 : in.layers[0].t_f32);
+    if (!switched) EXPECT_NE(s.why.find("kept"), std::string::npos) << s.why;
+  }
+  // The current dtype excluded by the analysis now: the new decision wins whatever the gain.
+  const std::vector<int32_t> cur16 = {int32_t(DType::F16), int32_t(DType::F16)};
+  in.layers[0].f16.out_err = 1;
+  in.layers[0].t_f16 = in.layers[0].t_f32 * 0.5;
+  EXPECT_EQ(keep_unless_better(in, select_precision(in), cur16).layers[0].dtype, DType::F32);
+}
+
 // precision.layers = "auto" from a file and from --set; the rules list starts empty.
 TEST(PrecisionSelect, ConfigAcceptsLayersAuto) {
   const Config a = config_from_json({{"precision", {{"layers", "auto"}, {"reanalyze_every", 7}}}}, "cfg");
