@@ -280,7 +280,9 @@ TEST(PrecisionSelect, ReanalysisKeepsTheCurrentPolicyUnlessClearlyBetter) {
     const bool switched = gain > kMinReanalysisGain;
     EXPECT_EQ(s.layers[0].dtype, switched ? DType::F16 : DType::F32) << "gain " << gain;
     EXPECT_DOUBLE_EQ(s.seconds, switched ? in.layers[0].t_f16 : in.layers[0].t_f32);
-    if (!switched) EXPECT_NE(s.why.find("kept"), std::string::npos) << s.why;
+    if (!switched) {
+      EXPECT_NE(s.why.find("kept"), std::string::npos) << s.why;
+    }
   }
   // The current dtype excluded by the analysis now: the new decision wins whatever the gain.
   const std::vector<int32_t> cur16 = {int32_t(DType::F16), int32_t(DType::F16)};
