@@ -10,7 +10,9 @@
 //     underflow to zero (|g| < 2^-25), land in the subnormal range (< 2^-14: precision lost), or overflow
 //     (> 65504),
 // and recommends an fp32 (or, for range problems on bf16-capable hardware, bf16) override for layers past
-// the thresholds. Output: a table on stdout and, with --out, the same as JSON.
+// the thresholds (precision.max_output_err, max_grad_err, max_range_frac). Then it prints the decision
+// precision.layers = "auto" makes for the same config, through the trainer's code (src/precision_auto.h).
+// Output: a table on stdout and, with --out, the same as JSON.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -20,15 +22,12 @@
 #include "src/amp.h"
 #include "src/commands.h"
 #include "src/check.h"
+#include "src/precision_auto.h"
 #include "src/train.h"
 
 namespace mpt {
 
 namespace {
-
-constexpr double kOutTol = 1e-2;    // output relative error past which a layer is recommended FP32
-constexpr double kGradTol = 5e-2;   // weight-gradient relative error
-constexpr double kRangeTol = 1e-2;  // fraction of gradient elements underflowing or overflowing
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   double num = 0, den = 0;
@@ -120,6 +119,9 @@ int analyze_command(int argc, char** argv) {
     // FP32 everywhere for the reference; the full gradient buffer readable (stage 0); the scale fp16 would
     // start from.
     const double scale = half == DType::F16 ? cfg.loss_scale.init : 1.0;
+    const Config given = cfg;  // what precision.layers = "auto" decides for (below)
+    const double out_tol = given.precision.max_output_err, grad_tol = given.precision.max_grad_err,
+                 range_tol = given.precision.max_range_frac;
     cfg.precision.mode = "fp32";
     cfg.precision.layers.clear();
     cfg.zero.stage = 0;
@@ -167,10 +169,10 @@ int analyze_command(int argc, char** argv) {
         unscaled.underflow += ru.underflow / batches;
       }
       std::string rec = "keep " + half_name;
-      const bool range_bad = half == DType::F16 && (at_scale.underflow > kRangeTol || at_scale.overflow > kRangeTol);
-      if (out_err > kOutTol || grad_err > kGradTol || range_bad) {
+      const bool range_bad = half == DType::F16 && (at_scale.underflow > range_tol || at_scale.overflow > range_tol);
+      if (out_err > out_tol || grad_err > grad_tol || range_bad) {
         // A range problem alone is what bf16 solves; an accuracy problem needs fp32.
-        const bool bf16_ok = range_bad && out_err <= kOutTol && grad_err <= kGradTol && t.model_dtype() != DType::F16;
+        const bool bf16_ok = range_bad && out_err <= out_tol && grad_err <= grad_tol && t.model_dtype() != DType::F16;
         rec = bf16_ok ? "bf16" : "fp32";
         overrides.push_back({{"pattern", layer}, {"dtype", rec}});
         rec = "override -> " + rec;
@@ -184,6 +186,22 @@ int analyze_command(int argc, char** argv) {
     }
     report["recommended_precision_layers"] = overrides;
     std::printf("recommended precision.layers: %s\n", overrides.dump().c_str());
+    // The decision precision.layers = "auto" makes for this config (the trainer's code path): the
+    // analysis in every candidate dtype, the GEMM timing on this device and the memory budget.
+    AutoPrecisionContext ctx;
+    ctx.cfg = &given;
+    ctx.ex = &ex;
+    ctx.comm = &t.comm();
+    ctx.hw = t.hardware();
+    ctx.batch = [&t](int64_t first, int n) { return t.train_batch(first, n); };
+    ctx.master = master;
+    const AutoPrecision ap = decide_auto_precision(ctx);
+    for (const std::string& l : selection_lines(ap.sel)) std::printf("%s\n", l.c_str());
+    nlohmann::json rules = nlohmann::json::array();
+    for (const LayerPrecision& r : ap.sel.rules()) rules.push_back({{"pattern", r.pattern}, {"dtype", r.dtype}});
+    std::printf("auto policy: precision.mode %s, precision.layers %s\n", dtype_name(ap.sel.base), rules.dump().c_str());
+    report["auto_policy"] = selection_json(ap.sel);
+    report["auto_policy"]["precision_layers"] = rules;
     if (a.opts.count("out")) {
       std::ofstream f(a.opts.at("out"));
       if (!f) throw InputError(a.opts.at("out"), "--out", "cannot open for writing");

@@ -46,7 +46,17 @@ const json& default_config_json() {
         {"train_shards", json::array()},
         {"val_shards", json::array()},
         {"format", "auto"}}},
-      {"precision", {{"mode", "auto"}, {"layers", json::array()}, {"fallback", "auto"}}},
+      {"precision",
+       {{"mode", "auto"},
+        {"layers", json::array()},
+        {"fallback", "auto"},
+        {"max_output_err", 1e-2},
+        {"max_grad_err", 5e-2},
+        {"max_range_frac", 1e-2},
+        {"memory_budget_gib", 0.0},
+        {"auto_batches", 1},
+        {"auto_timing", "measure"},
+        {"reanalyze_every", 0}}},
       {"loss_scale",
        {{"enabled", "auto"},
         {"init", 65536.0},
@@ -132,6 +142,13 @@ const KeyDoc kKeyDocs[] = {
     {"precision.mode", "compute precision: fp32 | tf32 | fp16 | bf16 | auto"},
     {"precision.layers", "per-layer dtype: [{\"pattern\": glob (* ?), \"dtype\": fp32|fp16|bf16}], last match wins"},
     {"precision.fallback", "precision after a stability fallback: auto (bf16 if supported, else fp32) | bf16 | fp32 | none"},
+    {"precision.max_output_err", "analysis threshold: a layer's output relative error in a half dtype past which it is not used"},
+    {"precision.max_grad_err", "analysis threshold: a layer's weight-gradient relative error past which the half dtype is not used"},
+    {"precision.max_range_frac", "analysis threshold: fp16 gradient fraction under/overflowing at the loss scale past which fp16 is not used"},
+    {"precision.memory_budget_gib", "layers \"auto\": per-rank memory estimate the policy must fit (GiB; 0: no budget)"},
+    {"precision.auto_batches", "layers \"auto\": micro-batches the sensitivity analysis runs on (>= 1)"},
+    {"precision.auto_timing", "layers \"auto\": measure (time the model's GEMM shapes on this device) | flops (fixed model, deterministic)"},
+    {"precision.reanalyze_every", "layers \"auto\": decide again every N steps and switch on all ranks if it changes (0: off; ignored without \"auto\")"},
     {"loss_scale.enabled", "dynamic loss scaling: auto (on for fp16 only) | on | off"},
     {"loss_scale.init", "initial scale S, min <= init <= max"},
     {"loss_scale.growth_factor", "S *= growth_factor after growth_interval clean steps (> 1)"},
@@ -699,11 +716,12 @@ void read_data(Reader& r, DataConfig& d) {
 void read_precision(Reader& r, PrecisionConfig& p) {
   p.mode = r.choice("precision.mode", {"fp32", "tf32", "fp16", "bf16", "auto"});
   const json& layers = r.node("precision.layers");
-  if (!layers.is_array())
-    r.fail("precision.layers", "expected array of {\"pattern\", \"dtype\"} objects, got " + describe(layers));
+  p.layers_auto = layers.is_string() && layers.get<std::string>() == "auto";
+  if (!layers.is_array() && !p.layers_auto)
+    r.fail("precision.layers", "expected array of {\"pattern\", \"dtype\"} objects or \"auto\", got " + describe(layers));
   p.layers.clear();
   static const std::vector<std::string> entry_keys = {"pattern", "dtype"};
-  for (size_t i = 0; i < layers.size(); ++i) {
+  for (size_t i = 0; !p.layers_auto && i < layers.size(); ++i) {
     const std::string at = "precision.layers[" + std::to_string(i) + "]";
     const json& e = layers[i];
     if (!e.is_object()) r.fail(at, "expected object {\"pattern\": ..., \"dtype\": ...}, got " + describe(e));
@@ -722,6 +740,13 @@ void read_precision(Reader& r, PrecisionConfig& p) {
     p.layers.push_back(std::move(lp));
   }
   p.fallback = r.choice("precision.fallback", {"auto", "bf16", "fp32", "none"});
+  p.max_output_err = r.number("precision.max_output_err", above(0));
+  p.max_grad_err = r.number("precision.max_grad_err", above(0));
+  p.max_range_frac = r.number("precision.max_range_frac", {0, 1, false, false});
+  p.memory_budget_gib = r.number("precision.memory_budget_gib", at_least(0));
+  p.auto_batches = r.integer<int>("precision.auto_batches", 1, 1000);
+  p.auto_timing = r.choice("precision.auto_timing", {"measure", "flops"});
+  p.reanalyze_every = r.integer<int64_t>("precision.reanalyze_every", 0);
 }
 
 void read_loss_scale(Reader& r, LossScaleConfig& s) {

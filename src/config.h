@@ -47,6 +47,16 @@ struct PrecisionConfig {
   std::string mode = "auto";           // fp32 | tf32 | fp16 | bf16 | auto
   std::vector<LayerPrecision> layers;  // in file order; the last matching pattern wins
   std::string fallback = "auto";       // precision after a fallback: auto (bf16 where supported, else fp32) | bf16 | fp32 | none
+  // layers = "auto" (src/precision_auto.h): the per-layer policy is chosen at start from the analysis,
+  // the hardware, the measured GEMM speed and the memory budget; `layers` then holds its rules.
+  bool layers_auto = false;
+  double max_output_err = 1e-2;        // thresholds of the analysis (mptrain analyze and auto)
+  double max_grad_err = 5e-2;
+  double max_range_frac = 1e-2;        // fp16: gradient fraction under- or overflowing at the loss scale
+  double memory_budget_gib = 0;        // auto: per-rank estimate must fit (0: no budget)
+  int auto_batches = 1;                // auto: micro-batches the analysis runs on
+  std::string auto_timing = "measure"; // auto: measure (GEMMs timed on this device) | flops (fixed model)
+  int64_t reanalyze_every = 0;         // auto: decide again every N steps (0: only at start)
 };
 
 struct LossScaleConfig {

@@ -199,6 +199,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     xbuf_.resize(mb * size_t(train_.dim()));
     ybuf_.resize(mb);
   }
+  if (cfg_.precision.layers_auto) auto_precision(true);  // before a resume, which restores its recorded precision
   if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.resume) try_resume();
 }
 
@@ -356,6 +357,7 @@ StepRecord Trainer::train_step() {
     step_in_epoch_ = 0;
     sampler_->set_epoch(epoch_);
   }
+  maybe_reanalyze();  // precision.reanalyze_every: outside the step's watchdog scope and its timing
   const auto t0 = Clock::now();
   watchdog_set_step(step_ + 1);  // 1-based, as the progress line prints it
   // On GPUs the host blocks in device readbacks inside the step (the loss) that wait, through the compute
@@ -487,6 +489,7 @@ EvalResult Trainer::evaluate() {
 TrainSummary Trainer::run() {
   print_banner();
   open_metrics();
+  report_auto_precision();
   watchdog_start(cfg_.watchdog_timeout_s);
   struct StopWatchdog {
     ~StopWatchdog() { watchdog_stop(); }

@@ -128,6 +128,7 @@ class Trainer {
   Communicator& comm() { return *comm_; }
   const Exec& exec() const { return ex_; }
   DType model_dtype() const { return prec_.model; }
+  const HardwareCaps& hardware() const { return hw_; }
   Model& model() { return *model_; }
   // Precision switches of this run in order: fallbacks, and recoveries (recovery = true).
   const std::vector<FallbackEvent>& fallbacks() const { return fallbacks_; }
@@ -138,6 +139,10 @@ class Trainer {
   // A fallback to the safer precision (precision.fallback), as the monitor's verdict takes it (tests may
   // force one; every rank must call it at the same step); arms the recovery when monitor.recover_after > 0.
   void fallback(const std::string& reason);
+  // precision.layers = "auto" with precision.reanalyze_every = N: after a multiple of N steps, decide again
+  // (collective) and switch every rank when the decision changed. train_step calls it before each step;
+  // once per step count.
+  void maybe_reanalyze();
   int64_t monitor_skips() const { return monitor_skips_; }
   int64_t skipped_total() const { return prior_skipped_ + scaler_->skipped() + monitor_skips_; }
   const Config& config() const { return cfg_; }
@@ -200,6 +205,13 @@ class Trainer {
     double scale = 0;                // the loss scale of the faster precision when it fell back (0: none)
   } recovery_;
   void maybe_recover(bool clean_step);
+  // precision.layers = "auto" (src/train_auto.cpp): decide (collective) and switch when the decision
+  // changes; the report (console lines, `precision_auto` metrics event) waits for run() at start.
+  void auto_precision(bool at_start);
+  void report_auto_precision();
+  nlohmann::json auto_report_;
+  int64_t reanalyzed_at_ = -1;
+  std::vector<std::string> auto_lines_;
   // Resume: the precision (and recovery state) a checkpoint records, switched to before its state loads.
   void restore_precision(const std::string& path, const nlohmann::json& precision);
   int64_t prior_skipped_ = 0, monitor_skips_ = 0;

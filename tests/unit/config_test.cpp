@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 79;
+constexpr size_t kLeafKeys = 86;
 
 class TempDir {
  public:
@@ -228,6 +228,13 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("data.val_shards", (std::vector<std::string>{"v" + std::to_string(n(0, 99))}), data.val_shards),
       KEY("data.format", (std::vector<std::string>{"mptrain", "llmc", "nanogpt"}[size_t(n(0, 3))]), data.format),
       KEY("precision.fallback", "fp32", precision.fallback),
+      KEY("precision.max_output_err", u(0.02, 0.5), precision.max_output_err),
+      KEY("precision.max_grad_err", u(0.06, 0.5), precision.max_grad_err),
+      KEY("precision.max_range_frac", u(0.02, 1.0), precision.max_range_frac),
+      KEY("precision.memory_budget_gib", u(0.5, 80.0), precision.memory_budget_gib),
+      KEY("precision.auto_batches", n(2, 100), precision.auto_batches),
+      KEY("precision.auto_timing", "flops", precision.auto_timing),
+      KEY("precision.reanalyze_every", int64_t(n(1, 100000)), precision.reanalyze_every),
       KEY("train.eval_every", n(1, 1000), train.eval_every),
       KEY("train.eval_batches", n(1, 1000), train.eval_batches),
       KEY("monitor.enabled", false, monitor.enabled),
@@ -562,6 +569,12 @@ TEST_F(ConfigFileTest, WrongTypes) {
       {R"({"optimizer": {"lr": {"x": 1}}})", "optimizer.lr", "expected number, got object"},
       {R"({"precision": {"layers": {}}})", "precision.layers", "expected array of {\"pattern\", \"dtype\"} objects"},
       {R"({"precision": {"layers": [5]}})", "precision.layers[0]", "expected object"},
+      {R"({"precision": {"layers": "autox"}})", "precision.layers", "objects or \"auto\", got"},
+      {R"({"precision": {"auto_timing": "guess"}})", "precision.auto_timing", "must be one of {measure, flops}"},
+      {R"({"precision": {"auto_batches": 0}})", "precision.auto_batches", "must be in [1, 1000]"},
+      {R"({"precision": {"max_range_frac": 1.5}})", "precision.max_range_frac", "must be in [0, 1]"},
+      {R"({"precision": {"memory_budget_gib": -1}})", "precision.memory_budget_gib", "must be >= 0"},
+      {R"({"precision": {"reanalyze_every": -3}})", "precision.reanalyze_every", "must be >= 0"},
       {R"({"precision": {"layers": [{"pattern": 3, "dtype": "fp16"}]}})", "precision.layers[0].pattern",
        "expected string, got number 3"},
   };
