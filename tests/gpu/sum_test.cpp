@@ -1,7 +1,8 @@
 // cuda::sum against cpu::sum. Both form the sum in double (in different orders) and round once into the
 // FP32 accumulator, so they agree within one FP32 ulp plus twice the double sum's error bound
-// n * 2^-53 * sum |x|. The cancelling inputs (+-1e4 pairs around a small total) make a kernel that sums
-// in FP32 miss that by orders of magnitude. A second launch on the same inputs must give the same bits.
+// n * 2^-53 * sum |x|. The cancelling inputs (+B first, -B last around small values, B ~ 1e7) make a
+// kernel that sums in FP32 miss that by orders of magnitude: thread 0's FP32 partial drops every small
+// value it adds to B. A second launch on the same inputs must give the same bits.
 #include <cmath>
 #include <vector>
 
@@ -20,11 +21,12 @@ TEST_F(SumGpu, MatchesCpuWithinOneRoundingAndIsDeterministic) {
       SCOPED_TRACE("n=" + std::to_string(n) + (cancel ? " cancelling" : " positive"));
       std::vector<float> x(static_cast<size_t>(n));
       double abs_sum = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        x[size_t(i)] = cancel ? r.uniform(1e3f, 1e4f) * (i % 2 ? -1.f : 1.f) + r.uniform(-1.f, 1.f)
-                              : r.uniform(0.f, 12.f);
-        abs_sum += std::fabs(double(x[size_t(i)]));
+      for (int64_t i = 0; i < n; ++i) x[size_t(i)] = cancel ? r.uniform(0.1f, 0.5f) : r.uniform(0.f, 12.f);
+      if (cancel && n >= 3) {  // +B first, -B last, B = 2^23..2^24: an FP32 sum drops the small values
+        x[0] = float(int64_t(1) << 23) * float(1 + r.below(2));
+        x[size_t(n - 1)] = -x[0];
       }
+      for (float v : x) abs_sum += std::fabs(double(v));
       const float acc0 = r.uniform(-50.f, 50.f);
       float want = acc0;
       cpu::sum(x.data(), n, &want);
