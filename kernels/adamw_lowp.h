@@ -8,7 +8,7 @@
 //         FP32's exponent range, so small v survive either way, and the relative change of v per step,
 //         (1 - beta2) * (g*g/v - 1), is twice that of sqrt(v), so v keeps moving under rounding to nearest
 //         for smaller (1 - beta2) than sqrt(v) would. (With beta2 = 0.999 neither can decay: a change of
-//         0.1% is below bf16's half ulp, 0.2%; the shipped GPT-2 configs use beta2 = 0.95.)
+//         0.1% is below bf16's half ulp, 0.2% to 0.4%; the shipped GPT-2 configs use beta2 = 0.95.)
 //   int8: blockwise dynamic quantisation with square-root companding. Per block of at most kQBlock
 //         elements, two FP32 scales: M = max|m| and U = max sqrt(v) of the block's NEW values.
 //         m: signed code q in [-127, 127], q = sign(m) * rint(127 * sqrt(|m| / M)), m = sign * M * (|q|/127)^2.
