@@ -51,7 +51,7 @@ inline constexpr size_t state_bytes_per_elem(StateDType t) {
 inline constexpr int64_t kQBlock = 2048;
 struct StateFormat {
   StateDType dtype = StateDType::F32;
-  int64_t block = kQBlock;           // int8: elements per quantisation block, a power of two in [64, kQBlock]
+  int64_t block = 64;                // int8: elements per quantisation block, a power of two in [64, kQBlock]
 };
 
 // A quantisation block: the store range [store, store + len) of m, v and the master, covered in order by the

@@ -67,7 +67,7 @@ const json& default_config_json() {
         {"min_lr", 0.0},
         {"clip_norm", 1.0},
         {"state_dtype", "fp32"},
-        {"state_block", 2048}}},
+        {"state_block", 64}}},
       {"zero", {{"stage", 2}, {"bucket_mb", 25.0}}},
       {"train",
        {{"batch_size", 64},
