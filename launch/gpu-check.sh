@@ -25,6 +25,7 @@
 #   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
 #              mptrain sample of an untrained gpt2-124m with GPT-2 BPE (.data/gpt2-bpe, carried along) for the
 #              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
+#   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto")
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -228,9 +229,9 @@ if want sample; then
   if [ -s .data/gpt2-bpe/encoder.json ]; then
     start=$(date +%s.%N)
     timeout 120 "$MPT" sample configs/gpt2-124m.json --set device=cuda --bpe .data/gpt2-bpe --prompt "Hello, my name is" \
-      --tokens 64 --temperature 0 > "$OUT/sample-bpe.txt" 2> "$OUT/sample-bpe.err" || status=1
+      --tokens 200 --temperature 0 > "$OUT/sample-bpe.txt" 2> "$OUT/sample-bpe.err" || status=1
     echo "BPE sample, untrained gpt2-124m (greedy), $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)") s with start-up:"
-    head -c 300 "$OUT/sample-bpe.txt"; echo; tail -1 "$OUT/sample-bpe.err"
+    head -c 300 "$OUT/sample-bpe.txt"; echo; tail -2 "$OUT/sample-bpe.err"
   fi
   timeout 120 "$MPT" export configs/gpt2-tiny.json --set device=cuda --set checkpoint.dir="\"$ck\"" --out "$OUT/hf/" \
     --dtype bf16 > "$OUT/export.log" 2>&1 || status=1
@@ -243,6 +244,20 @@ out = m(ids, labels=ids)
 print(f"HF from_pretrained ok: {type(m).__name__}, {m.config.n_layer} layers, vocab {m.config.vocab_size}, "
       f"dtype {next(m.parameters()).dtype}, logits {tuple(out.logits.shape)}, loss {out.loss.item():.4f}")
 PY
+fi
+
+if want features; then
+  echo "== automatic precision policy on a GPU (gpt2-124m shapes, 2 layers, B=4)"
+  A=(--set device=cuda --set model.n_layer=2 --set train.batch_size=4)
+  timeout 240 "$MPT" analyze configs/gpt2-124m.json "${A[@]}" --batches 1 > "$OUT/auto-analyze.log" 2>&1 || status=1
+  timeout 240 "$MPT" train configs/gpt2-124m.json "${A[@]}" --set precision.mode=auto --set precision.layers='"auto"' \
+    --set precision.reanalyze_every=10 --set train.steps=20 --set train.eval_every=0 \
+    --set log.metrics="\"$OUT/auto-train.jsonl\"" > "$OUT/auto-train.log" 2>&1 || status=1
+  for f in auto-analyze auto-train; do
+    echo "$f: $(awk '/^auto precision:/{on=1;print;next} on&&/^  /{print;next}{on=0}' "$OUT/$f.log" | head -12 | tr '\n' '|')"
+  done
+  grep -E "^summary|Error|error" "$OUT/auto-train.log" | head -5
+  echo "precision_auto events: $(grep -c '"precision_auto"' "$OUT/auto-train.jsonl" 2>/dev/null)"
 fi
 
 if want peer; then

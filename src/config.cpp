@@ -75,7 +75,9 @@ const json& default_config_json() {
         {"warmup_steps", 0},
         {"schedule", "cosine"},
         {"min_lr", 0.0},
-        {"clip_norm", 1.0}}},
+        {"clip_norm", 1.0},
+        {"state_dtype", "fp32"},
+        {"state_block", 64}}},
       {"zero", {{"stage", 2}, {"bucket_mb", 25.0}, {"overlap", true}}},
       {"train",
        {{"batch_size", 64},
@@ -166,6 +168,8 @@ const KeyDoc kKeyDocs[] = {
     {"optimizer.schedule", "after warm-up: cosine (down to min_lr) | constant"},
     {"optimizer.min_lr", "cosine floor, 0 <= min_lr <= lr"},
     {"optimizer.clip_norm", "clip the global gradient norm to this; 0: no clipping"},
+    {"optimizer.state_dtype", "AdamW m and v storage: fp32 | bf16 | int8 (blockwise, per-block FP32 scales)"},
+    {"optimizer.state_block", "int8 states: elements per quantisation block, a power of two in [64, 2048]"},
     {"zero.stage", "ZeRO stage: 0 | 1 (shard optimizer state) | 2 (and gradients)"},
     {"zero.bucket_mb", "gradient communication bucket size in MiB (> 0)"},
     {"zero.overlap", "GPUs: overlap the gradient reduction with backward and the parameter all-gather with the next forward (false: wait for each collective at once, the no-overlap baseline)"},
@@ -782,6 +786,10 @@ void read_optimizer(Reader& r, OptimizerConfig& o) {
     r.fail_pair("optimizer.min_lr", "optimizer.lr",
                 "must be in [0, optimizer.lr] = [0, " + num_str(o.lr) + "], got " + num_str(o.min_lr));
   o.clip_norm = r.number("optimizer.clip_norm", at_least(0));
+  o.state_dtype = r.choice("optimizer.state_dtype", {"fp32", "bf16", "int8"});
+  o.state_block = r.integer<int>("optimizer.state_block", 64);
+  if (o.state_block > 2048 || (o.state_block & (o.state_block - 1)) != 0)
+    r.fail("optimizer.state_block", "must be a power of two in [64, 2048], got " + std::to_string(o.state_block));
 }
 
 void read_rest(Reader& r, Config& c) {

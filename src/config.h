@@ -78,6 +78,8 @@ struct OptimizerConfig {
   std::string schedule = "cosine";     // cosine | constant
   double min_lr = 0.0;                 // cosine floor
   double clip_norm = 1.0;              // 0: no clipping
+  std::string state_dtype = "fp32";    // AdamW m and v storage: fp32 | bf16 | int8 (kernels/adamw_lowp.h)
+  int state_block = 64;                // int8: elements per quantisation block, a power of two in [64, 2048]
 };
 
 struct ZeroConfig {

@@ -20,6 +20,7 @@
 #include "src/checkpoint.h"
 #include "src/cuda_check.h"
 #include "src/gpt2.h"
+#include "src/state_format.h"
 #include "src/watchdog.h"
 
 namespace mpt {
@@ -168,7 +169,8 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   max_batch_ = language_model() ? cfg_.train.batch_size : std::max(cfg_.train.batch_size, 1024);
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
-                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_,
+                                            state_format_of(cfg_.optimizer));
   opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(*opt_);
   if (!cfg_.model.init_from.empty()) {
@@ -332,11 +334,11 @@ void Trainer::print_banner() const {
               policy_summary(model_->layer_dtypes()).c_str(), cfg_.precision.fallback.c_str());
   const MemoryReport m = opt_->memory();
   std::printf("model: %s, %lld parameters, %d bucket(s); ZeRO-%d state per rank: params %s, grads %s, grad shard %s, "
-              "master %s, adam %s\n",
+              "master %s, adam %s (%s)\n",
               model_->describe().c_str(), static_cast<long long>(opt_->num_elements()), opt_->num_buckets(),
               cfg_.zero.stage, human_bytes(double(m.params)).c_str(), human_bytes(double(m.grads)).c_str(),
               human_bytes(double(m.grad_shard)).c_str(), human_bytes(double(m.master)).c_str(),
-              human_bytes(double(m.adam)).c_str());
+              human_bytes(double(m.adam)).c_str(), describe_state(opt_->state_format()).c_str());
   if (language_model())
     std::printf("data: %lld train / %lld validation tokens (vocab %llu), %lld / %lld windows of %d; %lld steps per "
                 "epoch of %d x %d x %d sequences\n",

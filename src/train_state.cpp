@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "src/checkpoint.h"
+#include "src/state_format.h"
 #include "src/train.h"
 
 namespace mpt {
@@ -101,7 +102,8 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
   model_.reset();
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
-                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_,
+                                            state_format_of(cfg_.optimizer));
   opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(*opt_);
   opt_->load_state(state);
@@ -169,6 +171,7 @@ void Trainer::try_resume() {
     if (latest.empty()) return;
     auto load = [&](const std::string& path, CheckpointMeta* m, ShardedOptimizer::FullState* s) {
       load_checkpoint(path, specs, m, s);
+      check_checkpoint_state(path, m->config, cfg_.optimizer);
       if (m->step_in_epoch > steps_per_epoch_)
         throw InputError(path, "step_in_epoch",
                          std::to_string(m->step_in_epoch) + " is past the " + std::to_string(steps_per_epoch_) +

@@ -33,10 +33,13 @@ cudaStream_t cu(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 }  // namespace
 
 ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
-                                   size_t bucket_bytes, uint64_t seed, Stream comm_stream)
-    : ex_(ex), comm_(comm), specs_(std::move(specs)), stage_(stage), rank_(comm.rank()), world_(comm.size()),
+                                   size_t bucket_bytes, uint64_t seed, Stream comm_stream, StateFormat state)
+    : ex_(ex), comm_(comm), specs_(std::move(specs)), stage_(stage), state_(state), rank_(comm.rank()),
+      world_(comm.size()),
       comm_stream_(comm_stream ? comm_stream : ex.stream) {
   if (stage < 0 || stage > 2) throw std::invalid_argument("ZeRO stage must be 0, 1 or 2");
+  if (state_.block < 64 || state_.block > kQBlock || (state_.block & (state_.block - 1)) != 0)
+    throw std::invalid_argument("optimizer state block must be a power of two in [64, 2048]");
   views_.resize(specs_.size());
 
   // Place parameters in backward order, group by dtype, cut into buckets.
@@ -123,8 +126,8 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     if (stage_ < 2) g.grads = Buffer(dev, size_t(g.size) * ds);
     if (stage_ == 2) g.grad_shard = Buffer(dev, size_t(g.owned_elems) * ds);
     g.master = Buffer(dev, size_t(g.owned_elems) * 4);
-    g.m = Buffer(dev, size_t(g.owned_elems) * 4);
-    g.v = Buffer(dev, size_t(g.owned_elems) * 4);
+    g.m = Buffer(dev, size_t(g.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
+    g.v = Buffer(dev, size_t(g.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
     // The update and the statistics run over segment lists (one launch each per group): every owned range
     // cut into pieces the kernels take whole. The statistics cover the rank's own parts only.
     std::vector<AdamWSegment> asegs;
@@ -153,6 +156,7 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
     g.stat_segs = Buffer(dev, ssegs.size() * sizeof(StatSegment));
     copy_from_host(asegs.data(), g.update_segs.data(), dev, g.update_segs.bytes(), ex_.stream);
     copy_from_host(ssegs.data(), g.stat_segs.data(), dev, g.stat_segs.bytes(), ex_.stream);
+    if (state_.dtype != StateDType::F32) build_lowp(g);
     g.m.zero(ex_.stream);
     g.v.zero(ex_.stream);
     g.params.zero(ex_.stream);
@@ -510,6 +514,10 @@ void ShardedOptimizer::apply(const StepStats& st, const AdamWHyper& hyper) {
   h.grad_coef = float(st.clip_coef);
   for (Group& g : groups_) {
     const void* grad = stage_ == 2 ? g.grad_shard.data() : g.grads.data();
+    if (state_.dtype != StateDType::F32) {
+      apply_lowp(g, grad, st.grad_unscale, h);
+      continue;
+    }
     ops::adamw_segments(ex_, g.master.as<float>(), g.m.as<float>(), g.v.as<float>(), grad, g.dtype, st.grad_unscale,
                         g.params.data(), g.dtype, g.update_segs.as<AdamWSegment>(), g.n_update_segs, g.update_elems,
                         h);
@@ -578,7 +586,17 @@ ShardedOptimizer::FullState ShardedOptimizer::gather_state() const {
     std::vector<std::vector<float>> flat(groups_.size());
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       const Group& g = groups_[gi];
-      const Buffer& src = which == 0 ? g.master : (which == 1 ? g.m : g.v);
+      const Buffer* srcp = which == 0 ? &g.master : (which == 1 ? &g.m : &g.v);
+      Buffer lowp_f32;  // low-precision states: the FP32 values they stand for
+      if (which > 0 && state_.dtype != StateDType::F32) {
+        std::vector<float> mf, vf;
+        lowp_to_f32(g, &mf, &vf);
+        const std::vector<float>& f = which == 1 ? mf : vf;
+        lowp_f32 = Buffer(ex_.device, f.size() * 4);
+        copy_from_host(f.data(), lowp_f32.data(), ex_.device, f.size() * 4, ex_.stream);
+        srcp = &lowp_f32;
+      }
+      const Buffer& src = *srcp;
       std::vector<float> local(size_t(g.owned_elems));
       copy_to_host(src.data(), ex_.device, local.data(), local.size() * 4, ex_.stream);
       flat[gi].assign(size_t(g.size), 0.f);
@@ -636,11 +654,17 @@ void ShardedOptimizer::load_state(const FullState& s) {
       pos += size_t(v.numel);
     }
     Buffer* dst[3] = {&g.master, &g.m, &g.v};
+    std::vector<float> local_mv[2];  // low-precision states: requantised below
     for (int w = 0; w < 3; ++w) {
       std::vector<float> local(size_t(g.owned_elems));
       for (const Range& r : g.owned) std::memcpy(&local[size_t(r.store)], &flat[w][size_t(r.flat)], size_t(r.len) * 4);
+      if (w > 0 && state_.dtype != StateDType::F32) {
+        local_mv[w - 1] = std::move(local);
+        continue;
+      }
       copy_from_host(local.data(), dst[w]->data(), ex_.device, local.size() * 4, ex_.stream);
     }
+    if (state_.dtype != StateDType::F32) lowp_from_f32(g, local_mv[0], local_mv[1]);
     // The model-dtype parameters are the rounded master weights, everywhere (not only the owned parts).
     std::vector<uint8_t> half(size_t(g.size) * dtype_size(g.dtype));
     from_float_n(flat[0].data(), half.data(), g.dtype, size_t(g.size));
@@ -656,7 +680,7 @@ MemoryReport ShardedOptimizer::memory() const {
     for (const Slot& sl : g.slots) m.grad_staging += sl.buf.bytes();
     m.grad_shard += g.grad_shard.bytes();
     m.master += g.master.bytes();
-    m.adam += g.m.bytes() + g.v.bytes();
+    m.adam += g.m.bytes() + g.v.bytes() + g.lowp_scales.bytes();
   }
   m.grad_staging += accum_tmp_.bytes();
   return m;

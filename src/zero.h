@@ -33,6 +33,7 @@
 
 #include "comm/communicator.h"
 #include "kernels/adamw.h"
+#include "kernels/adamw_lowp.h"
 #include "kernels/unscale_stats.h"
 #include "kernels/exec.h"
 #include "src/comm_exposure.h"
@@ -78,7 +79,7 @@ struct StepStats {
 };
 
 struct MemoryReport {
-  size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0;
+  size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0;  // adam: m, v and (int8) their scales
   size_t grad_staging = 0;           // stage 2: bucket staging slots allocated so far (peak), and the
                                      // one bucket-part temporary of micro-batches after the first
   size_t total() const { return params + grads + grad_shard + master + adam + grad_staging; }
@@ -90,7 +91,7 @@ class ShardedOptimizer {
 
   // comm_stream: where bucket collectives run (CUDA); compute work runs on ex.stream.
   ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
-                   size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr);
+                   size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr, StateFormat state = {});
   // zero.overlap = false (GPUs): the compute stream waits for each bucket's collective as soon as it is
   // queued, and for the whole parameter all-gather right after the update: nothing overlaps, every
   // collective is exposed. The same collectives in the same order, so results are bitwise unchanged.
@@ -103,6 +104,7 @@ class ShardedOptimizer {
   const ParamSpec& spec(int i) const { return specs_[size_t(i)]; }
   const ParamView& view(int i) const { return views_[size_t(i)]; }
   int stage() const { return stage_; }
+  const StateFormat& state_format() const { return state_; }
   int num_buckets() const;
   int64_t num_elements() const;      // real parameters, all groups
 
@@ -153,6 +155,8 @@ class ShardedOptimizer {
   MemoryReport memory() const;
 
   // Checkpoint I/O of the FP32 state (master, m, v) in flat per-parameter order, world-size independent.
+  // Low-precision states travel as the FP32 values they stand for (exactly what the update reads); loading
+  // them into the same layout gives back the same codes and scales (src/zero_lowp.cpp).
   struct FullState { std::vector<float> master, m, v; };
   FullState gather_state() const;
   void load_state(const FullState& s);  // every rank passes the full state; each keeps what it owns
@@ -189,6 +193,12 @@ class ShardedOptimizer {
     int n_update_segs = 0, n_stat_segs = 0;
     int64_t update_elems = 0, stat_elems = 0;
     std::vector<Slot> slots;         // stage 2
+    // Low-precision states (src/zero_lowp.cpp): m and v hold StateFormat storage; the update runs over
+    // quantisation blocks, each a run of segments of its own.
+    Buffer lowp_segs, lowp_blocks, lowp_scales;
+    std::vector<AdamWQBlock> host_blocks;
+    int n_lowp_blocks = 0;
+    int64_t lowp_max_len = 0;
   };
 
   void reduce_bucket(Group& g, Bucket& b, int64_t shard_off);
@@ -198,6 +208,11 @@ class ShardedOptimizer {
   void zero_floats(float* p, size_t n);  // on the compute stream
   int64_t shard_offset(const Group& g, size_t k) const;
   void init_params(uint64_t seed);
+  // Low-precision states (src/zero_lowp.cpp).
+  void build_lowp(Group& g);
+  void apply_lowp(Group& g, const void* grad, float grad_unscale, const AdamWHyper& h);
+  void lowp_to_f32(const Group& g, std::vector<float>* m, std::vector<float>* v) const;
+  void lowp_from_f32(Group& g, const std::vector<float>& m, const std::vector<float>& v);
   bool overlap_gather() const {
     return overlap_ && ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream;
   }
@@ -211,6 +226,7 @@ class ShardedOptimizer {
   std::vector<ParamView> views_;
   std::vector<Group> groups_;
   int stage_;
+  StateFormat state_;
   int rank_, world_;
   Stream comm_stream_;
   bool last_micro_ = true;

@@ -117,6 +117,38 @@ TEST(Train, OverlapOffReachesTheSameParametersAndLosses) {
   }
 }
 
+// The same with bf16 and int8 AdamW states (kernels/adamw_lowp.h): quantisation blocks are cut at the same
+// part edges in every stage, so the stages stay bitwise equal, master weights and moments (compared as the
+// FP32 values the codes stand for) alike. Blocks of 64 and of 2048 (parts start on multiples of 64, so
+// part edges fall inside runs of 2048 and cut them: where stages would disagree if blocks ignored parts).
+TEST(Train, ZeroStagesReachTheSameStateWithLowPrecisionMoments) {
+  for (const char* mode : {"fp32", "bf16"})
+    for (const char* sd : {"bf16", "int8"})
+      for (int block : {64, 2048}) {
+        if (std::string(sd) == "bf16" && block == 64) continue;  // bf16 states are per element
+        const std::vector<std::string> extra = {std::string("optimizer.state_dtype=\"") + sd + "\"",
+                                                "optimizer.state_block=" + std::to_string(block)};
+        ShardedOptimizer::FullState ref;
+        for (int stage : {0, 1, 2}) {
+          Trainer t(small_config(mode, stage, 16, extra), g_world);
+          for (int s = 0; s < 20; ++s) t.train_step();
+          ShardedOptimizer::FullState st = t.optimizer().gather_state();
+          if (stage == 0) {
+            ref = std::move(st);
+            continue;
+          }
+          double dm = 0, d1 = 0, d2 = 0;
+          const size_t bad = count_different(st.master, ref.master, 0, 0, &dm) + count_different(st.m, ref.m, 0, 0, &d1) +
+                             count_different(st.v, ref.v, 0, 0, &d2);
+          EXPECT_TRUE(all_true(bad == 0)) << mode << " " << sd << "/" << block << " ZeRO-" << stage << ": " << bad
+                                          << " values differ, max " << dm << " " << d1 << " " << d2;
+        }
+        double mmax = 0;
+        for (float x : ref.m) mmax = std::max(mmax, double(std::fabs(x)));
+        EXPECT_GT(mmax, 0.0) << "the moments never moved";
+      }
+}
+
 // After every step all ranks hold bitwise-identical half parameters and the same loss scale.
 TEST(Train, RanksHoldIdenticalParametersAndScaleEveryStep) {
   for (int stage : {0, 1, 2}) {
@@ -377,6 +409,55 @@ TEST(Train, CheckpointResumeContinuesExactly) {
   EXPECT_TRUE(all_true(count_different(resumed.optimizer().gather_master(), want, 0, 0, &maxd) == 0))
       << "resumed run differs, max " << maxd;
   EXPECT_EQ(resumed.scaler().scale(), straight.scaler().scale());
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (g_world.rank == 0) std::filesystem::remove_all(dir);
+}
+
+// With int8 states the checkpoint carries the values the codes stand for; requantising them in the same
+// layout restores codes and scales exactly, so a resume (into another ZeRO stage) continues bit for bit.
+// Resuming them under another state dtype is refused with the file and the field.
+TEST(Train, CheckpointResumeWithInt8StatesIsExactAndTheStateDtypeIsChecked) {
+  std::string dir;
+  if (g_world.rank == 0) {
+    char tmpl[] = "/tmp/mpt-ckpt-q8-XXXXXX";
+    dir = mkdtemp(tmpl);
+  }
+  int len = int(dir.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dir.resize(size_t(len));
+  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string q8 = "optimizer.state_dtype=\"int8\"", at = "checkpoint.dir=\"" + dir + "\"";
+
+  Trainer straight(small_config("bf16", 2, 16, {q8}), g_world);
+  for (int s = 0; s < 12; ++s) straight.train_step();
+  const ShardedOptimizer::FullState want = straight.optimizer().gather_state();
+  {
+    Trainer first(small_config("bf16", 2, 16, {q8, at}), g_world);
+    for (int s = 0; s < 6; ++s) first.train_step();
+    first.save_checkpoint();
+  }
+  {
+    Trainer resumed(small_config("bf16", 1, 16, {q8, at}), g_world);
+    for (int s = 6; s < 12; ++s) resumed.train_step();
+    const ShardedOptimizer::FullState got = resumed.optimizer().gather_state();
+    double d0 = 0, d1 = 0, d2 = 0;
+    const size_t bad = count_different(got.master, want.master, 0, 0, &d0) + count_different(got.m, want.m, 0, 0, &d1) +
+                       count_different(got.v, want.v, 0, 0, &d2);
+    EXPECT_TRUE(all_true(bad == 0)) << "resumed run differs: " << bad << " values, max " << d0 << " " << d1 << " " << d2;
+  }
+  for (const char* other : {"fp32", "bf16"}) {
+    bool refused = false;
+    std::string msg;
+    try {
+      Trainer wrong(small_config("bf16", 1, 16, {std::string("optimizer.state_dtype=\"") + other + "\"", at}), g_world);
+    } catch (const std::runtime_error& e) {
+      refused = true;
+      msg = e.what();
+    }
+    EXPECT_TRUE(refused) << "an int8 checkpoint was resumed with " << other << " states";
+    if (g_world.rank == 0 && refused)
+      EXPECT_NE(msg.find("optimizer.state_dtype"), std::string::npos) << msg;
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_world.rank == 0) std::filesystem::remove_all(dir);
 }

@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 86;
+constexpr size_t kLeafKeys = 88;
 
 class TempDir {
  public:
@@ -280,6 +280,8 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("optimizer.schedule", "constant", optimizer.schedule),
       KEY("optimizer.min_lr", u(1e-6, 1e-3), optimizer.min_lr),
       KEY("optimizer.clip_norm", u(1.5, 10.0), optimizer.clip_norm),
+      KEY("optimizer.state_dtype", (std::vector<std::string>{"bf16", "int8"}[size_t(n(0, 2))]), optimizer.state_dtype),
+      KEY("optimizer.state_block", 128 << n(0, 5), optimizer.state_block),
       KEY("zero.stage", n(0, 2), zero.stage),
       KEY("zero.bucket_mb", u(1.0, 24.0), zero.bucket_mb),
       KEY("zero.overlap", false, zero.overlap),
@@ -609,6 +611,11 @@ TEST_F(ConfigFileTest, OutOfRangeValues) {
     const char* fragment;
   };
   const Case cases[] = {
+      // optimizer state storage
+      {R"({"optimizer": {"state_dtype": "int4"}})", "optimizer.state_dtype", "must be one of {fp32, bf16, int8}"},
+      {R"({"optimizer": {"state_block": 100}})", "optimizer.state_block", "must be a power of two in [64, 2048], got 100"},
+      {R"({"optimizer": {"state_block": 4096}})", "optimizer.state_block", "must be a power of two in [64, 2048], got 4096"},
+      {R"({"optimizer": {"state_block": 32}})", "optimizer.state_block", "must be >= 64, got 32"},
       // model
       {R"({"model": {"type": "cnn"}})", "model.type", "must be one of {mlp, gpt2}, got \"cnn\""},
       {R"({"model": {"input_dim": 0}})", "model.input_dim", "must be >= 1, got 0"},
