@@ -105,8 +105,9 @@ TEST_P(AdamWLowpGpu, StepsMatchCpuBitForBit) {
       EXPECT_TRUE(same_bits("params", to_host<uint8_t>(dparam, param.size()), param, t));
       EXPECT_EQ(to_host<uint8_t>(dm, m.size()), m) << "m codes differ";
       EXPECT_EQ(to_host<uint8_t>(dv, v.size()), v) << "v codes differ";
-      if (sd == StateDType::I8)
+      if (sd == StateDType::I8) {
         EXPECT_TRUE(same_bits("scales", bytes(to_host<float>(dsc, scales.size())), bytes(scales), DType::F32));
+      }
     }
   }
 }

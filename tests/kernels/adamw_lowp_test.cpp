@@ -295,7 +295,9 @@ TEST(AdamWLowp, QuantisationErrorBound) {
       }
     EXPECT_EQ(bad, 0u) << state_dtype_name(sd);
     // The bound is not loose: some element uses most of it.
-    if (sd == StateDType::I8) EXPECT_GT(worst_m, 0.5);
+    if (sd == StateDType::I8) {
+      EXPECT_GT(worst_m, 0.5);
+    }
   }
 }
 
@@ -316,7 +318,9 @@ TEST(AdamWLowp, StoringTheDequantisedStateIsExact) {
     cpu::lowp_state_from_f32(mf.data(), vf.data(), sd, L.blocks.data(), int(L.blocks.size()), m2.data(), v2.data(), sc2.data());
     EXPECT_EQ(m2, s.m) << state_dtype_name(sd);
     EXPECT_EQ(v2, s.v) << state_dtype_name(sd);
-    if (sd == StateDType::I8) EXPECT_EQ(sc2, s.scales);
+    if (sd == StateDType::I8) {
+      EXPECT_EQ(sc2, s.scales);
+    }
   }
 }
 

@@ -129,9 +129,10 @@ TEST(LowpStates, Gpt2TinyLossWithinOnePercentOfFp32States) {
     for (int s = 0; s < n; ++s) {
       const double rel = std::fabs(q.loss[size_t(s)] - f.loss[size_t(s)]) / f.loss[size_t(s)];
       worst = std::max(worst, rel);
-      if (s < 10)
+      if (s < 10) {
         EXPECT_LE(rel, 0.01) << sd << " states, step " << s + 1 << ": loss " << q.loss[size_t(s)] << " vs fp32 states "
                              << f.loss[size_t(s)];
+      }
     }
     const double tq = tail_mean(q.loss);
     const bool two_sided = std::string(sd) == "bf16";

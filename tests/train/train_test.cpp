@@ -455,8 +455,9 @@ TEST(Train, CheckpointResumeWithInt8StatesIsExactAndTheStateDtypeIsChecked) {
       msg = e.what();
     }
     EXPECT_TRUE(refused) << "an int8 checkpoint was resumed with " << other << " states";
-    if (g_world.rank == 0 && refused)
+    if (g_world.rank == 0 && refused) {
       EXPECT_NE(msg.find("optimizer.state_dtype"), std::string::npos) << msg;
+    }
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_world.rank == 0) std::filesystem::remove_all(dir);
