@@ -25,7 +25,8 @@
 #   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
 #              mptrain sample of an untrained gpt2-124m with GPT-2 BPE (.data/gpt2-bpe, carried along) for the
 #              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
-#   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto")
+#   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto"),
+#              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio
@@ -257,7 +258,14 @@ if want features; then
     echo "$f: $(awk '/^auto precision:/{on=1;print;next} on&&/^  /{print;next}{on=0}' "$OUT/$f.log" | head -12 | tr '\n' '|')"
   done
   grep -E "^summary|Error|error" "$OUT/auto-train.log" | head -5
-  echo "precision_auto events: $(grep -c '"precision_auto"' "$OUT/auto-train.jsonl" 2>/dev/null)"
+  echo "precision_auto events: $(grep -c '"precision_auto"' "$OUT/auto-train.jsonl" 2>/dev/null)"  echo "== AdamW states fp32 / int8 / bf16: gpt2-124m, 500 steps on one GPU (optimizer.state_dtype)"
+  for sd in fp32 int8 bf16; do
+    timeout 200 $RUN -np 1 "$MPT" train configs/gpt2-124m.json --set device=cuda --set optimizer.state_dtype="\"$sd\"" \
+      --set train.steps=500 --set train.eval_every=500 --set log.every=100 --set checkpoint.dir='""' \
+      --set log.metrics="\"$OUT/states-$sd.jsonl\"" > "$OUT/states-$sd.log" 2>&1 || status=1
+    echo "$sd: $(grep -E '^model:' "$OUT/states-$sd.log" | grep -oE 'adam [^,]*' | head -1) | $(grep -E '^summary' "$OUT/states-$sd.log")"
+  done
+  python3 launch/compare_loss.py "$OUT/states-fp32.jsonl" "$OUT/states-int8.jsonl" "$OUT/states-bf16.jsonl" --window 50 || status=1
 fi
 
 if want peer; then
