@@ -20,7 +20,7 @@
 #include <nccl.h>
 
 #include "comm/bootstrap.h"
-#include "src/check.h"
+#include "src/core/check.h"
 
 namespace mpt::detail {
 

@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "src/bpe.h"
-#include "src/check.h"
-#include "src/checkpoint.h"
-#include "src/config.h"
-#include "src/data.h"
-#include "src/safetensors.h"
-#include "src/tokens.h"
+#include "src/data/bpe.h"
+#include "src/core/check.h"
+#include "src/io/checkpoint.h"
+#include "src/config/config.h"
+#include "src/data/data.h"
+#include "src/io/safetensors.h"
+#include "src/data/tokens.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -12,10 +12,10 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/gpt2.h"
-#include "src/safetensors.h"
-#include "src/tokens.h"
-#include "src/train.h"
+#include "src/model/gpt2.h"
+#include "src/io/safetensors.h"
+#include "src/data/tokens.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/train.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -15,7 +15,7 @@
 #include <mpi.h>
 
 #include "comm/bootstrap.h"
-#include "src/zero.h"
+#include "src/optim/zero.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "src/check.h"
-#include "src/checkpoint.h"
+#include "src/core/check.h"
+#include "src/io/checkpoint.h"
 #include "tests/test_util.h"
 
 namespace mpt {

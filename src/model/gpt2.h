@@ -1,0 +1,127 @@
+// GPT-2 (decoder-only transformer), hand-written forward and backward over the kernels in kernels/.
+//
+//   x0 = wte[tokens] + wpe[positions]
+//   per block l:  a = x + attn.c_proj(attention(attn.c_attn(ln_1(x))))
+//                 x = a + mlp.c_proj(gelu(mlp.c_fc(ln_2(a))))
+//   logits = ln_f(x) wte^T  (the LM head is tied to the token embedding), cross-entropy on next tokens.
+// Residual adds are fused into the following LayerNorm (residual_layernorm_forward), so the residual
+// stream's gradient flows through layernorm_backward(accumulate_dx).
+//
+// Parameters carry the Hugging Face GPT-2 names and layouts (Conv1D weights stored [in, out]):
+// transformer.wte.weight [Vp, C] (vocab padded to a multiple of 128; padded logits are masked out of the
+// loss and the padded rows never receive gradient), transformer.wpe.weight [T, C],
+// transformer.h.<l>.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias},
+// transformer.ln_f.{weight,bias}. Layer names for precision rules drop the "transformer." prefix and the
+// parameter suffix: "wte", "h.3.attn.c_attn", "h.3.ln_1", "ln_f", ...
+//
+// Precision: activations and the residual stream are in the model dtype; LayerNorm parameters default to
+// FP32 and every LayerNorm/softmax/loss computes in FP32; a Linear layer may be given another dtype by a
+// precision rule (its input and output are cast around it). wte/wpe (and so the tied head) follow
+// precision.mode.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "src/core/buffer.h"
+#include "src/model/model.h"
+#include "src/io/safetensors.h"
+
+namespace mpt {
+
+class Gpt2 : public Model {
+ public:
+  Gpt2(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex, int max_batch);
+
+  std::vector<ParamSpec> param_specs() const override;
+  void bind(const ShardedOptimizer& opt) override;
+  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) override;
+  void evaluate(const Batch& b, double* loss_sum, int64_t* correct) override;
+  std::vector<std::pair<std::string, DType>> layer_dtypes() const override;
+  int max_batch() const override { return B_; }
+  int64_t targets_per_example() const override { return T_; }
+  std::string describe() const override;
+  std::vector<float> layer_output(const std::string& layer) const override;
+
+  int padded_vocab() const { return Vp_; }
+  // Logits of the last forward, [n*T, vocab] (padding dropped), as float (tests, the reference check).
+  std::vector<float> logits(int n) const;
+  // Text generation: one forward of a single sequence holding tokens[0, len) (the last seq_len of them
+  // when longer; positions after len padded, which causal attention keeps from the rows before), and the
+  // logits of the position after the last token (V floats; only that row leaves the device).
+  std::vector<float> next_token_logits(const std::vector<int32_t>& tokens);
+  int seq_len() const { return T_; }
+  int vocab() const { return V_; }
+
+ private:
+  struct Linear {
+    std::string name;
+    int in = 0, out = 0;
+    DType dt = DType::F32;
+    int w = -1, b = -1;
+    Buffer x_cast, y_cast, dy_cast, dx_cast;  // only when dt differs from the model dtype
+  };
+  struct Norm {
+    std::string name;
+    DType dt = DType::F32;
+    int w = -1, b = -1;
+  };
+  struct Block {
+    Norm ln1, ln2;
+    Linear c_attn, c_proj, c_fc, fc_proj;
+    // saved activations [N, *] in the model dtype
+    Buffer x;          // block input (residual stream)
+    Buffer ln1_out, ln1_mean, ln1_rstd;
+    Buffer qkv, att, lse;
+    Buffer a;          // x + attention branch
+    Buffer ln2_out, ln2_mean, ln2_rstd;
+    Buffer fc_pre, fc_act;
+  };
+
+  void forward(const Batch& b);
+  // y = x W + bias in the layer's dtype; x, y in the model dtype. act: GELU epilogue (pre stored).
+  void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
+  // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.
+  void linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, ShardedOptimizer& opt);
+  // Parameter i for the compute stream, after its bucket's all-gather (ShardedOptimizer::param_ready).
+  const void* param(int i) const {
+    opt_->param_ready(i);
+    return views_[size_t(i)].param;
+  }
+
+  ModelConfig cfg_;
+  Exec ex_;
+  DType md_;
+  int B_, T_, C_, H_, L_, V_, Vp_;
+  std::vector<Block> blocks_;
+  Norm ln_f_;
+  int wte_ = -1, wpe_ = -1;
+  std::vector<ParamView> views_;
+  const ShardedOptimizer* opt_ = nullptr;  // set by bind
+  // batch-level buffers
+  Buffer tokens_, targets_, order_, starts_, uniq_;
+  Buffer x0_, xf_, lnf_out_, lnf_mean_, lnf_rstd_, logits_;
+  Buffer proj_, dres_, dsmall_, dbig_, delta_, loss_rows_, pred_;
+  int last_n_ = 0;
+};
+
+// The LayerNorm epsilon of every GPT-2 LayerNorm (ln_1, ln_2, ln_f), as Hugging Face's layer_norm_epsilon.
+inline constexpr float kGpt2LayerNormEps = 1e-5f;
+
+// Hugging Face GPT-2 safetensors interop. Export writes tensors with the HF names and shapes (wte unpadded
+// [vocab, C]) in `store` (F32, or F16 / BF16 rounded to nearest even from the FP32 values); import accepts
+// names with or without the "transformer." prefix and any float dtype, ignores the tensors the model has no
+// use for (lm_head.weight, tied to wte; attention mask buffers), and throws InputError naming the file and
+// tensor for a missing tensor or a shape mismatch. Values are in spec order of `specs`, as gather_master()
+// returns.
+StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>& values, const ModelConfig& m,
+                   DType store = DType::F32);
+struct Gpt2ImportReport {
+  int loaded = 0;                    // tensors taken
+  std::vector<std::string> ignored;  // tensors in the file that the model does not use, sorted
+};
+std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamSpec>& specs, const ModelConfig& m,
+                               Gpt2ImportReport* report = nullptr);
+
+}  // namespace mpt

@@ -1,0 +1,52 @@
+// The model interface the trainer drives: an MLP classifier (src/model/mlp.h) or a GPT-2 language model
+// (src/model/gpt2.h). Parameters and gradients live in the ShardedOptimizer's buffers; a model only describes
+// its parameters (param_specs) and runs forward/backward over them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/exec.h"
+#include "src/config/config.h"
+#include "src/optim/zero.h"
+
+namespace mpt {
+
+// One micro-batch on the host. Classifier: x [n, input_dim] FP32 and targets [n] labels.
+// Language model: inputs [n, T] tokens and targets [n, T] next tokens (-1: no loss at that position).
+struct Batch {
+  int n = 0;
+  const float* x = nullptr;
+  const int32_t* inputs = nullptr;
+  const int32_t* targets = nullptr;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual std::vector<ParamSpec> param_specs() const = 0;
+  virtual void bind(const ShardedOptimizer& opt) = 0;
+  // Forward and backward; dL/dlogits is multiplied by grad_scale (loss scale / targets in the global
+  // micro-batch set). Gradients are accumulated into the optimizer's gradients, grad_ready() called as
+  // each completes. Returns the sum of the FP32 per-target losses (unscaled).
+  virtual double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) = 0;
+  // Forward only: adds the summed loss and the number of correct (argmax) predictions.
+  virtual void evaluate(const Batch& b, double* loss_sum, int64_t* correct) = 0;
+  // "layer dtype" for every layer that precision rules can match, in forward order.
+  virtual std::vector<std::pair<std::string, DType>> layer_dtypes() const = 0;
+  virtual int max_batch() const = 0;
+  virtual int64_t targets_per_example() const = 0;  // 1 (classifier) or T (language model)
+  virtual std::string describe() const = 0;         // one line for the banner
+  // Output of a layer from the last forward (FP32 copy on the host), for `mptrain analyze`; empty when
+  // the layer keeps no output.
+  virtual std::vector<float> layer_output(const std::string& layer) const = 0;
+};
+
+// model_dtype: the resolved precision.mode dtype; per-layer rules come from p.
+std::unique_ptr<Model> make_model(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex,
+                                  int max_batch);
+
+}  // namespace mpt
