@@ -38,7 +38,7 @@ void write_atomically(const std::string& path, const std::string& field,
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const ShardedOptimizer::FullState& s) {
+std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const OptimizerState& s) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw InputError(dir, "checkpoint.dir", "cannot create directory: " + ec.message());
@@ -134,7 +134,7 @@ std::string latest_checkpoint(const std::string& dir) {
 }
 
 void load_checkpoint(const std::string& path, const std::vector<ParamSpec>& specs, CheckpointMeta* meta,
-                     ShardedOptimizer::FullState* s) {
+                     OptimizerState* s) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path, "", "cannot open checkpoint");
   char magic[8];

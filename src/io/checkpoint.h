@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/optim/zero.h"
+#include "src/core/param.h"
 
 namespace mpt {
 
@@ -32,7 +32,7 @@ struct CheckpointMeta {
 };
 
 // Writes dir/ckpt-<step>.bin and points dir/latest at it. Throws InputError on I/O failure.
-std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const ShardedOptimizer::FullState& s);
+std::string save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const OptimizerState& s);
 
 // The checkpoint files of dir (ckpt-<step>.bin), newest (largest step) first.
 std::vector<std::string> list_checkpoints(const std::string& dir);
@@ -47,6 +47,6 @@ std::string latest_checkpoint(const std::string& dir);
 // Reads a checkpoint; throws InputError naming the file and the field for a bad magic, a truncated file,
 // or parameters that do not match `specs` (names, shapes).
 void load_checkpoint(const std::string& path, const std::vector<ParamSpec>& specs, CheckpointMeta* meta,
-                     ShardedOptimizer::FullState* s);
+                     OptimizerState* s);
 
 }  // namespace mpt

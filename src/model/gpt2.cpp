@@ -13,7 +13,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/softmax_xent.h"
-#include "src/optim/amp.h"
+#include "src/config/precision.h"
 #include "src/core/check.h"
 
 namespace mpt {
@@ -96,12 +96,15 @@ Gpt2::Gpt2(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, co
   delta_ = Buffer(d, size_t(N) * size_t(H_) * 4);
   loss_rows_ = Buffer(d, size_t(N) * 4);
   pred_ = Buffer(d, size_t(N) * 4);
+  build_specs();
 }
 
-std::vector<ParamSpec> Gpt2::param_specs() const {
-  // Forward order; the optimizer lays them out reversed, which is the order backward completes them in
-  // (ln_f first, then the blocks from the last, wpe and the tied wte last).
-  std::vector<ParamSpec> s;
+void Gpt2::build_specs() {
+  // Forward order, each parameter's index recorded as it is added. The optimizer lays them out reversed,
+  // which is the order backward completes them in (ln_f first, then the blocks from the last, wpe and the
+  // tied wte last).
+  std::vector<ParamSpec>& s = specs_;
+  s.clear();
   auto add = [&](const std::string& layer, const std::string& suffix, std::vector<int64_t> shape, DType dt,
                  bool decay, Init init, float scale) {
     ParamSpec p;
@@ -113,49 +116,36 @@ std::vector<ParamSpec> Gpt2::param_specs() const {
     p.init = init;
     p.init_scale = scale;
     s.push_back(std::move(p));
+    return int(s.size()) - 1;
   };
   // Residual projections get std / sqrt(2 L) so the residual stream's variance does not grow with depth.
   const float proj_std = kInitStd / std::sqrt(2.f * float(L_));
-  add("wte", "weight", {Vp_, C_}, md_, true, Init::Normal, kInitStd);
-  add("wpe", "weight", {T_, C_}, md_, true, Init::Normal, kInitStd);
-  for (const Block& b : blocks_) {
-    add(b.ln1.name, "weight", {C_}, b.ln1.dt, false, Init::Ones, 0.f);
-    add(b.ln1.name, "bias", {C_}, b.ln1.dt, false, Init::Zeros, 0.f);
-    add(b.c_attn.name, "weight", {C_, 3 * C_}, b.c_attn.dt, true, Init::Normal, kInitStd);
-    add(b.c_attn.name, "bias", {3 * C_}, b.c_attn.dt, false, Init::Zeros, 0.f);
-    add(b.c_proj.name, "weight", {C_, C_}, b.c_proj.dt, true, Init::Normal, proj_std);
-    add(b.c_proj.name, "bias", {C_}, b.c_proj.dt, false, Init::Zeros, 0.f);
-    add(b.ln2.name, "weight", {C_}, b.ln2.dt, false, Init::Ones, 0.f);
-    add(b.ln2.name, "bias", {C_}, b.ln2.dt, false, Init::Zeros, 0.f);
-    add(b.c_fc.name, "weight", {C_, 4 * C_}, b.c_fc.dt, true, Init::Normal, kInitStd);
-    add(b.c_fc.name, "bias", {4 * C_}, b.c_fc.dt, false, Init::Zeros, 0.f);
-    add(b.fc_proj.name, "weight", {4 * C_, C_}, b.fc_proj.dt, true, Init::Normal, proj_std);
-    add(b.fc_proj.name, "bias", {C_}, b.fc_proj.dt, false, Init::Zeros, 0.f);
-  }
-  add(ln_f_.name, "weight", {C_}, ln_f_.dt, false, Init::Ones, 0.f);
-  add(ln_f_.name, "bias", {C_}, ln_f_.dt, false, Init::Zeros, 0.f);
-  return s;
-}
-
-void Gpt2::bind(const ShardedOptimizer& opt) {
-  opt_ = &opt;
-  views_.clear();
-  for (int i = 0; i < opt.num_params(); ++i) views_.push_back(opt.view(i));
-  int i = 0;
-  wte_ = i++;
-  wpe_ = i++;
-  auto lin = [&](Linear& l) { l.w = i++; l.b = i++; };
-  auto nrm = [&](Norm& n) { n.w = i++; n.b = i++; };
+  auto lin = [&](Linear& l, std::vector<int64_t> w_shape, float w_std) {
+    const int64_t out = w_shape[1];
+    l.w = add(l.name, "weight", std::move(w_shape), l.dt, true, Init::Normal, w_std);
+    l.b = add(l.name, "bias", {out}, l.dt, false, Init::Zeros, 0.f);
+  };
+  auto nrm = [&](Norm& n) {
+    n.w = add(n.name, "weight", {C_}, n.dt, false, Init::Ones, 0.f);
+    n.b = add(n.name, "bias", {C_}, n.dt, false, Init::Zeros, 0.f);
+  };
+  wte_ = add("wte", "weight", {Vp_, C_}, md_, true, Init::Normal, kInitStd);
+  wpe_ = add("wpe", "weight", {T_, C_}, md_, true, Init::Normal, kInitStd);
   for (Block& b : blocks_) {
     nrm(b.ln1);
-    lin(b.c_attn);
-    lin(b.c_proj);
+    lin(b.c_attn, {C_, 3 * C_}, kInitStd);
+    lin(b.c_proj, {C_, C_}, proj_std);
     nrm(b.ln2);
-    lin(b.c_fc);
-    lin(b.fc_proj);
+    lin(b.c_fc, {C_, 4 * C_}, kInitStd);
+    lin(b.fc_proj, {4 * C_, C_}, proj_std);
   }
   nrm(ln_f_);
-  if (i != opt.num_params()) throw std::logic_error("Gpt2::bind: parameter count mismatch");
+}
+
+void Gpt2::bind(const ParamSource& params) {
+  params_ = &params;
+  ptrs_.clear();
+  for (int i = 0; i < int(specs_.size()); ++i) ptrs_.push_back(params.param(i));
 }
 
 std::string Gpt2::describe() const {
@@ -211,7 +201,7 @@ void Gpt2::linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, v
   }
 }
 
-void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, ShardedOptimizer& opt) {
+void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads) {
   const bool cast = L.dt != md_;
   if (cast) {
     ops::cast(ex_, dy, md_, L.dy_cast.data(), L.dt, size_t(n) * size_t(L.out));
@@ -228,13 +218,13 @@ void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   gw.lda = L.in;
   gw.b = dy;
   gw.ldb = L.out;
-  gw.c = opt.grad(L.w);
+  gw.c = grads.grad(L.w);
   gw.ldc = L.out;
   gw.beta = 1.f;
   ops::gemm(ex_, gw);
-  opt.grad_ready(L.w);
-  ops::bias_grad(ex_, dy, L.dt, n, L.out, opt.grad(L.b), L.dt);
-  opt.grad_ready(L.b);
+  grads.grad_ready(L.w);
+  ops::bias_grad(ex_, dy, L.dt, n, L.out, grads.grad(L.b), L.dt);
+  grads.grad_ready(L.b);
   if (!dx) return;
   GemmDesc gx;  // dx[n, in] = dy W^T
   gx.trans_b = true;
@@ -298,7 +288,7 @@ void Gpt2::forward(const Batch& bt) {
   ops::gemm(ex_, g);
 }
 
-double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimizer& opt) {
+double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads) {
   forward(bt);
   const int n = bt.n, N = n * T_;
   // Grouping the rows by token on the host (where the tokens are) makes the embedding backward
@@ -322,7 +312,7 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimize
     gw.lda = Vp_;
     gw.b = lnf_out_.data();
     gw.ldb = C_;
-    gw.c = opt.grad(wte_);
+    gw.c = grads.grad(wte_);
     gw.ldc = C_;
     gw.beta = 1.f;
     ops::gemm(ex_, gw);
@@ -340,34 +330,34 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, ShardedOptimize
     ops::gemm(ex_, gx);
   }
   ops::layernorm_backward(ex_, dsmall_.data(), xf_.data(), md_, param(ln_f_.w), ln_f_.dt, lnf_mean_.as<float>(),
-                          lnf_rstd_.as<float>(), dres_.data(), opt.grad(ln_f_.w), opt.grad(ln_f_.b), N, C_);
-  opt.grad_ready(ln_f_.w);
-  opt.grad_ready(ln_f_.b);
+                          lnf_rstd_.as<float>(), dres_.data(), grads.grad(ln_f_.w), grads.grad(ln_f_.b), N, C_);
+  grads.grad_ready(ln_f_.w);
+  grads.grad_ready(ln_f_.b);
   for (int l = L_ - 1; l >= 0; --l) {
     Block& b = blocks_[size_t(l)];
     // dres: gradient at x_{l+1} = a + mlp branch.
-    linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), dbig_.data(), N, opt);
+    linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), dbig_.data(), N, grads);
     ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), dbig_.data(), dbig_.data(), md_, size_t(N) * size_t(4 * C_));
-    linear_backward(b.c_fc, b.ln2_out.data(), dbig_.data(), dsmall_.data(), N, opt);
+    linear_backward(b.c_fc, b.ln2_out.data(), dbig_.data(), dsmall_.data(), N, grads);
     ops::layernorm_backward(ex_, dsmall_.data(), b.a.data(), md_, param(b.ln2.w), b.ln2.dt, b.ln2_mean.as<float>(),
-                            b.ln2_rstd.as<float>(), dres_.data(), opt.grad(b.ln2.w), opt.grad(b.ln2.b), N, C_, true);
-    opt.grad_ready(b.ln2.w);
-    opt.grad_ready(b.ln2.b);
+                            b.ln2_rstd.as<float>(), dres_.data(), grads.grad(b.ln2.w), grads.grad(b.ln2.b), N, C_, true);
+    grads.grad_ready(b.ln2.w);
+    grads.grad_ready(b.ln2.b);
     // dres: gradient at a = x + attention branch.
-    linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, opt);
+    linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, grads);
     ops::attention_backward(ex_, dsmall_.data(), b.qkv.data(), b.att.data(), b.lse.as<float>(), delta_.as<float>(),
                             dbig_.data(), md_, n, T_, H_, C_ / H_);
-    linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, opt);
+    linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, grads);
     ops::layernorm_backward(ex_, dsmall_.data(), b.x.data(), md_, param(b.ln1.w), b.ln1.dt, b.ln1_mean.as<float>(),
-                            b.ln1_rstd.as<float>(), dres_.data(), opt.grad(b.ln1.w), opt.grad(b.ln1.b), N, C_, true);
-    opt.grad_ready(b.ln1.w);
-    opt.grad_ready(b.ln1.b);
+                            b.ln1_rstd.as<float>(), dres_.data(), grads.grad(b.ln1.w), grads.grad(b.ln1.b), N, C_, true);
+    grads.grad_ready(b.ln1.w);
+    grads.grad_ready(b.ln1.b);
   }
   ops::embedding_backward(ex_, tokens_.as<int32_t>(), order_.as<int32_t>(), starts_.as<int32_t>(),
-                          uniq_.as<int32_t>(), tg.num_unique(), dres_.data(), md_, opt.grad(wte_), opt.grad(wpe_), N,
+                          uniq_.as<int32_t>(), tg.num_unique(), dres_.data(), md_, grads.grad(wte_), grads.grad(wpe_), N,
                           T_, C_);
-  opt.grad_ready(wpe_);
-  opt.grad_ready(wte_);
+  grads.grad_ready(wpe_);
+  grads.grad_ready(wte_);
   std::vector<float> loss(static_cast<size_t>(N));
   copy_to_host(loss_rows_.data(), ex_.device, loss.data(), loss.size() * 4, ex_.stream);
   double sum = 0;

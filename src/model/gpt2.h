@@ -34,9 +34,9 @@ class Gpt2 : public Model {
  public:
   Gpt2(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex, int max_batch);
 
-  std::vector<ParamSpec> param_specs() const override;
-  void bind(const ShardedOptimizer& opt) override;
-  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) override;
+  std::vector<ParamSpec> param_specs() const override { return specs_; }
+  void bind(const ParamSource& params) override;
+  double forward_backward(const Batch& b, float grad_scale, GradSink& grads) override;
   void evaluate(const Batch& b, double* loss_sum, int64_t* correct) override;
   std::vector<std::pair<std::string, DType>> layer_dtypes() const override;
   int max_batch() const override { return B_; }
@@ -83,11 +83,13 @@ class Gpt2 : public Model {
   // y = x W + bias in the layer's dtype; x, y in the model dtype. act: GELU epilogue (pre stored).
   void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
   // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.
-  void linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, ShardedOptimizer& opt);
-  // Parameter i for the compute stream, after its bucket's all-gather (ShardedOptimizer::param_ready).
+  void linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads);
+  // The specs in forward order; records each parameter's index in its layer (wte_, Linear::w, ...).
+  void build_specs();
+  // Parameter i for the compute stream, after its bucket's all-gather (ParamSource::param_ready).
   const void* param(int i) const {
-    opt_->param_ready(i);
-    return views_[size_t(i)].param;
+    params_->param_ready(i);
+    return ptrs_[size_t(i)];
   }
 
   ModelConfig cfg_;
@@ -97,8 +99,9 @@ class Gpt2 : public Model {
   std::vector<Block> blocks_;
   Norm ln_f_;
   int wte_ = -1, wpe_ = -1;
-  std::vector<ParamView> views_;
-  const ShardedOptimizer* opt_ = nullptr;  // set by bind
+  std::vector<ParamSpec> specs_;
+  std::vector<void*> ptrs_;                // set by bind: parameter i's storage
+  const ParamSource* params_ = nullptr;    // set by bind
   // batch-level buffers
   Buffer tokens_, targets_, order_, starts_, uniq_;
   Buffer x0_, xf_, lnf_out_, lnf_mean_, lnf_rstd_, logits_;

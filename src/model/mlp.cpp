@@ -8,7 +8,7 @@
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "kernels/softmax_xent.h"
-#include "src/optim/amp.h"
+#include "src/config/precision.h"
 
 namespace mpt {
 
@@ -60,37 +60,35 @@ Mlp::Mlp(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, cons
     if (i > 0) L.dx = Buffer(d, bytes(B, L.in, L.dt));
     if (hidden && layers_[i + 1].dt != L.dt) L.dx_cast = Buffer(d, bytes(B, L.out, L.dt));
   }
+  build_specs();
 }
 
-std::vector<ParamSpec> Mlp::param_specs() const {
-  std::vector<ParamSpec> s;
-  for (const Linear& L : layers_) {
+void Mlp::build_specs() {
+  std::vector<ParamSpec>& s = specs_;
+  s.clear();
+  auto add = [&](ParamSpec p) {
+    s.push_back(std::move(p));
+    return int(s.size()) - 1;
+  };
+  for (Linear& L : layers_) {
     // PyTorch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias; or N(0, init_std) weights.
     const float bound = 1.f / std::sqrt(float(L.in));
     const bool normal = cfg_.init_std > 0.f;
-    s.push_back({L.name + ".weight", L.name, {L.out, L.in}, L.dt, true, normal ? Init::Normal : Init::Uniform,
-                 normal ? cfg_.init_std : bound});
-    s.push_back({L.name + ".bias", L.name, {L.out}, L.dt, false, normal ? Init::Zeros : Init::Uniform,
-                 normal ? 0.f : bound});
+    L.w = add({L.name + ".weight", L.name, {L.out, L.in}, L.dt, true, normal ? Init::Normal : Init::Uniform,
+               normal ? cfg_.init_std : bound});
+    L.b = add({L.name + ".bias", L.name, {L.out}, L.dt, false, normal ? Init::Zeros : Init::Uniform,
+               normal ? 0.f : bound});
     if (L.has_ln) {
-      s.push_back({L.ln_name + ".weight", L.ln_name, {L.out}, L.ln_dt, false, Init::Ones, 0.f});
-      s.push_back({L.ln_name + ".bias", L.ln_name, {L.out}, L.ln_dt, false, Init::Zeros, 0.f});
+      L.ln_w = add({L.ln_name + ".weight", L.ln_name, {L.out}, L.ln_dt, false, Init::Ones, 0.f});
+      L.ln_b = add({L.ln_name + ".bias", L.ln_name, {L.out}, L.ln_dt, false, Init::Zeros, 0.f});
     }
   }
-  return s;
 }
 
-void Mlp::bind(const ShardedOptimizer& opt) {
-  opt_ = &opt;
-  views_.clear();
-  for (int i = 0; i < opt.num_params(); ++i) views_.push_back(opt.view(i));
-  int k = 0;
-  for (Linear& L : layers_) {
-    L.w = k++;
-    L.b = k++;
-    if (L.has_ln) { L.ln_w = k++; L.ln_b = k++; }
-  }
-  if (k != int(views_.size())) throw std::logic_error("Mlp::bind: parameter count mismatch");
+void Mlp::bind(const ParamSource& params) {
+  params_ = &params;
+  ptrs_.clear();
+  for (int i = 0; i < int(specs_.size()); ++i) ptrs_.push_back(params.param(i));
 }
 
 std::vector<std::pair<std::string, DType>> Mlp::layer_dtypes() const {
@@ -112,7 +110,7 @@ void Mlp::forward(const float* x, int n) {
   if (n <= 0 || n > max_batch_) throw std::invalid_argument("Mlp: batch of " + std::to_string(n) + " rows");
   last_n_ = n;
   copy_from_host(x, x_in.data(), ex_.device, bytes(n, cfg_.input_dim, DType::F32), ex_.stream);
-  opt_->all_params_ready();  // a small model: no per-layer overlap of the parameter all-gather
+  params_->all_params_ready();  // a small model: no per-layer overlap of the parameter all-gather
   const size_t nl = layers_.size();
   for (size_t i = 0; i < nl; ++i) {
     Linear& L = layers_[i];
@@ -127,8 +125,8 @@ void Mlp::forward(const float* x, int n) {
     g.m = n; g.n = L.out; g.k = L.in;
     g.dtype = L.dt;
     g.a = layer_input(i); g.lda = L.in;
-    g.b = views_[size_t(L.w)].param; g.ldb = L.in;
-    g.bias = views_[size_t(L.b)].param;
+    g.b = ptrs_[size_t(L.w)]; g.ldb = L.in;
+    g.bias = ptrs_[size_t(L.b)];
     if (hidden && !L.has_ln) {
       // Fused bias + activation epilogue; the pre-activation is kept for backward.
       g.epilogue = act_ == Act::Gelu ? Epilogue::BiasGelu : Epilogue::BiasRelu;
@@ -141,14 +139,14 @@ void Mlp::forward(const float* x, int n) {
     g.c = L.z.data(); g.ldc = L.out;
     ops::gemm(ex_, g);
     if (L.has_ln) {
-      ops::layernorm_forward(ex_, L.z.data(), L.dt, views_[size_t(L.ln_w)].param, views_[size_t(L.ln_b)].param,
+      ops::layernorm_forward(ex_, L.z.data(), L.dt, ptrs_[size_t(L.ln_w)], ptrs_[size_t(L.ln_b)],
                              L.ln_dt, L.y_ln.data(), L.mean.as<float>(), L.rstd.as<float>(), n, L.out, kLnEps);
       ops::act_forward(ex_, act_, L.y_ln.data(), L.a.data(), L.dt, size_t(n) * size_t(L.out));
     }
   }
 }
 
-double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt) {
+double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad_scale, GradSink& grads) {
   forward(x, n);
   copy_from_host(y, labels_.data(), ex_.device, size_t(n) * 4, ex_.stream);
   const size_t nl = layers_.size();
@@ -158,24 +156,24 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
 
   for (size_t i = nl; i-- > 0;) {
     Linear& L = layers_[i];
-    const ParamView& W = views_[size_t(L.w)];
-    // db += column sums of dz ; dW += dz^T x. Gradient pointers come from opt.grad() at the write: in
+    const void* W = ptrs_[size_t(L.w)];
+    // db += column sums of dz ; dW += dz^T x. Gradient pointers come from grads.grad() at the write: in
     // ZeRO-2 they point into a bucket staging slot that exists only while the bucket is being filled.
     // The bias goes first because the flat layout is backward order (reversed specs: bias before
     // weight): buckets then complete in the order they are opened, and a bucket cut between a weight
     // and the next layer's bias does not hold a second staging slot open.
-    ops::bias_grad(ex_, L.dz.data(), L.dt, n, L.out, opt.grad(L.b), L.dt);
-    opt.grad_ready(L.b);
+    ops::bias_grad(ex_, L.dz.data(), L.dt, n, L.out, grads.grad(L.b), L.dt);
+    grads.grad_ready(L.b);
     GemmDesc gw;
     gw.trans_a = true;
     gw.m = L.out; gw.n = L.in; gw.k = n;
     gw.dtype = L.dt;
     gw.a = L.dz.data(); gw.lda = L.out;
     gw.b = layer_input(i); gw.ldb = L.in;
-    gw.c = opt.grad(L.w); gw.ldc = L.in;
+    gw.c = grads.grad(L.w); gw.ldc = L.in;
     gw.beta = 1.f;
     ops::gemm(ex_, gw);
-    opt.grad_ready(L.w);
+    grads.grad_ready(L.w);
     if (i == 0) break;
 
     // dx = dz W, then back through the previous layer's activation (and LayerNorm).
@@ -183,7 +181,7 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
     gx.m = n; gx.n = L.in; gx.k = L.out;
     gx.dtype = L.dt;
     gx.a = L.dz.data(); gx.lda = L.out;
-    gx.b = W.param; gx.ldb = L.in;
+    gx.b = W; gx.ldb = L.in;
     gx.c = L.dx.data(); gx.ldc = L.in;
     ops::gemm(ex_, gx);
     Linear& P = layers_[i - 1];
@@ -195,11 +193,11 @@ double Mlp::forward_backward(const float* x, const int32_t* y, int n, float grad
     const size_t cnt = size_t(n) * size_t(P.out);
     if (P.has_ln) {
       ops::act_backward(ex_, act_, P.y_ln.data(), da, P.dy_ln.data(), P.dt, cnt);
-      ops::layernorm_backward(ex_, P.dy_ln.data(), P.z.data(), P.dt, views_[size_t(P.ln_w)].param, P.ln_dt,
-                              P.mean.as<float>(), P.rstd.as<float>(), P.dz.data(), opt.grad(P.ln_w),
-                              opt.grad(P.ln_b), n, P.out);
-      opt.grad_ready(P.ln_w);
-      opt.grad_ready(P.ln_b);
+      ops::layernorm_backward(ex_, P.dy_ln.data(), P.z.data(), P.dt, ptrs_[size_t(P.ln_w)], P.ln_dt,
+                              P.mean.as<float>(), P.rstd.as<float>(), P.dz.data(), grads.grad(P.ln_w),
+                              grads.grad(P.ln_b), n, P.out);
+      grads.grad_ready(P.ln_w);
+      grads.grad_ready(P.ln_b);
     } else {
       ops::act_backward(ex_, act_, P.z.data(), da, P.dz.data(), P.dt, cnt);
     }

@@ -1,6 +1,6 @@
 // The MLP classifier: Linear(+bias) layers with GELU or ReLU between them, an optional LayerNorm after each
 // hidden Linear, and a fused softmax cross-entropy. Hand-written forward and backward over the kernels in
-// kernels/; parameters and gradients are views into the ShardedOptimizer's flat buffers.
+// kernels/; parameters come from a ParamSource and gradients go to a GradSink (src/core/param.h).
 //
 // Layer names (what precision rules match) and parameter names follow PyTorch:
 //   fc1.weight [h1, in], fc1.bias [h1], ln1.weight [h1], ln1.bias [h1], fc2.weight ..., fcL (the head).
@@ -17,7 +17,7 @@
 #include "kernels/exec.h"
 #include "src/core/buffer.h"
 #include "src/config/config.h"
-#include "src/optim/zero.h"
+#include "src/core/param.h"
 
 namespace mpt {
 
@@ -25,14 +25,15 @@ class Mlp {
  public:
   Mlp(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, const Exec& ex, int max_batch);
 
-  std::vector<ParamSpec> param_specs() const;
-  void bind(const ShardedOptimizer& opt);
+  std::vector<ParamSpec> param_specs() const { return specs_; }
+  void bind(const ParamSource& params);
 
   // Forward and backward on one micro-batch of n <= max_batch examples (x: host FP32 [n, input_dim]).
   // dL/dlogits is multiplied by grad_scale (= loss scale / (global micro-batch rows)); gradients are
-  // accumulated where opt.grad(i) points (stage 2: bucket staging slots) and opt.grad_ready(i) is called as each one completes.
+  // accumulated where grads.grad(i) points (stage 2: bucket staging slots) and grads.grad_ready(i) is called as each
+  // one completes.
   // Returns the sum over rows of the FP32 per-row losses (unscaled).
-  double forward_backward(const float* x, const int32_t* y, int n, float grad_scale, ShardedOptimizer& opt);
+  double forward_backward(const float* x, const int32_t* y, int n, float grad_scale, GradSink& grads);
 
   // Forward only. Adds the summed loss and the number of correct predictions.
   void evaluate(const float* x, const int32_t* y, int n, double* loss_sum, int64_t* correct);
@@ -61,6 +62,7 @@ class Mlp {
     Buffer dz, dy_ln, dx, dx_cast;   // gradients
   };
 
+  void build_specs();
   void forward(const float* x, int n);
   const void* layer_input(size_t i) const;
 
@@ -69,8 +71,9 @@ class Mlp {
   int max_batch_;
   Act act_;
   std::vector<Linear> layers_;
-  std::vector<ParamView> views_;
-  const ShardedOptimizer* opt_ = nullptr;  // set by bind: the forward waits for the parameter all-gather
+  std::vector<ParamSpec> specs_;           // built with the layers; records the indices in Linear
+  std::vector<void*> ptrs_;                // set by bind: parameter i's storage
+  const ParamSource* params_ = nullptr;    // set by bind: the forward waits for the parameter all-gather
   Buffer x_in, labels_, loss_rows_, pred_;
   int last_n_ = 0;
 };

@@ -13,9 +13,9 @@ class MlpModel : public Model {
   MlpModel(const ModelConfig& m, const PrecisionConfig& p, DType dt, const Exec& ex, int max_batch)
       : cfg_(m), mlp_(m, p, dt, ex, max_batch) {}
   std::vector<ParamSpec> param_specs() const override { return mlp_.param_specs(); }
-  void bind(const ShardedOptimizer& opt) override { mlp_.bind(opt); }
-  double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) override {
-    return mlp_.forward_backward(b.x, b.targets, b.n, grad_scale, opt);
+  void bind(const ParamSource& params) override { mlp_.bind(params); }
+  double forward_backward(const Batch& b, float grad_scale, GradSink& grads) override {
+    return mlp_.forward_backward(b.x, b.targets, b.n, grad_scale, grads);
   }
   void evaluate(const Batch& b, double* loss_sum, int64_t* correct) override {
     mlp_.evaluate(b.x, b.targets, b.n, loss_sum, correct);

@@ -1,6 +1,7 @@
 // The model interface the trainer drives: an MLP classifier (src/model/mlp.h) or a GPT-2 language model
-// (src/model/gpt2.h). Parameters and gradients live in the ShardedOptimizer's buffers; a model only describes
-// its parameters (param_specs) and runs forward/backward over them.
+// (src/model/gpt2.h). A model describes its parameters (param_specs, in its own order: index i everywhere
+// means its i-th spec), reads them from a ParamSource and writes their gradients into a GradSink
+// (src/core/param.h); it knows nothing of how they are stored, sharded or reduced.
 #pragma once
 
 #include <cstdint>
@@ -11,28 +12,21 @@
 
 #include "kernels/exec.h"
 #include "src/config/config.h"
-#include "src/optim/zero.h"
+#include "src/core/batch.h"
+#include "src/core/param.h"
 
 namespace mpt {
-
-// One micro-batch on the host. Classifier: x [n, input_dim] FP32 and targets [n] labels.
-// Language model: inputs [n, T] tokens and targets [n, T] next tokens (-1: no loss at that position).
-struct Batch {
-  int n = 0;
-  const float* x = nullptr;
-  const int32_t* inputs = nullptr;
-  const int32_t* targets = nullptr;
-};
 
 class Model {
  public:
   virtual ~Model() = default;
   virtual std::vector<ParamSpec> param_specs() const = 0;
-  virtual void bind(const ShardedOptimizer& opt) = 0;
+  // Where parameter i lives from now on (the source outlives the binding; bind again after a rebuild).
+  virtual void bind(const ParamSource& params) = 0;
   // Forward and backward; dL/dlogits is multiplied by grad_scale (loss scale / targets in the global
-  // micro-batch set). Gradients are accumulated into the optimizer's gradients, grad_ready() called as
+  // micro-batch set). Gradients are accumulated where grads.grad(i) points, grads.grad_ready(i) called as
   // each completes. Returns the sum of the FP32 per-target losses (unscaled).
-  virtual double forward_backward(const Batch& b, float grad_scale, ShardedOptimizer& opt) = 0;
+  virtual double forward_backward(const Batch& b, float grad_scale, GradSink& grads) = 0;
   // Forward only: adds the summed loss and the number of correct (argmax) predictions.
   virtual void evaluate(const Batch& b, double* loss_sum, int64_t* correct) = 0;
   // "layer dtype" for every layer that precision rules can match, in forward order.

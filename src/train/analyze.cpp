@@ -87,8 +87,8 @@ struct Run {
 Run run_layer(Model& m, ShardedOptimizer& opt, const Exec& ex, const Batch& b, float scale, int64_t targets,
               const std::string& layer, int w) {
   opt.zero_grads();
-  opt.set_last_micro(true);
-  m.forward_backward(b, float(double(scale) / double(targets)), opt);
+  opt.begin_micro_batch(true);
+  m.forward_backward(b, float(double(scale) / double(targets)), opt.grads());
   opt.finish_reduction();
   Run r;
   r.out = m.layer_output(layer);
@@ -130,7 +130,7 @@ int analyze_command(int argc, char** argv) {
     ShardedOptimizer& ref_opt = t.optimizer();
     Model& ref = t.model();
     const std::vector<float> master = ref_opt.gather_master();
-    ShardedOptimizer::FullState st{master, std::vector<float>(master.size()), std::vector<float>(master.size())};
+    OptimizerState st{master, std::vector<float>(master.size()), std::vector<float>(master.size())};
     const int B = cfg.train.batch_size;
     const int64_t targets = int64_t(B) * ref.targets_per_example();
 
@@ -149,7 +149,7 @@ int analyze_command(int argc, char** argv) {
       auto cand = make_model(cfg.model, p, DType::F32, ex, ref.max_batch());
       ShardedOptimizer opt(ex, t.comm(), cand->param_specs(), 0, size_t(cfg.zero.bucket_mb * 1048576.0),
                            cfg.train.seed);
-      cand->bind(opt);
+      cand->bind(opt.params());
       opt.load_state(st);
       const int w = weight_index(opt, layer);
       double out_err = 0, grad_err = 0;

@@ -253,8 +253,8 @@ int dump_command(int argc, char** argv) {
       step0.tensors["logits"] = st_from_float(model.logits(B), {B, T, V});
       step0.tensors["loss"] = st_from_float({float(loss_sum / double(B * T))}, {});
       opt.zero_grads();
-      opt.set_last_micro(true);
-      model.forward_backward(b, float(1.0 / double(B * T)), opt);
+      opt.begin_micro_batch(true);
+      model.forward_backward(b, float(1.0 / double(B * T)), opt.grads());
       opt.finish_reduction();
       for (int i = 0; i < opt.num_params(); ++i) {
         const ParamView& v = opt.view(i);

@@ -176,11 +176,11 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
-  model_->bind(*opt_);
+  model_->bind(opt_->params());
   if (!cfg_.model.init_from.empty()) {
     std::vector<ParamSpec> specs;
     for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
-    ShardedOptimizer::FullState st;
+    OptimizerState st;
     Gpt2ImportReport rep;
     agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model, &rep); });
     if (rank0_) {
@@ -380,11 +380,11 @@ StepRecord Trainer::train_step() {
   double loss_sum = 0;
   for (int a = 0; a < A; ++a) {
     const bool last = a == A - 1;
-    opt_->set_last_micro(last);
+    opt_->begin_micro_batch(last);
     if (last && step_ == cfg_.debug.inject_inf_step && world_.rank == cfg_.debug.inject_inf_rank)
       opt_->inject_inf_next_reduction();
     const Batch batch = train_batch((step_in_epoch_ * A + a) * B, B);
-    loss_sum += model_->forward_backward(batch, grad_scale, *opt_);
+    loss_sum += model_->forward_backward(batch, grad_scale, opt_->grads());
   }
   opt_->finish_reduction();
   rec.lr = learning_rate(cfg_.optimizer, step_, total_steps_);

@@ -153,7 +153,7 @@ class Trainer {
   void print_banner() const;
   void try_resume();
   // Rank 0: the checkpoint file and `latest`; returns the file's path.
-  std::string write_checkpoint_files(const ShardedOptimizer::FullState& state);
+  std::string write_checkpoint_files(const OptimizerState& state);
   void load_data();
   DType fallback_target() const;
   nlohmann::json fallbacks_json() const;

@@ -90,7 +90,7 @@ void Trainer::maybe_recover(bool clean_step) {
 
 void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& layers, const std::string& mode) {
   // The FP32 master weights and AdamW moments carry over exactly; only the model-dtype copies change.
-  const ShardedOptimizer::FullState state = opt_->gather_state();
+  const OptimizerState state = opt_->gather_state();
   const int64_t adam_step = opt_->adam_step();
   const int64_t skipped = scaler_->skipped() + prior_skipped_;
   cfg_.precision.layers = layers;
@@ -102,7 +102,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
-  model_->bind(*opt_);
+  model_->bind(opt_->params());
   opt_->load_state(state);
   opt_->set_adam_step(adam_step);
   scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
@@ -124,7 +124,7 @@ void Trainer::save_checkpoint() {
   log_event("checkpoint", {{"path", path}, {"epoch", epoch_ + 1}});
 }
 
-std::string Trainer::write_checkpoint_files(const ShardedOptimizer::FullState& state) {
+std::string Trainer::write_checkpoint_files(const OptimizerState& state) {
   CheckpointMeta meta;
   meta.step = step_;
   meta.epoch = epoch_;
@@ -152,7 +152,7 @@ std::string Trainer::write_checkpoint_files(const ShardedOptimizer::FullState& s
 
 void Trainer::try_resume() {
   CheckpointMeta meta;
-  ShardedOptimizer::FullState state;
+  OptimizerState state;
   bool found = false;
   std::vector<ParamSpec> specs;
   for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
@@ -166,7 +166,7 @@ void Trainer::try_resume() {
     }
     const std::string latest = latest_checkpoint(dir);
     if (latest.empty()) return;
-    auto load = [&](const std::string& path, CheckpointMeta* m, ShardedOptimizer::FullState* s) {
+    auto load = [&](const std::string& path, CheckpointMeta* m, OptimizerState* s) {
       load_checkpoint(path, specs, m, s);
       if (m->step_in_epoch > steps_per_epoch_)
         throw InputError(path, "step_in_epoch",

@@ -259,7 +259,7 @@ TEST(Fuzz, Checkpoints) {
   Rng r = test::fresh_rng();
   const std::vector<ParamSpec> specs = {{"w", "w", {4, 6}, DType::BF16, true, Init::Zeros, 0.f},
                                         {"b", "b", {6}, DType::BF16, false, Init::Zeros, 0.f}};
-  ShardedOptimizer::FullState s;
+  OptimizerState s;
   for (auto* v : {&s.master, &s.m, &s.v})
     for (int i = 0; i < 30; ++i) v->push_back(r.normal());
   CheckpointMeta m;
@@ -273,7 +273,7 @@ TEST(Fuzz, Checkpoints) {
   const std::vector<uint8_t> valid = read_all(p);
   fuzz(valid, p, [&] {
     CheckpointMeta back;
-    ShardedOptimizer::FullState st;
+    OptimizerState st;
     load_checkpoint(p, specs, &back, &st);
   });
 }

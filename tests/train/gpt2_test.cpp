@@ -113,7 +113,7 @@ TEST(Gpt2, GradientMatchesFiniteDifferences) {
   b.inputs = inputs.data();
   b.targets = targets.data();
   opt.zero_grads();
-  opt.set_last_micro(true);
+  opt.begin_micro_batch(true);
   t.model().forward_backward(b, 1.f / 64.f, opt);
   opt.finish_reduction();
   const std::vector<float> g = grads_fp32(t);
