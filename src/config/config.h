@@ -12,6 +12,11 @@
 
 namespace mpt {
 
+// The LayerNorm epsilon of every GPT-2 LayerNorm (ln_1, ln_2, ln_f), as Hugging Face's layer_norm_epsilon.
+inline constexpr float kGpt2LayerNormEps = 1e-5f;
+// The prefix of GPT-2's parameter names (Hugging Face's: transformer.h.0.ln_1.weight).
+inline constexpr const char* kGpt2HfPrefix = "transformer.";
+
 struct ModelConfig {
   std::string type = "mlp";            // mlp | gpt2
   int input_dim = 784;                 // mlp

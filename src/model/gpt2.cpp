@@ -22,7 +22,7 @@ namespace {
 
 constexpr float kLnEps = kGpt2LayerNormEps;
 constexpr float kInitStd = 0.02f;
-const std::string kPrefix = "transformer.";
+const std::string kPrefix = kGpt2HfPrefix;
 
 size_t nbytes(int64_t rows, int64_t cols, DType t) { return size_t(rows) * size_t(cols) * dtype_size(t); }
 
@@ -432,72 +432,6 @@ std::vector<float> Gpt2::layer_output(const std::string& layer) const {
   if (layer == ln_f_.name) return grab(lnf_out_, C_);
   if (layer == "logits") return logits(last_n_);
   return {};
-}
-
-// ---- Hugging Face interop
-
-namespace {
-bool is_wte(const ParamSpec& s) { return s.layer == "wte"; }
-}  // namespace
-
-StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>& values, const ModelConfig& m,
-                   DType store) {
-  StFile f;
-  f.metadata["format"] = "pt";
-  f.metadata["producer"] = "mptrain";
-  f.metadata["n_layer"] = std::to_string(m.n_layer);
-  f.metadata["n_head"] = std::to_string(m.n_head);
-  f.metadata["n_embd"] = std::to_string(m.n_embd);
-  f.metadata["n_positions"] = std::to_string(m.seq_len);
-  f.metadata["vocab_size"] = std::to_string(m.vocab);
-  size_t pos = 0;
-  for (const ParamSpec& s : specs) {
-    const size_t n = size_t(s.numel());
-    if (pos + n > values.size()) throw std::invalid_argument("gpt2_export: fewer values than parameters");
-    std::vector<int64_t> shape = s.shape;
-    size_t keep = n;
-    if (is_wte(s)) {  // drop the padded rows
-      shape[0] = m.vocab;
-      keep = size_t(m.vocab) * size_t(s.shape[1]);
-    }
-    f.tensors[s.name] = st_from_float(std::vector<float>(values.begin() + long(pos), values.begin() + long(pos + keep)),
-                                      shape, store);
-    pos += n;
-  }
-  return f;
-}
-
-std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamSpec>& specs, const ModelConfig& m,
-                               Gpt2ImportReport* report) {
-  const StFile f = read_safetensors(path);
-  std::vector<float> out;
-  std::set<std::string> used;
-  for (const ParamSpec& s : specs) {
-    auto it = f.tensors.find(s.name);
-    if (it == f.tensors.end() && s.name.rfind(kPrefix, 0) == 0) it = f.tensors.find(s.name.substr(kPrefix.size()));
-    if (it == f.tensors.end()) throw InputError(path, s.name, "tensor missing");
-    used.insert(it->first);
-    std::vector<int64_t> want = s.shape;
-    if (is_wte(s)) want[0] = m.vocab;
-    if (it->second.shape != want) {
-      auto str = [](const std::vector<int64_t>& v) {
-        std::string r = "[";
-        for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
-        return r + "]";
-      };
-      throw InputError(path, it->first, "shape " + str(it->second.shape) + ", the model needs " + str(want));
-    }
-    std::vector<float> v = it->second.to_float();
-    out.insert(out.end(), v.begin(), v.end());
-    if (is_wte(s)) out.insert(out.end(), size_t(s.numel()) - v.size(), 0.f);  // padded rows
-  }
-  if (report) {
-    report->loaded = int(used.size());
-    report->ignored.clear();
-    for (const auto& [name, t] : f.tensors)
-      if (!used.count(name)) report->ignored.push_back(name);
-  }
-  return out;
 }
 
 }  // namespace mpt

@@ -26,7 +26,6 @@
 
 #include "src/core/buffer.h"
 #include "src/model/model.h"
-#include "src/io/safetensors.h"
 
 namespace mpt {
 
@@ -108,23 +107,5 @@ class Gpt2 : public Model {
   Buffer proj_, dres_, dsmall_, dbig_, delta_, loss_rows_, pred_;
   int last_n_ = 0;
 };
-
-// The LayerNorm epsilon of every GPT-2 LayerNorm (ln_1, ln_2, ln_f), as Hugging Face's layer_norm_epsilon.
-inline constexpr float kGpt2LayerNormEps = 1e-5f;
-
-// Hugging Face GPT-2 safetensors interop. Export writes tensors with the HF names and shapes (wte unpadded
-// [vocab, C]) in `store` (F32, or F16 / BF16 rounded to nearest even from the FP32 values); import accepts
-// names with or without the "transformer." prefix and any float dtype, ignores the tensors the model has no
-// use for (lm_head.weight, tied to wte; attention mask buffers), and throws InputError naming the file and
-// tensor for a missing tensor or a shape mismatch. Values are in spec order of `specs`, as gather_master()
-// returns.
-StFile gpt2_export(const std::vector<ParamSpec>& specs, const std::vector<float>& values, const ModelConfig& m,
-                   DType store = DType::F32);
-struct Gpt2ImportReport {
-  int loaded = 0;                    // tensors taken
-  std::vector<std::string> ignored;  // tensors in the file that the model does not use, sorted
-};
-std::vector<float> gpt2_import(const std::string& path, const std::vector<ParamSpec>& specs, const ModelConfig& m,
-                               Gpt2ImportReport* report = nullptr);
 
 }  // namespace mpt

@@ -10,15 +10,14 @@
 #include <map>
 #include <thread>
 
-#include <cublasLt.h>
 #include <mpi.h>
 
-#include "comm/comm_internal.h"  // MPT_MPI_CHECK
 #include "comm/device_select.h"
 #include "kernels/device_info.h"
 #include "kernels/gemm.h"
 #include "src/io/checkpoint.h"
 #include "src/core/cuda_check.h"
+#include "src/io/hf_export.h"
 #include "src/model/gpt2.h"
 #include "src/core/watchdog.h"
 
@@ -29,20 +28,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-constexpr size_t kGemmWorkspace = 32u << 20;
-
-double allreduce_sum(double v, MPI_Comm c) {
+double allreduce_sum(double v, Communicator& c) {
   double out = 0;
   const WaitScope wait("the all-reduce of the loss");
-  MPT_MPI_CHECK(MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, c));
+  c.host_all_reduce(&v, &out, 1, ReduceOp::Sum);
   return out;
-}
-
-std::string human_bytes(double b) {
-  char buf[32];
-  if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1 << 30));
-  else std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1 << 20));
-  return buf;
 }
 
 // "name=dtype ..." with transformer blocks folded: h.*.attn.c_attn=bf16 when every block agrees.
@@ -107,21 +97,22 @@ nlohmann::json comparable_config(const nlohmann::json& resolved) {
   return c;
 }
 
-void check_same_config(const Config& cfg, MPI_Comm comm, int rank, int size) {
+void check_same_config(const Config& cfg, Communicator& comm) {
+  const int rank = comm.rank(), size = comm.size();
   const nlohmann::json mine = comparable_config(cfg.resolved);
   const std::string text = mine.dump();
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
   std::vector<uint64_t> all(static_cast<size_t>(size));
-  MPT_MPI_CHECK(MPI_Allgather(&h, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, comm));
+  comm.host_all_gather(&h, all.data(), sizeof h);
   bool same = true;
   for (uint64_t x : all) same = same && x == all[0];
   if (same) return;
   uint64_t len = text.size();
-  MPT_MPI_CHECK(MPI_Bcast(&len, 1, MPI_UINT64_T, 0, comm));
+  comm.host_broadcast(&len, sizeof len, 0);
   std::string root(len, '\0');
   if (rank == 0) root = text;
-  MPT_MPI_CHECK(MPI_Bcast(root.data(), int(len), MPI_CHAR, 0, comm));
+  comm.host_broadcast(root.data(), size_t(len), 0);
   std::vector<std::string> keys;
   config_diff(nlohmann::json::parse(root), mine, "", &keys);
   std::string list;
@@ -134,15 +125,16 @@ void check_same_config(const Config& cfg, MPI_Comm comm, int rank, int size) {
 }
 
 // The data every rank loaded must have the same size, or the ranks would run different numbers of steps.
-void check_same_data(const Config& cfg, MPI_Comm comm, int rank, int size, int64_t train, int64_t eval) {
+void check_same_data(const Config& cfg, const char* key, Communicator& comm, int64_t train, int64_t eval) {
+  const int rank = comm.rank(), size = comm.size();
   const int64_t mine[2] = {train, eval};
   std::vector<int64_t> all(2 * static_cast<size_t>(size));
-  MPT_MPI_CHECK(MPI_Allgather(mine, 2, MPI_INT64_T, all.data(), 2, MPI_INT64_T, comm));
+  comm.host_all_gather(mine, all.data(), sizeof mine);
   bool same = true;
   for (int r = 0; r < size; ++r) same = same && all[2 * size_t(r)] == all[0] && all[2 * size_t(r) + 1] == all[1];
   if (same) return;
   if (mine[0] == all[0] && mine[1] == all[1]) throw PeerInputError();
-  throw InputError(cfg.source, cfg.data.dataset == "tokens" ? "data.train_shards" : "data.dir",
+  throw InputError(cfg.source, key,
                    "rank " + std::to_string(rank) + " loaded " + std::to_string(train) + " training and " +
                        std::to_string(eval) + " evaluation examples, rank 0 " + std::to_string(all[0]) + " and " +
                        std::to_string(all[1]) + ": every rank must read the same data");
@@ -151,31 +143,33 @@ void check_same_data(const Config& cfg, MPI_Comm comm, int rank, int size, int64
 }  // namespace
 
 Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
-    : cfg_(cfg), world_(world), mpi_comm_(mpi_comm) {
-  MPT_MPI_CHECK(MPI_Comm_rank(mpi_comm_, &world_.rank));
-  MPT_MPI_CHECK(MPI_Comm_size(mpi_comm_, &world_.size));
+    : cfg_(cfg), world_(world), mpi_comm_(mpi_comm), host_(make_mpi_communicator(mpi_comm)) {
+  world_.rank = host_->rank();
+  world_.size = host_->size();
   rank0_ = world_.rank == 0;
-  check_same_config(cfg_, mpi_comm_, world_.rank, world_.size);
+  check_same_config(cfg_, *host_);
   agree(mpi_comm_, [&] {
-    setup_device();
-    prec_ = resolve_precision(cfg_.precision, hw_);
-    load_data();
+    dev_ = std::make_unique<DeviceContext>(cfg_, world_);
+    ex_ = dev_->exec();
+    prec_ = resolve_precision(cfg_.precision, dev_->caps());
+    data_ = load_dataset(cfg_);
+    train_count_ = data_->train_count();
+    eval_count_ = data_->eval_count();
     const int64_t per_step = int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum;
     sampler_ = std::make_unique<DistributedSampler>(train_count_, world_.rank, world_.size, cfg_.train.seed);
     steps_per_epoch_ = sampler_->per_rank() / per_step;
     if (steps_per_epoch_ < 1)
       throw InputError(cfg_.source, "train.batch_size",
-                       "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_count_) +
-                           (language_model() ? " training windows" : " training examples"));
+                       "batch_size * grad_accum * ranks exceeds the " + std::to_string(train_count_) + " " +
+                           data_->words().examples);
   });
-  check_same_data(cfg_, mpi_comm_, world_.rank, world_.size, train_count_, eval_count_);
+  check_same_data(cfg_, data_->source_key(), *host_, train_count_, eval_count_);
 
-  comm_ = ex_.cuda() ? make_nccl_communicator(world_, comm_stream_, mpi_comm_) : make_mpi_communicator(mpi_comm_);
-  // The classifier evaluates in large batches; the language model's activations scale with the batch.
-  max_batch_ = language_model() ? cfg_.train.batch_size : std::max(cfg_.train.batch_size, 1024);
+  comm_ = ex_.cuda() ? make_nccl_communicator(world_, dev_->comm_stream(), mpi_comm_) : make_mpi_communicator(mpi_comm_);
+  max_batch_ = data_->max_batch(cfg_.train.batch_size);
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
-                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream());
   model_->bind(opt_->params());
   if (!cfg_.model.init_from.empty()) {
     std::vector<ParamSpec> specs;
@@ -197,14 +191,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   monitor_ = std::make_unique<StabilityMonitor>(cfg_.monitor);
   total_steps_ = cfg_.train.steps > 0 ? cfg_.train.steps : int64_t(cfg_.train.epochs) * steps_per_epoch_;
   sampler_->set_epoch(0);
-  const size_t mb = size_t(model_->max_batch());
-  if (language_model()) {
-    inbuf_.resize(mb * size_t(cfg_.model.seq_len));
-    ybuf_.resize(mb * size_t(cfg_.model.seq_len));
-  } else {
-    xbuf_.resize(mb * size_t(train_.dim()));
-    ybuf_.resize(mb);
-  }
+  data_->reserve(model_->max_batch());
   if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.resume) try_resume();
 }
 
@@ -213,124 +200,20 @@ Trainer::~Trainer() {
   opt_.reset();
   model_.reset();
   comm_.reset();
-  if (ex_.cuda()) {
-    if (ex_.blas) cublasLtDestroy(static_cast<cublasLtHandle_t>(ex_.blas));
-    if (ex_.workspace) cudaFree(ex_.workspace);
-    cudaStreamDestroy(reinterpret_cast<cudaStream_t>(ex_.stream));
-    cudaStreamDestroy(reinterpret_cast<cudaStream_t>(comm_stream_));
-  }
-}
-
-void Trainer::load_data() {
-  const ModelConfig& m = cfg_.model;
-  if (!language_model()) {
-    if (m.type != "mlp")
-      throw InputError(cfg_.source, "data.dataset", "fashion-mnist is an image dataset; model.type gpt2 needs 'tokens'");
-    train_ = load_fashion_mnist(cfg_.data.dir, true, cfg_.data.train_limit);
-    test_ = load_fashion_mnist(cfg_.data.dir, false, cfg_.data.test_limit);
-    if (train_.dim() != m.input_dim)
-      throw InputError(cfg_.source, "model.input_dim",
-                       std::to_string(m.input_dim) + " does not match the data (" + std::to_string(train_.dim()) + ")");
-    if (m.num_classes < train_.num_classes)
-      throw InputError(cfg_.source, "model.num_classes", "smaller than the dataset's " + std::to_string(train_.num_classes));
-    train_count_ = train_.count;
-    eval_count_ = test_.count;
-    return;
-  }
-  if (m.type != "gpt2") throw InputError(cfg_.source, "data.dataset", "token shards need model.type gpt2");
-  const ShardFormat format = parse_shard_format(cfg_.data.format);
-  tok_train_ = load_token_stream(expand_shard_paths(cfg_.data.train_shards, "data.train_shards"), format, uint64_t(m.vocab));
-  if (!cfg_.data.val_shards.empty())
-    tok_val_ = load_token_stream(expand_shard_paths(cfg_.data.val_shards, "data.val_shards"), format, uint64_t(m.vocab));
-  const uint64_t vocab = std::max(tok_train_.vocab, tok_val_.vocab);
-  if (vocab > uint64_t(m.vocab))
-    throw InputError(cfg_.source, "model.vocab",
-                     std::to_string(m.vocab) + " is smaller than the shards' vocabulary (" + std::to_string(vocab) + ")");
-  win_train_ = std::make_unique<TokenWindows>(&tok_train_, m.seq_len);
-  win_val_ = std::make_unique<TokenWindows>(&tok_val_, m.seq_len);
-  train_count_ = win_train_->count();
-  eval_count_ = win_val_->count();
-  if (cfg_.data.train_limit > 0) train_count_ = std::min(train_count_, cfg_.data.train_limit);
-  if (cfg_.data.test_limit > 0) eval_count_ = std::min(eval_count_, cfg_.data.test_limit);
-}
-
-Batch Trainer::make_batch(bool train, const int64_t* idx, int n) {
-  Batch b;
-  b.n = n;
-  if (language_model()) {
-    const TokenWindows& w = train ? *win_train_ : *win_val_;
-    const size_t T = size_t(cfg_.model.seq_len);
-    for (int j = 0; j < n; ++j) w.get(idx[j], inbuf_.data() + size_t(j) * T, ybuf_.data() + size_t(j) * T);
-    b.inputs = inbuf_.data();
-  } else {
-    make_image_batch(train ? train_ : test_, idx, n, xbuf_.data(), ybuf_.data());
-    b.x = xbuf_.data();
-  }
-  b.targets = ybuf_.data();
-  return b;
+  dev_.reset();
 }
 
 Batch Trainer::train_batch(int64_t first, int n) {
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int j = 0; j < n; ++j) idx[size_t(j)] = sampler_->index(first + j);
-  return make_batch(true, idx.data(), n);
-}
-
-void Trainer::setup_device() {
-  const int ngpu = cuda_device_count();
-  if (cfg_.device == "cuda" && ngpu == 0)
-    throw InputError(cfg_.source, "device", "'cuda' requested but no CUDA device is visible on " + world_.host);
-  const bool use_cuda = cfg_.device == "cuda" || (cfg_.device == "auto" && ngpu > 0);
-  if (!use_cuda) {
-    ex_.device = Device::CPU;
-    device_desc_ = "cpu";
-    setup_cpu_gemm();
-    return;
-  }
-  const DeviceChoice choice = choose_cuda_device(world_.local_rank, world_.local_size, ngpu);
-  if (choice.device < 0) throw InputError(cfg_.source, "device", world_.host + ": " + choice.error);
-  const DeviceInfo info = query_device(select_cuda_device(world_));
-  hw_.cuda = true;
-  device_name_ = info.name;
-  hw_.cc_major = info.cc_major;
-  hw_.cc_minor = info.cc_minor;
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "cuda:%d %s (sm%d%d, %s, bf16 %s, tensor cores %s)", info.index, info.name.c_str(),
-                info.cc_major, info.cc_minor, human_bytes(double(info.total_mem)).c_str(), info.bf16 ? "yes" : "no",
-                info.tensor_cores ? "yes" : "no");
-  device_desc_ = buf;
-  ex_.device = Device::CUDA;
-  cudaStream_t s, c;
-  MPT_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  MPT_CUDA_CHECK(cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking));
-  ex_.stream = reinterpret_cast<Stream>(s);
-  comm_stream_ = reinterpret_cast<Stream>(c);
-  cublasLtHandle_t h;
-  if (cublasLtCreate(&h) != CUBLAS_STATUS_SUCCESS) MPT_FATAL("cublasLtCreate", "cannot create a cuBLASLt handle");
-  ex_.blas = h;
-  MPT_CUDA_CHECK(cudaMalloc(&ex_.workspace, kGemmWorkspace));
-  ex_.workspace_bytes = kGemmWorkspace;
+  return data_->batch(true, idx.data(), n);
 }
 
 // The CPU GEMM backend and, for BLAS, its threads: the node's hardware threads shared among the ranks on
 // the node, so that oversubscribed ranks do not fight over cores.
-void Trainer::setup_cpu_gemm() {
-  if (cfg_.cpu.gemm == "own") {
-    cpu::set_gemm_backend(cpu::GemmBackend::Own);
-    return;
-  }
-  if (!cpu::gemm_has_blas())
-    throw InputError(cfg_.source, "cpu.gemm",
-                     "'blas' needs a build with OpenBLAS (install libopenblas-dev and rebuild); this one has none");
-  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = cfg_.cpu.threads > 0 ? cfg_.cpu.threads : std::max(1, hw / std::max(1, world_.local_size));
-  cpu::set_gemm_backend(cpu::GemmBackend::Blas, threads);
-  device_desc_ = "cpu (gemm: blas, " + std::to_string(threads) + " thread(s) per rank)";
-}
-
 void Trainer::print_banner() const {
   if (!rank0_ || cfg_.log.quiet) return;
-  std::printf("mptrain: %d rank(s), device %s, communicator %s\n", world_.size, device_desc_.c_str(), comm_->name());
+  std::printf("mptrain: %d rank(s), device %s, communicator %s\n", world_.size, dev_->description().c_str(), comm_->name());
   std::printf("precision: %s; loss scaling %s (init %g)\n", prec_.mode.c_str(),
               scaler_->enabled() ? "dynamic" : "off", scaler_->scale());
   std::printf("policy: %s softmax/loss=fp32 optimizer=fp32 (fallback: %s)\n",
@@ -342,17 +225,8 @@ void Trainer::print_banner() const {
               cfg_.zero.stage, human_bytes(double(m.params)).c_str(), human_bytes(double(m.grads)).c_str(),
               human_bytes(double(m.grad_shard)).c_str(), human_bytes(double(m.master)).c_str(),
               human_bytes(double(m.adam)).c_str());
-  if (language_model())
-    std::printf("data: %lld train / %lld validation tokens (vocab %llu), %lld / %lld windows of %d; %lld steps per "
-                "epoch of %d x %d x %d sequences\n",
-                static_cast<long long>(tok_train_.tokens.size()), static_cast<long long>(tok_val_.tokens.size()),
-                static_cast<unsigned long long>(std::max(tok_train_.vocab, tok_val_.vocab)),
-                static_cast<long long>(train_count_), static_cast<long long>(eval_count_), cfg_.model.seq_len,
-                static_cast<long long>(steps_per_epoch_), cfg_.train.batch_size, cfg_.train.grad_accum, world_.size);
-  else
-    std::printf("data: %lld train / %lld test examples; %lld steps per epoch of %d x %d x %d samples\n",
-                static_cast<long long>(train_count_), static_cast<long long>(eval_count_),
-                static_cast<long long>(steps_per_epoch_), cfg_.train.batch_size, cfg_.train.grad_accum, world_.size);
+  std::printf("%s\n", data_->describe(steps_per_epoch_, cfg_.train.batch_size, cfg_.train.grad_accum, world_.size)
+                         .c_str());
   std::fflush(stdout);
 }
 
@@ -395,7 +269,7 @@ StepRecord Trainer::train_step() {
   h.eps = float(cfg_.optimizer.eps);
   h.weight_decay = float(cfg_.optimizer.weight_decay);
   opt_->exposure().host_begin();  // the host waits for the other ranks; nothing is queued on the device
-  rec.loss = allreduce_sum(loss_sum, mpi_comm_) / double(int64_t(B) * A * world_.size * tpe);
+  rec.loss = allreduce_sum(loss_sum, *host_) / double(int64_t(B) * A * world_.size * tpe);
   opt_->exposure().host_end();
   const StepStats st = opt_->reduce_stats(rec.scale, cfg_.optimizer.clip_norm);
   rec.grad_norm = st.grad_norm;
@@ -447,7 +321,7 @@ StepRecord Trainer::train_step() {
     float s = scaler_->scale();
     std::memcpy(&mine[1], &s, sizeof s);
     std::vector<uint64_t> all(size_t(2 * world_.size));
-    MPT_MPI_CHECK(MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, mpi_comm_));
+    host_->host_all_gather(mine, all.data(), sizeof mine);
     for (int r = 0; r < world_.size; ++r)
       if (all[size_t(2 * r)] != mine[0] || all[size_t(2 * r + 1)] != mine[1])
         MPT_FATAL("debug.check_consistency", "rank " + std::to_string(r) + " differs in parameters or loss scale at step " +
@@ -473,7 +347,7 @@ EvalResult Trainer::evaluate() {
   for (size_t s = 0; s < idx.size(); s += size_t(B)) {
     if (cfg_.train.eval_batches > 0 && batches == cfg_.train.eval_batches) break;
     const int n = int(std::min<size_t>(size_t(B), idx.size() - s));
-    const Batch b = make_batch(false, idx.data() + s, n);
+    const Batch b = data_->batch(false, idx.data() + s, n);
     model_->evaluate(b, &loss, &correct);
     count += int64_t(n) * tpe;
     ++batches;
@@ -481,7 +355,7 @@ EvalResult Trainer::evaluate() {
   double v[3] = {loss, double(correct), double(count)}, g[3];
   {
     const WaitScope wait("the all-reduce of the evaluation");
-    MPT_MPI_CHECK(MPI_Allreduce(v, g, 3, MPI_DOUBLE, MPI_SUM, mpi_comm_));
+    host_->host_all_reduce(v, g, 3, ReduceOp::Sum);
   }
   EvalResult r;
   r.count = int64_t(g[2]);
@@ -502,17 +376,17 @@ TrainSummary Trainer::run() {
   auto t_epoch = Clock::now();
   progress_ = Progress{t_run, t_run, 0, 0, 0};
   // A language model counts tokens, a classifier samples.
-  const bool lm = language_model();
-  const char* unit = lm ? "tokens" : "samples";
+  const DatasetWords& words = data_->words();
+  const char* unit = words.unit;
   const int64_t global_batch = units_per_step();
   auto log_eval = [&](const EvalResult& ev, MetricsRecord extra) {
-    const std::string p = lm ? "val_" : "test_";
+    const std::string p = words.eval_key;
     MetricsRecord j = {{"type", "eval"}, {"step", step_}};
     j.update(extra);
     j[p + "loss"] = ev.loss;
     j[p + "accuracy"] = ev.accuracy;
-    j[p + (lm ? "tokens" : "samples")] = ev.count;
-    if (lm) j["val_ppl"] = std::exp(ev.loss);
+    j[p + words.unit] = ev.count;
+    if (words.perplexity) j[p + "ppl"] = std::exp(ev.loss);
     metrics_.write(std::move(j));
   };
   double step_time_sum = 0, last_loss = 0;
@@ -547,8 +421,9 @@ TrainSummary Trainer::run() {
       const EvalResult ev = evaluate();
       if (rank0_ && !cfg_.log.quiet)
         std::printf("eval at step %lld | %s loss %.4f%s | accuracy %.2f%%\n", static_cast<long long>(step_),
-                    lm ? "validation" : "test", ev.loss,
-                    lm ? (" (ppl " + std::to_string(std::exp(ev.loss)) + ")").c_str() : "", 100 * ev.accuracy);
+                    words.eval_split, ev.loss,
+                    words.perplexity ? (" (ppl " + std::to_string(std::exp(ev.loss)) + ")").c_str() : "",
+                    100 * ev.accuracy);
       log_eval(ev, MetricsRecord::object());
     }
     if (epoch_end || step_ == total_steps_) {
@@ -559,7 +434,7 @@ TrainSummary Trainer::run() {
       sum.epoch_accuracy.push_back(ev.accuracy);
       if (rank0_ && !cfg_.log.quiet)
         std::printf("epoch %d done in %.1f s | %s loss %.4f | %s accuracy %.2f%%\n", r.epoch + 1, secs,
-                    lm ? "validation" : "test", ev.loss, lm ? "next-token" : "test", 100 * ev.accuracy);
+                    words.eval_split, ev.loss, words.accuracy, 100 * ev.accuracy);
       if (ev.count > 0) log_eval(ev, {{"epoch", r.epoch + 1}, {"epoch_s", secs}});
       else log_event("epoch_end", {{"epoch", r.epoch + 1}, {"epoch_s", secs}});
       sum.test = ev;
@@ -569,11 +444,13 @@ TrainSummary Trainer::run() {
                step_ % cfg_.checkpoint.every_steps == 0) {
       save_checkpoint();
     }
-    int stop = int(g_stop_signal), any = 0;
+    const double stop = double(g_stop_signal);
+    double any_signal = 0;
     {
       const WaitScope wait("the end-of-step agreement");
-      MPT_MPI_CHECK(MPI_Allreduce(&stop, &any, 1, MPI_INT, MPI_MAX, mpi_comm_));
+      host_->host_all_reduce(&stop, &any_signal, 1, ReduceOp::Max);
     }
+    const int any = int(any_signal);
     if (any != 0) {
       std::string where = "no checkpoint (checkpoint.dir is not set)";
       if (!cfg_.checkpoint.dir.empty()) {
@@ -594,7 +471,7 @@ TrainSummary Trainer::run() {
     std::printf("summary: %lld steps (%lld skipped) in %.1f s | %s %.4f | accuracy %.2f%% | final scale %g | "
                 "peak %s memory per rank: %s allocated by mptrain",
                 static_cast<long long>(sum.steps), static_cast<long long>(sum.skipped), sum.seconds,
-                lm ? "validation loss" : "test loss", sum.test.loss, 100 * sum.test.accuracy, sum.final_scale,
+                (std::string(words.eval_split) + " loss").c_str(), sum.test.loss, 100 * sum.test.accuracy, sum.final_scale,
                 ex_.cuda() ? "GPU" : "host", human_bytes(double(sum.peak_device_bytes)).c_str());
     if (ex_.cuda()) std::printf(", %s in use on the device", human_bytes(double(sum.device_used_bytes)).c_str());
     std::printf("\n");
@@ -612,12 +489,12 @@ TrainSummary Trainer::run() {
     failure = std::to_string(skipped_run) + " of the " + std::to_string(steps_run) +
               " steps of this run were skipped (overflow or monitor); the model barely trained";
   else if (eval_count_ > 0 && sum.test.count > 0 && !std::isfinite(sum.test.loss))
-    failure = std::string(lm ? "validation" : "test") + " loss is " + std::to_string(sum.test.loss);
+    failure = std::string(words.eval_split) + " loss is " + std::to_string(sum.test.loss);
   if (metrics_.enabled()) {
     MetricsRecord j = {{"type", "summary"}, {"run_id", run_id_}, {"steps", sum.steps}, {"steps_run", steps_run}, {"skipped", sum.skipped},
                         {"seconds", sum.seconds}, {"test_accuracy", sum.test.accuracy}, {"test_loss", sum.test.loss},
                         {"final_scale", sum.final_scale}, {"precision", prec_.mode}, {"ranks", world_.size},
-                        {"zero_stage", cfg_.zero.stage}, {"device", device_desc_},
+                        {"zero_stage", cfg_.zero.stage}, {"device", dev_->description()},
                         {"peak_allocated_bytes", sum.peak_device_bytes},
                         {"device_used_bytes", sum.device_used_bytes},
                         {"epoch_seconds", sum.epoch_seconds}, {"monitor_skips", monitor_skips_},
@@ -625,9 +502,10 @@ TrainSummary Trainer::run() {
                         {"mean_step_s", timed_steps > 0 ? step_time_sum / double(timed_steps) : 0.0},
                         {std::string(unit) + "_per_s",
                          timed_steps > 0 ? double(global_batch) * double(timed_steps) / step_time_sum : 0.0}};
-    if (lm) {
-      j["val_loss"] = sum.test.loss;
-      j["val_accuracy"] = sum.test.accuracy;
+    // Besides test_loss / test_accuracy, a split of another name reports under its own keys too (val_loss).
+    if (std::string(words.eval_key) != "test_") {
+      j[std::string(words.eval_key) + "loss"] = sum.test.loss;
+      j[std::string(words.eval_key) + "accuracy"] = sum.test.accuracy;
     }
     if (!failure.empty()) j["failure"] = failure;
     metrics_.write(std::move(j));

@@ -18,6 +18,8 @@
 #include "src/core/check.h"
 #include "src/config/config.h"
 #include "src/data/data.h"
+#include "src/data/dataset.h"
+#include "src/train/device_context.h"
 #include "src/train/metrics.h"
 #include "src/model/model.h"
 #include "src/optim/stability.h"
@@ -148,13 +150,10 @@ class Trainer {
   int64_t total_steps() const { return total_steps_; }
 
  private:
-  void setup_device();
-  void setup_cpu_gemm();
   void print_banner() const;
   void try_resume();
   // Rank 0: the checkpoint file and `latest`; returns the file's path.
   std::string write_checkpoint_files(const OptimizerState& state);
-  void load_data();
   DType fallback_target() const;
   nlohmann::json fallbacks_json() const;
   // Metrics file and progress line (src/train/train_log.cpp). open_metrics is collective: a metrics file that
@@ -164,22 +163,18 @@ class Trainer {
   void log_step(const StepRecord& r);
   void log_event(const std::string& event, MetricsRecord fields);
   int64_t units_per_step() const;  // tokens (language model) or samples of one optimizer step, all ranks
-  Batch make_batch(bool train, const int64_t* idx, int n);
 
   Config cfg_;
   WorldInfo world_;
-  MPI_Comm mpi_comm_;
+  MPI_Comm mpi_comm_;                // for agree() and the communicators' creation
+  std::unique_ptr<Communicator> host_;  // MPI: every host value the ranks exchange (checks, losses, flags)
   bool rank0_;
-  Exec ex_;
-  Stream comm_stream_ = nullptr;
-  HardwareCaps hw_;
-  std::string device_desc_;
+  std::unique_ptr<DeviceContext> dev_;  // destroyed after everything that uses the device
+  Exec ex_;                          // dev_->exec()
   ResolvedPrecision prec_;
   std::unique_ptr<Communicator> comm_;
-  ImageDataset train_, test_;        // fashion-mnist
-  TokenStream tok_train_, tok_val_;  // tokens
-  std::unique_ptr<TokenWindows> win_train_, win_val_;
-  int64_t train_count_ = 0, eval_count_ = 0;
+  std::unique_ptr<Dataset> data_;
+  int64_t train_count_ = 0, eval_count_ = 0;  // data_'s, agreed across ranks
   std::unique_ptr<DistributedSampler> sampler_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<ShardedOptimizer> opt_;
@@ -208,10 +203,7 @@ class Trainer {
   int64_t step_ = 0, step_in_epoch_ = 0;
   int64_t overflow_at_min_run_ = 0;  // overflowing steps in a row at loss_scale.min
   int epoch_ = 0;
-  std::vector<float> xbuf_;
-  std::vector<int32_t> ybuf_, inbuf_;
   MetricsLog metrics_;
-  std::string device_name_;          // CUDA device name ("" on CPU ranks): the MFU peak's table key
   std::string resumed_from_;         // checkpoint this run resumed from ("" : a fresh run)
   std::string run_id_;
   double flops_per_unit_ = 0, peak_flops_ = 0;  // MFU: model FLOPs per token/sample; peak of all ranks

@@ -27,7 +27,7 @@ void Trainer::open_metrics() {
   });
   if (ex_.cuda()) {
     flops_per_unit_ = train_flops_per_unit(cfg_.model, opt_->num_elements());
-    peak_flops_ = peak_tflops(device_name_, prec_.model, prec_.allow_tf32) * 1e12 * world_.size;
+    peak_flops_ = peak_tflops(dev_->name(), prec_.model, prec_.allow_tf32) * 1e12 * world_.size;
   }
   if (!metrics_.enabled()) return;
   if (!metrics_.rotated_to().empty())
@@ -40,7 +40,6 @@ void Trainer::open_metrics() {
 
 MetricsRecord Trainer::header_record() const {
   const double now = unix_time_now();
-  const bool lm = language_model();
   MetricsRecord j = {{"type", "header"},
                       {"schema", kMetricsSchema},
                       {"time", std::round(now * 1000) / 1000},
@@ -48,16 +47,16 @@ MetricsRecord Trainer::header_record() const {
                       {"run_id", run_id_},
                       {"git_commit", git_commit()},
                       {"world_size", world_.size},
-                      {"device", device_desc_},
+                      {"device", dev_->description()},
                       {"device_type", ex_.cuda() ? "cuda" : "cpu"},
-                      {"device_name", ex_.cuda() ? device_name_ : "cpu"},
+                      {"device_name", ex_.cuda() ? dev_->name() : "cpu"},
                       {"communicator", comm_->name()},
                       {"precision", prec_.mode},
                       {"model_dtype", dtype_name(prec_.model)},
                       {"loss_scaling", scaler_->enabled()},
                       {"model", model_->describe()},
                       {"parameters", opt_->num_elements()},
-                      {"unit", lm ? "tokens" : "samples"},
+                      {"unit", data_->words().unit},
                       {"units_per_step", units_per_step()},
                       {"total_steps", total_steps_},
                       {"steps_per_epoch", steps_per_epoch_},
@@ -80,7 +79,7 @@ void Trainer::log_event(const std::string& event, MetricsRecord fields) {
 
 void Trainer::log_step(const StepRecord& r) {
   const int64_t units = units_per_step();
-  const std::string unit = language_model() ? "tokens" : "samples";
+  const std::string unit = data_->words().unit;
   const int64_t done = r.step + 1;  // 1-based, as printed
   progress_.window_units += units;
   ++progress_.window_steps;

@@ -15,7 +15,7 @@ DType Trainer::fallback_target() const {
   const std::string& f = cfg_.precision.fallback;
   if (f == "none" || prec_.model == DType::F32) return prec_.model;
   // CPU ranks emulate bf16 in software, so it is always there; GPUs have it from sm80.
-  const bool bf16_hw = !hw_.cuda || hw_.cc_major >= 8;
+  const bool bf16_hw = !dev_->caps().cuda || dev_->caps().cc_major >= 8;
   if (prec_.model == DType::F16 && (f == "bf16" || f == "auto") && bf16_hw) return DType::BF16;
   if (f == "bf16" && !bf16_hw) return prec_.model;  // asked for bf16 only, and there is none
   return DType::F32;
@@ -101,7 +101,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
   model_.reset();
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
-                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, comm_stream_);
+                                            size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream());
   model_->bind(opt_->params());
   opt_->load_state(state);
   opt_->set_adam_step(adam_step);

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "src/io/hf_export.h"
 #include "src/model/gpt2.h"
 #include "src/io/safetensors.h"
 #include "src/data/tokens.h"
