@@ -1,5 +1,5 @@
 // The training configuration: JSON file + `--set key.path=value` overrides.
-// Defaults live in exactly one place (default_config_json() in config.cpp); every key a user can set is
+// Defaults live in exactly one place (default_config_json() in src/config/defaults.cpp); every key a user can set is
 // there, so an unknown key is an error, not ignored. Errors throw InputError naming the file and the key path.
 #pragma once
 
