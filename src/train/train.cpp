@@ -148,7 +148,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   world_.size = host_->size();
   rank0_ = world_.rank == 0;
   check_same_config(cfg_, *host_);
-  agree(mpi_comm_, [&] {
+  agree(*host_, [&] {
     dev_ = std::make_unique<DeviceContext>(cfg_, world_);
     ex_ = dev_->exec();
     prec_ = resolve_precision(cfg_.precision, dev_->caps());
@@ -176,7 +176,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
     OptimizerState st;
     Gpt2ImportReport rep;
-    agree(mpi_comm_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model, &rep); });
+    agree(*host_, [&] { st.master = gpt2_import(cfg_.model.init_from, specs, cfg_.model, &rep); });
     if (rank0_) {
       std::string ignored;
       for (const std::string& n : rep.ignored) ignored += (ignored.empty() ? "" : ", ") + n;

@@ -35,10 +35,12 @@ namespace mpt {
 struct PeerInputError : std::runtime_error {
   PeerInputError() : std::runtime_error("another rank reported bad input") {}
 };
-// The collective half of agree: returns when no rank failed, else throws as described above.
+// The collective half of agree: returns when no rank failed, else throws as described above. Over an MPI
+// communicator (commands, before any Trainer exists) or a Communicator's host collectives (the Trainer).
 void settle_input_errors(MPI_Comm comm, const std::exception_ptr& err, const std::string& message);
-template <class F>
-void agree(MPI_Comm comm, F&& body) {
+void settle_input_errors(Communicator& comm, const std::exception_ptr& err, const std::string& message);
+template <class Comm, class F>
+void agree(Comm&& comm, F&& body) {
   std::exception_ptr err;
   std::string message;
   try {
@@ -166,7 +168,7 @@ class Trainer {
 
   Config cfg_;
   WorldInfo world_;
-  MPI_Comm mpi_comm_;                // for agree() and the communicators' creation
+  MPI_Comm mpi_comm_;                // what the communicators are made from
   std::unique_ptr<Communicator> host_;  // MPI: every host value the ranks exchange (checks, losses, flags)
   bool rank0_;
   std::unique_ptr<DeviceContext> dev_;  // destroyed after everything that uses the device

@@ -22,7 +22,7 @@ void Trainer::open_metrics() {
   run_id_ = new_run_id();
   const bool resuming = !resumed_from_.empty();
   // Rank 0 writes the file; a path it cannot use ends every rank alike (exit 2) before the first step.
-  agree(mpi_comm_, [&] {
+  agree(*host_, [&] {
     if (rank0_ && !cfg_.log.metrics.empty()) metrics_.open(cfg_.log.metrics, resuming);
   });
   if (ex_.cuda()) {

@@ -115,7 +115,7 @@ void Trainer::save_checkpoint() {
   // Rank 0 writes; every rank learns whether it could, so a failure (a directory that cannot be made, a
   // full disk) ends every rank with rank 0's message instead of leaving the others in the next collective.
   std::string path;
-  agree(mpi_comm_, [&] {
+  agree(*host_, [&] {
     if (!rank0_) return;
     path = write_checkpoint_files(state);
     prune_checkpoints(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
@@ -157,7 +157,7 @@ void Trainer::try_resume() {
   std::vector<ParamSpec> specs;
   for (int i = 0; i < opt_->num_params(); ++i) specs.push_back(opt_->spec(i));
   std::string from;
-  agree(mpi_comm_, [&] {
+  agree(*host_, [&] {
     const std::string dir = cfg_.checkpoint.dir;
     if (rank0_) {
       const int stale = remove_stale_temporaries(dir);
@@ -200,7 +200,12 @@ void Trainer::try_resume() {
     }
     found = true;
   });
-  const bool everywhere = all_ranks_ok(found, mpi_comm_), nowhere = all_ranks_ok(!found, mpi_comm_);
+  auto all_ranks = [&](bool yes) {
+    double no = yes ? 0 : 1, any_no = 0;
+    host_->host_all_reduce(&no, &any_no, 1, ReduceOp::Max);
+    return any_no == 0;
+  };
+  const bool everywhere = all_ranks(found), nowhere = all_ranks(!found);
   if (!everywhere && !nowhere)
     throw InputError(cfg_.checkpoint.dir, "checkpoint.dir", "a checkpoint is visible to some ranks only");
   if (!found) return;
