@@ -20,7 +20,7 @@
 #include <nccl.h>
 
 #include "comm/bootstrap.h"
-#include "src/check.h"
+#include "src/core/check.h"
 
 namespace mpt::detail {
 
@@ -41,6 +41,11 @@ std::unique_ptr<Communicator> new_mpi_communicator(size_t max_piece, MPI_Comm co
 inline constexpr size_t kDefaultMpiPiece = size_t(1) << 24;
 
 std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi);
+
+// The host-value collectives of the Communicator interface, shared by both implementations.
+void mpi_host_all_reduce(MPI_Comm comm, const double* send, double* recv, int count, ReduceOp op);
+void mpi_host_all_gather(MPI_Comm comm, const void* send, void* recv, size_t bytes);
+void mpi_host_broadcast(MPI_Comm comm, void* buf, size_t bytes, int root);
 
 }  // namespace mpt::detail
 

@@ -35,6 +35,14 @@ class Communicator {
   virtual void broadcast(void* buf, size_t count, DType t, int root, Stream s) = 0;
   // Host-side barrier over all ranks (waits for the rank's enqueued collectives first).
   virtual void barrier() = 0;
+
+  // Small host values that every rank must agree on (losses, evaluation sums, stop flags, hashes, config
+  // checks): plain MPI on the host in both implementations, blocking, independent of the device streams.
+  // recv may equal send for host_all_reduce.
+  virtual void host_all_reduce(const double* send, double* recv, int count, ReduceOp op) = 0;
+  // recv[r * bytes, (r + 1) * bytes) = send of rank r.
+  virtual void host_all_gather(const void* send, void* recv, size_t bytes) = 0;
+  virtual void host_broadcast(void* buf, size_t bytes, int root) = 0;
 };
 
 }  // namespace mpt

@@ -154,6 +154,14 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override { MPT_MPI_CHECK(MPI_Barrier(comm_)); }
 
+  void host_all_reduce(const double* send, double* recv, int count, ReduceOp op) override {
+    detail::mpi_host_all_reduce(comm_, send, recv, count, op);
+  }
+  void host_all_gather(const void* send, void* recv, size_t bytes) override {
+    detail::mpi_host_all_gather(comm_, send, recv, bytes);
+  }
+  void host_broadcast(void* buf, size_t bytes, int root) override { detail::mpi_host_broadcast(comm_, buf, bytes, root); }
+
  private:
   static void check_ptr(const char* op, const void* p) {
     if (!p) throw std::invalid_argument(std::string(op) + ": null buffer with a non-zero count");

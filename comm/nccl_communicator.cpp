@@ -150,6 +150,14 @@ class NcclCommunicator final : public Communicator {
     MPT_MPI_CHECK(MPI_Barrier(mpi_));
   }
 
+  void host_all_reduce(const double* send, double* recv, int count, ReduceOp op) override {
+    detail::mpi_host_all_reduce(mpi_, send, recv, count, op);
+  }
+  void host_all_gather(const void* send, void* recv, size_t bytes) override {
+    detail::mpi_host_all_gather(mpi_, send, recv, bytes);
+  }
+  void host_broadcast(void* buf, size_t bytes, int root) override { detail::mpi_host_broadcast(mpi_, buf, bytes, root); }
+
  private:
   // Event handoff between the caller's stream and the comm stream (see the top of the file). One event
   // per direction suffices: cudaStreamWaitEvent captures the record that is current when it is called.

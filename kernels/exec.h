@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "src/dtype.h"
+#include "src/core/dtype.h"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*; kernels/ headers stay free of CUDA headers.
 

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "src/dtype.h"
-#include "src/rng.h"
+#include "src/core/dtype.h"
+#include "src/core/rng.h"
 
 namespace mpt::test {
 

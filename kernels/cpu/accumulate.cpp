@@ -1,5 +1,5 @@
 // CPU twin of kernels/accumulate.h. Converts in chunks through FP32 so that the half formats round once
-// per element with the same rounding as src/dtype.h (and hence as CUDA's _rn conversions).
+// per element with the same rounding as src/core/dtype.h (and hence as CUDA's _rn conversions).
 #include "kernels/accumulate.h"
 
 #include <algorithm>

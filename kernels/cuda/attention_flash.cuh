@@ -4,7 +4,7 @@
 
 #include <cuda_runtime.h>
 
-#include "src/dtype.h"
+#include "src/core/dtype.h"
 
 namespace mpt::cuda::flash {
 

@@ -1,5 +1,5 @@
 // CUDA version of kernels/cast.h. Every conversion goes through FP32 (exact for all three storage
-// types) and rounds once with the _rn intrinsics, which src/dtype.h matches bit for bit, so the result
+// types) and rounds once with the _rn intrinsics, which src/core/dtype.h matches bit for bit, so the result
 // equals the CPU twin exactly, NaN included.
 #include "kernels/cast.h"
 #include "kernels/cuda/cuda_util.cuh"

@@ -17,8 +17,8 @@
 #include <utility>
 
 #include "kernels/exec.h"
-#include "src/check.h"
-#include "src/cuda_check.h"  // MPT_CUDA_CHECK
+#include "src/core/check.h"
+#include "src/core/cuda_check.h"  // MPT_CUDA_CHECK
 
 #define MPT_CUBLAS_CHECK(call)                                                                            \
   do {                                                                                                    \

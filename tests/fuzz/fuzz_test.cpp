@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "src/bpe.h"
-#include "src/check.h"
-#include "src/checkpoint.h"
-#include "src/config.h"
-#include "src/data.h"
-#include "src/safetensors.h"
-#include "src/tokens.h"
+#include "src/data/bpe.h"
+#include "src/core/check.h"
+#include "src/io/checkpoint.h"
+#include "src/config/config.h"
+#include "src/data/data.h"
+#include "src/io/safetensors.h"
+#include "src/data/tokens.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -259,7 +259,7 @@ TEST(Fuzz, Checkpoints) {
   Rng r = test::fresh_rng();
   const std::vector<ParamSpec> specs = {{"w", "w", {4, 6}, DType::BF16, true, Init::Zeros, 0.f},
                                         {"b", "b", {6}, DType::BF16, false, Init::Zeros, 0.f}};
-  ShardedOptimizer::FullState s;
+  OptimizerState s;
   for (auto* v : {&s.master, &s.m, &s.v})
     for (int i = 0; i < 30; ++i) v->push_back(r.normal());
   CheckpointMeta m;
@@ -273,7 +273,7 @@ TEST(Fuzz, Checkpoints) {
   const std::vector<uint8_t> valid = read_all(p);
   fuzz(valid, p, [&] {
     CheckpointMeta back;
-    ShardedOptimizer::FullState st;
+    OptimizerState st;
     load_checkpoint(p, specs, &back, &st);
   });
 }

@@ -13,8 +13,8 @@
 
 #include <mpi.h>
 
-#include "src/precision_auto.h"
-#include "src/train.h"
+#include "src/train/precision_auto.h"
+#include "src/train/train.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace mpt {

@@ -17,8 +17,8 @@
 
 #include "comm/bootstrap.h"
 #include "kernels/exec.h"
-#include "src/cuda_check.h"
-#include "src/dtype.h"
+#include "src/core/cuda_check.h"
+#include "src/core/dtype.h"
 #include "tests/test_util.h"
 
 namespace mpt::test {

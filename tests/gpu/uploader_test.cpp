@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "src/buffer.h"
+#include "src/core/buffer.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace mpt::test {

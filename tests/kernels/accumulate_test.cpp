@@ -1,7 +1,7 @@
 // mpt::cpu::accumulate against a float64 reference: dst[i] = dst[i] + src[i] rounded once to the dtype.
 //
 // The reference adds in double and rounds to the dtype with its own round-half-to-even (scaling by the
-// dtype's spacing and nearbyint), independent of src/dtype.h. The sum of two fp16 values is exact in
+// dtype's spacing and nearbyint), independent of src/core/dtype.h. The sum of two fp16 values is exact in
 // double; for fp32 and bf16 it may not be, but rounding to double first and then to the dtype gives the
 // correctly rounded sum because double has more than 2p + 2 bits for every p-bit dtype here. So the
 // kernel must match the reference bit for bit: one rounding, ties to even, overflow to inf, signed zeros.

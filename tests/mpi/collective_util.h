@@ -22,8 +22,8 @@
 #endif
 #include <mpi.h>
 
-#include "src/dtype.h"
-#include "src/rng.h"
+#include "src/core/dtype.h"
+#include "src/core/rng.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -10,8 +10,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/precision_auto.h"
-#include "src/train.h"
+#include "src/train/precision_auto.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {

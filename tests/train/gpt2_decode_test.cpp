@@ -28,11 +28,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/gpt2.h"
-#include "src/gpt2_decode.h"
-#include "src/sample.h"
-#include "src/tokens.h"
-#include "src/train.h"
+#include "src/model/gpt2.h"
+#include "src/model/gpt2_decode.h"
+#include "src/train/sample.h"
+#include "src/data/tokens.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {

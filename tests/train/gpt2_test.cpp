@@ -12,10 +12,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/gpt2.h"
-#include "src/safetensors.h"
-#include "src/tokens.h"
-#include "src/train.h"
+#include "src/io/hf_export.h"
+#include "src/model/gpt2.h"
+#include "src/io/safetensors.h"
+#include "src/data/tokens.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -113,7 +114,7 @@ TEST(Gpt2, GradientMatchesFiniteDifferences) {
   b.inputs = inputs.data();
   b.targets = targets.data();
   opt.zero_grads();
-  opt.set_last_micro(true);
+  opt.begin_micro_batch(true);
   t.model().forward_backward(b, 1.f / 64.f, opt);
   opt.finish_reduction();
   const std::vector<float> g = grads_fp32(t);

@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/train.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -76,7 +76,7 @@ TEST(Precision, DynamicScalingRecoversFp16Underflow) {
     ShardedOptimizer& opt = t.optimizer();
     const Batch b = t.train_batch(0, 256);
     opt.zero_grads();
-    opt.set_last_micro(true);
+    opt.begin_micro_batch(true);
     const float scale = t.scaler().scale();
     t.model().forward_backward(b, scale / 256.f, opt);
     opt.finish_reduction();

@@ -11,8 +11,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "src/checkpoint.h"
-#include "src/train.h"
+#include "src/io/checkpoint.h"
+#include "src/train/train.h"
 #include "tests/test_util.h"
 
 namespace mpt {

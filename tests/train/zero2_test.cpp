@@ -15,7 +15,7 @@
 #include <mpi.h>
 
 #include "comm/bootstrap.h"
-#include "src/zero.h"
+#include "src/optim/zero.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -78,7 +78,7 @@ Outcome run(int stage, int micro, int steps) {
   for (int t = 0; t < steps; ++t) {
     opt.zero_grads();
     for (int m = 0; m < micro; ++m) {
-      opt.set_last_micro(m == micro - 1);
+      opt.begin_micro_batch(m == micro - 1);
       const std::vector<int64_t> order = write_order(t, m, n);
       for (int64_t i : order) {
         if (i == kFrozen || (i == kDead && t == 1)) continue;
@@ -164,7 +164,7 @@ TEST(Zero2Staging, GradAfterItsBucketWasReducedThrows) {
   auto comm = make_mpi_communicator(MPI_COMM_WORLD);
   ShardedOptimizer opt(ex, *comm, specs(), 2, kBucketBytes, shared_seed());
   opt.zero_grads();
-  opt.set_last_micro(true);
+  opt.begin_micro_batch(true);
   static_cast<float*>(opt.grad(kLate))[0] = 1.f;
   opt.grad_ready(kLate);  // p3 fills its bucket: reduced now
   EXPECT_THROW(opt.grad(kLate), std::logic_error);
@@ -189,14 +189,14 @@ TEST(Zero2Staging, ASlotIsGivenBackWhenTheNextMicroBatchStarts) {
     for (int e = 0; e < 500; ++e) g[e] += v;
   };
   opt.zero_grads();
-  opt.set_last_micro(false);
+  opt.begin_micro_batch(false);
   write(0, 1.f);
   opt.grad_ready(0);
   const size_t one_slot = opt.memory().grad_staging;
   EXPECT_GT(one_slot, 0u);
   write(1, 2.f);  // q1 is never readied in this micro-batch
   EXPECT_EQ(opt.memory().grad_staging, one_slot) << "q0's slot was free for q1";
-  opt.set_last_micro(true);
+  opt.begin_micro_batch(true);
   write(0, 4.f);
   opt.grad_ready(0);
   write(1, 8.f);

@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-#include "src/amp.h"
+#include "src/optim/amp.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -1,4 +1,4 @@
-// GPT-2 byte-level BPE (src/bpe.h): character classes, pre-tokenization, the byte alphabet, merges by rank
+// GPT-2 byte-level BPE (src/data/bpe.h): character classes, pre-tokenization, the byte alphabet, merges by rank
 // on a small vocabulary built here, file validation, and (when launch/setup.sh has put GPT-2's files in
 // .data/gpt2-bpe) known token ids and round trips on GPT-2's own vocabulary.
 #include <gtest/gtest.h>
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "src/bpe.h"
-#include "src/check.h"
+#include "src/data/bpe.h"
+#include "src/core/check.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -331,7 +331,7 @@ TEST(BpeGpt2, RoundTrip) {
   EXPECT_EQ(gpt2()->decode(gpt2()->encode(raw)), raw);
 }
 
-// The merge loop against a plain implementation written from the description in src/bpe.h (repeat: find
+// The merge loop against a plain implementation written from the description in src/data/bpe.h (repeat: find
 // the adjacent pair of lowest rank, merge all its occurrences left to right), on GPT-2's files.
 TEST(BpeGpt2, SameIdsAsPlainMergeLoop) {
   NEED_GPT2();

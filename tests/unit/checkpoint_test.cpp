@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "src/check.h"
-#include "src/checkpoint.h"
+#include "src/core/check.h"
+#include "src/io/checkpoint.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -28,9 +28,9 @@ std::vector<ParamSpec> specs() {
           {"fc1.bias", "fc1", {3}, DType::F16, false, Init::Zeros, 0.f}};
 }
 
-ShardedOptimizer::FullState random_state(size_t n) {
+OptimizerState random_state(size_t n) {
   Rng r = test::fresh_rng();
-  ShardedOptimizer::FullState s;
+  OptimizerState s;
   for (auto* v : {&s.master, &s.m, &s.v})
     for (size_t i = 0; i < n; ++i) v->push_back(r.normal());
   return s;
@@ -58,7 +58,7 @@ TEST(Checkpoint, RoundTripAndLatest) {
   const std::string p2 = save_checkpoint(d.path, meta_for(20), s2);
   EXPECT_EQ(latest_checkpoint(d.path), p2);
   CheckpointMeta m;
-  ShardedOptimizer::FullState back;
+  OptimizerState back;
   load_checkpoint(p2, specs(), &m, &back);
   EXPECT_EQ(m.step, 20);
   EXPECT_EQ(m.epoch, 2);
@@ -88,7 +88,7 @@ TEST(Checkpoint, BadFilesGiveClearErrors) {
   TempDir d;
   const std::string p = save_checkpoint(d.path, meta_for(5), random_state(18));
   CheckpointMeta m;
-  ShardedOptimizer::FullState s;
+  OptimizerState s;
   // Truncated data.
   const auto size = std::filesystem::file_size(p);
   std::filesystem::resize_file(p, size - 4);
@@ -126,7 +126,7 @@ TEST(Checkpoint, DamagedStateOrHeaderIsRefused) {
     const std::string p = d.path + "/bad.bin";
     std::ofstream(p, std::ios::binary) << bad;
     CheckpointMeta m;
-    ShardedOptimizer::FullState back;
+    OptimizerState back;
     try {
       load_checkpoint(p, specs(), &m, &back);
       ADD_FAILURE() << "a flipped bit in " << names[array] << " was accepted";
@@ -141,7 +141,7 @@ TEST(Checkpoint, DamagedStateOrHeaderIsRefused) {
     if (std::string(field) == "step_in_epoch") m.step_in_epoch = -5;
     const std::string p = save_checkpoint(d.path, m, s);
     CheckpointMeta back_meta;
-    ShardedOptimizer::FullState back;
+    OptimizerState back;
     try {
       load_checkpoint(p, specs(), &back_meta, &back);
       ADD_FAILURE() << field << " < 0 was accepted";

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "src/check.h"
-#include "src/config.h"
+#include "src/core/check.h"
+#include "src/config/config.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

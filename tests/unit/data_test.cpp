@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "src/check.h"
-#include "src/data.h"
+#include "src/core/check.h"
+#include "src/data/data.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -10,7 +10,7 @@
 
 #include <gtest/gtest.h>
 
-#include "src/dtype.h"
+#include "src/core/dtype.h"
 #include "tests/test_util.h"
 
 namespace {

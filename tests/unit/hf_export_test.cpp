@@ -13,10 +13,10 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include "src/gpt2.h"
-#include "src/hf_export.h"
-#include "src/safetensors.h"
-#include "src/tokens.h"
+#include "src/model/gpt2.h"
+#include "src/io/hf_export.h"
+#include "src/io/safetensors.h"
+#include "src/data/tokens.h"
 #include "tests/test_util.h"
 
 namespace mpt {
@@ -30,7 +30,7 @@ std::string temp_dir() {
   return d.string();
 }
 
-// float -> bf16 / fp16 bits, round to nearest even, written independently of src/dtype.h (finite, normal
+// float -> bf16 / fp16 bits, round to nearest even, written independently of src/core/dtype.h (finite, normal
 // range values only: the test draws those).
 uint16_t bf16_rne(float f) {
   uint32_t u;

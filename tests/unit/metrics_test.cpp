@@ -10,8 +10,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "src/check.h"
-#include "src/metrics.h"
+#include "src/core/check.h"
+#include "src/train/metrics.h"
 #include "tests/test_util.h"
 
 namespace mpt {

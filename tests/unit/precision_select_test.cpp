@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include "src/precision_select.h"
+#include "src/optim/precision_select.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "src/check.h"
-#include "src/safetensors.h"
+#include "src/core/check.h"
+#include "src/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

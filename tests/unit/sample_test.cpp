@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "src/sample.h"
+#include "src/train/sample.h"
 #include "tests/test_util.h"
 
 namespace mpt {

@@ -9,7 +9,7 @@
 
 #include <gtest/gtest.h>
 
-#include "src/stability.h"
+#include "src/optim/stability.h"
 #include "tests/test_util.h"
 
 namespace mpt {

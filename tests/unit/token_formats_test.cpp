@@ -1,4 +1,4 @@
-// Token files of other tools (src/tokens.h, data.format): llm.c shards (1024-byte int32 header, uint16
+// Token files of other tools (src/data/tokens.h, data.format): llm.c shards (1024-byte int32 header, uint16
 // tokens) and nanoGPT's raw uint16 .bin files, format detection under `auto`, and every header and
 // size check. Files are written here byte by byte; tokens are fresh random values every run.
 #include <gtest/gtest.h>
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "src/check.h"
-#include "src/tokens.h"
+#include "src/core/check.h"
+#include "src/data/tokens.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "src/check.h"
-#include "src/tokens.h"
+#include "src/core/check.h"
+#include "src/data/tokens.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

@@ -1,0 +1,70 @@
+#include "src/core/comm_exposure.h"
+
+#include <stdexcept>
+
+#include <cuda_runtime_api.h>
+
+#include "src/core/cuda_check.h"
+
+namespace mpt {
+
+ExposureProbe::~ExposureProbe() {
+  for (auto& [a, b] : events_) {
+    cudaEventDestroy(static_cast<cudaEvent_t>(a));
+    cudaEventDestroy(static_cast<cudaEvent_t>(b));
+  }
+}
+
+void ExposureProbe::enable(const Exec& ex) {
+  ex_ = ex;
+  on_ = true;
+}
+
+void ExposureProbe::stream_begin() {
+  if (!on_ || !ex_.cuda()) return;
+  if (open_) throw std::logic_error("ExposureProbe: stream_begin inside an open bracket");
+  if (used_ == events_.size()) {
+    cudaEvent_t a, b;
+    MPT_CUDA_CHECK(cudaEventCreate(&a));
+    MPT_CUDA_CHECK(cudaEventCreate(&b));
+    events_.emplace_back(a, b);
+  }
+  MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[used_].first), static_cast<cudaStream_t>(ex_.stream)));
+  open_ = true;
+}
+
+void ExposureProbe::stream_end() {
+  if (!on_ || !ex_.cuda()) return;
+  if (!open_) throw std::logic_error("ExposureProbe: stream_end without stream_begin");
+  MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[used_].second), static_cast<cudaStream_t>(ex_.stream)));
+  ++used_;
+  open_ = false;
+}
+
+void ExposureProbe::host_begin() {
+  if (!on_ || host_depth_++ > 0) return;
+  host_t0_ = std::chrono::steady_clock::now();
+}
+
+void ExposureProbe::host_end() {
+  if (!on_ || host_depth_ == 0 || --host_depth_ > 0) return;
+  host_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0_).count();
+}
+
+double ExposureProbe::take_ms() {
+  double ms = host_ms_;
+  host_ms_ = 0;
+  if (on_ && ex_.cuda() && used_ > 0) {
+    MPT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(ex_.stream)));
+    for (size_t k = 0; k < used_; ++k) {
+      float e = 0;
+      MPT_CUDA_CHECK(cudaEventElapsedTime(&e, static_cast<cudaEvent_t>(events_[k].first),
+                                          static_cast<cudaEvent_t>(events_[k].second)));
+      ms += double(e);
+    }
+  }
+  used_ = 0;
+  return ms;
+}
+
+}  // namespace mpt

@@ -1,0 +1,43 @@
+// The AdamW state storage a config asks for (optimizer.state_dtype, optimizer.state_block), and the check
+// that a checkpoint's state matches it.
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/adamw_lowp.h"
+#include "src/core/check.h"
+#include "src/config/config.h"
+
+namespace mpt {
+
+inline StateFormat state_format_of(const OptimizerConfig& o) {
+  StateFormat f;
+  parse_state_dtype(o.state_dtype, &f.dtype);  // validated by the config reader
+  f.block = o.state_block;
+  return f;
+}
+
+inline std::string describe_state(const StateFormat& f) {
+  return f.dtype == StateDType::I8 ? "int8 m/v, blocks of " + std::to_string(f.block) : state_dtype_name(f.dtype) + std::string(" m/v");
+}
+
+// A checkpoint records the config it was written with; its moments are the values of that state dtype.
+// Resuming them under another state dtype would silently change the optimizer, so it is refused rather
+// than converted (a run that wants to switch starts from the weights: model.init_from).
+inline void check_checkpoint_state(const std::string& path, const nlohmann::json& ckpt_config,
+                                   const OptimizerConfig& o) {
+  std::string saved = "fp32";  // checkpoints written before the field existed hold FP32 states
+  const auto opt = ckpt_config.find("optimizer");
+  if (opt != ckpt_config.end() && opt->is_object()) {
+    const auto sd = opt->find("state_dtype");
+    if (sd != opt->end() && sd->is_string()) saved = sd->get<std::string>();
+  }
+  if (saved != o.state_dtype)
+    throw InputError(path, "config.optimizer.state_dtype",
+                     "the checkpoint holds " + saved + " AdamW states but this run asks for optimizer.state_dtype=" +
+                         o.state_dtype + "; resume with --set optimizer.state_dtype=" + saved +
+                         " (a change of state dtype is not converted)");
+}
+
+}  // namespace mpt

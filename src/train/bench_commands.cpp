@@ -1,0 +1,193 @@
+// `mptrain profile` (a per-op table of one steady-state training step) and `mptrain bench-attention` (the
+// attention kernels alone on one device, for the comparison with PyTorch's scaled_dot_product_attention in
+// tests/reference/attention_peer.py).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+#include <nlohmann/json.hpp>
+
+#include "kernels/attention.h"
+#include "kernels/device_info.h"
+#include "src/core/buffer.h"
+#include "src/core/check.h"
+#include "src/train/commands.h"
+#include "src/core/cuda_check.h"
+#include "src/train/op_profile.h"
+#include "src/core/rng.h"
+#include "src/train/train.h"
+
+namespace mpt {
+
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+}  // namespace
+
+int profile_command(int argc, char** argv) {
+  CommandArgs a;
+  if (!parse_command_args(argc, argv, {"warmup", "steps", "out", "peak-tflops", "peak-gbs"}, {}, &a))
+    return kExitBadInput;
+  int warmup = 0, timed = 0;
+  Ceilings ceil;
+  if (!int_option(a, "warmup", 3, 1, &warmup) || !int_option(a, "steps", 5, 1, &timed) ||
+      !double_option(a, "peak-tflops", ceil.tflops, &ceil.tflops) || !double_option(a, "peak-gbs", ceil.gbs, &ceil.gbs))
+    return kExitBadInput;
+  return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
+    cfg.log.quiet = true;
+    cfg.log.metrics = "";
+    cfg.checkpoint.dir = "";
+    Trainer t(cfg, world);
+    // Warm-up: cuBLASLt plans, NCCL, first-touch allocations, the loss scale settling.
+    for (int i = 0; i < warmup; ++i) t.train_step();
+    std::vector<double> secs;
+    for (int i = 0; i < timed; ++i) secs.push_back(t.train_step().seconds);
+    const double unprofiled_ms = 1e3 * median(secs);
+    OpProfiler prof(t.exec());
+    installed_op_timer() = &prof;
+    prof.start_step();
+    const StepRecord rec = t.train_step();
+    prof.stop_step();
+    installed_op_timer() = nullptr;
+    const ProfileReport r = prof.report();
+    if (world.rank != 0) return;
+    const int64_t tokens = int64_t(cfg.train.batch_size) * cfg.train.grad_accum * t.model().targets_per_example();
+    std::printf("profile: %s | %s | %d rank(s), ZeRO-%d | batch %d x %d per rank | step %lld, loss %.4f%s\n",
+                t.model().describe().c_str(), dtype_name(t.model_dtype()), world.size, cfg.zero.stage,
+                cfg.train.batch_size, cfg.train.grad_accum, static_cast<long long>(rec.step), rec.loss,
+                rec.skipped ? " (skipped)" : "");
+    std::printf("unprofiled: median %.3f ms per step over %d steps = %.0f %s/s per rank\n", unprofiled_ms, timed,
+                double(tokens) / (unprofiled_ms * 1e-3), t.language_model() ? "tokens" : "samples");
+    std::fputs(format_profile(r, ceil, unprofiled_ms).c_str(), stdout);
+    std::fflush(stdout);
+    if (a.opts.count("out")) {
+      nlohmann::json j = profile_json(r, ceil, unprofiled_ms);
+      j["model"] = t.model().describe();
+      j["precision"] = dtype_name(t.model_dtype());
+      j["ranks"] = world.size;
+      j["config"] = cfg.resolved;
+      std::ofstream(a.opts.at("out")) << j.dump(2) << "\n";
+    }
+  });
+}
+
+int bench_attention_command(int argc, char** argv) {
+  // No config: the options are the shape. parse_command_args wants a positional CONFIG; take the options
+  // by hand instead.
+  int B = 16, T = 1024, H = 12, D = 64, iters = 20;
+  std::string dtype = "bf16", out;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw InputError("mptrain bench-attention", k, "needs a value");
+      return argv[++i];
+    };
+    auto as_int = [&](int lo) {
+      const std::string v = value();
+      char* end = nullptr;
+      const long x = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end || x < lo || x > (1 << 24)) throw InputError("mptrain bench-attention", k, "'" + v + "' is not a valid count");
+      return int(x);
+    };
+    try {
+      if (k == "--batch") B = as_int(1);
+      else if (k == "--seq") T = as_int(1);
+      else if (k == "--heads") H = as_int(1);
+      else if (k == "--head-dim") D = as_int(1);
+      else if (k == "--iters") iters = as_int(1);
+      else if (k == "--dtype") dtype = value();
+      else if (k == "--out") out = value();
+      else throw InputError("mptrain bench-attention", k, "unknown option (--batch --seq --heads --head-dim --iters --dtype --out)");
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "mptrain: %s\n", e.what());
+      return kExitBadInput;
+    }
+  }
+  DType t;
+  if (!parse_dtype(dtype, &t)) {
+    std::fprintf(stderr, "mptrain: bench-attention: --dtype: '%s' is not fp32, fp16 or bf16\n", dtype.c_str());
+    return kExitBadInput;
+  }
+  if (cuda_device_count() < 1) {
+    std::fprintf(stderr, "mptrain: bench-attention needs a CUDA device\n");
+    return kExitBadInput;
+  }
+  MPT_CUDA_CHECK(cudaSetDevice(0));
+  cudaStream_t st;
+  MPT_CUDA_CHECK(cudaStreamCreate(&st));
+  const size_t C = size_t(H) * D, n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C, n_bht = size_t(B) * H * T;
+  const size_t es = dtype_size(t);
+  // Random data (never zeros: the tensor cores run faster on them): q, k in [-2, 2), v and dout in [-1, 1).
+  Rng rng(0x5EED0001u);
+  std::vector<uint8_t> hq(n_qkv * es), hg(n_out * es);
+  std::vector<float> tmp(3 * C);
+  for (size_t r = 0; r < size_t(B) * T; ++r) {
+    for (size_t i = 0; i < 3 * C; ++i) tmp[i] = i < 2 * C ? rng.uniform(-2.f, 2.f) : rng.uniform(-1.f, 1.f);
+    from_float_n(tmp.data(), hq.data() + r * 3 * C * es, t, 3 * C);
+    for (size_t i = 0; i < C; ++i) tmp[i] = rng.uniform(-1.f, 1.f);
+    from_float_n(tmp.data(), hg.data() + r * C * es, t, C);
+  }
+  Buffer qkv(Device::CUDA, hq.size()), dout(Device::CUDA, hg.size()), o(Device::CUDA, n_out * es),
+      lse(Device::CUDA, n_bht * 4), delta(Device::CUDA, n_bht * 4), dqkv(Device::CUDA, hq.size());
+  copy_from_host(hq.data(), qkv.data(), Device::CUDA, hq.size(), reinterpret_cast<Stream>(st));
+  copy_from_host(hg.data(), dout.data(), Device::CUDA, hg.size(), reinterpret_cast<Stream>(st));
+  const Stream s = reinterpret_cast<Stream>(st);
+  auto fwd = [&] { cuda::attention_forward(qkv.data(), o.data(), lse.as<float>(), t, B, T, H, D, s); };
+  auto bwd = [&] {
+    cuda::attention_backward(dout.data(), qkv.data(), o.data(), lse.as<float>(), delta.as<float>(), dqkv.data(), t, B,
+                             T, H, D, s);
+  };
+  auto time_ms = [&](auto&& f) {
+    cudaEvent_t e0, e1;
+    MPT_CUDA_CHECK(cudaEventCreate(&e0));
+    MPT_CUDA_CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i < 3; ++i) f();
+    std::vector<double> ms;
+    for (int i = 0; i < iters; ++i) {
+      MPT_CUDA_CHECK(cudaEventRecord(e0, st));
+      f();
+      MPT_CUDA_CHECK(cudaEventRecord(e1, st));
+      MPT_CUDA_CHECK(cudaEventSynchronize(e1));
+      float x = 0;
+      MPT_CUDA_CHECK(cudaEventElapsedTime(&x, e0, e1));
+      ms.push_back(x);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    std::sort(ms.begin(), ms.end());
+    return std::make_pair(median(ms), ms.back() - ms.front());
+  };
+  fwd();
+  const auto [f_ms, f_spread] = time_ms(fwd);
+  const auto [b_ms, b_spread] = time_ms(bwd);
+  const double flops = attention_flops(B, T, H, D);
+  const char* impl = std::getenv("MPT_ATTENTION");
+  const std::string kind = impl && std::string(impl) == "simt" ? "cuda-core" : (is_half(t) ? "tensor-core" : "cuda-core");
+  const DeviceInfo dev = query_device(0);
+  std::printf("attention %s B=%d T=%d H=%d D=%d causal, %s kernels on %s\n", dtype_name(t), B, T, H, D, kind.c_str(),
+              dev.name.c_str());
+  std::printf("  forward  %8.3f ms (spread %.3f) %7.1f TFLOP/s\n", f_ms, f_spread, flops / (f_ms * 1e-3) * 1e-12);
+  std::printf("  backward %8.3f ms (spread %.3f) %7.1f TFLOP/s (counted as 2.5x the forward's FLOPs)\n", b_ms, b_spread,
+              2.5 * flops / (b_ms * 1e-3) * 1e-12);
+  if (!out.empty()) {
+    nlohmann::json j = {{"impl", "mptrain " + kind}, {"dtype", dtype_name(t)}, {"B", B}, {"T", T}, {"H", H}, {"D", D},
+                        {"device", dev.name}, {"forward_ms", f_ms}, {"backward_ms", b_ms},
+                        {"forward_tflops", flops / (f_ms * 1e-3) * 1e-12},
+                        {"backward_tflops", 2.5 * flops / (b_ms * 1e-3) * 1e-12}};
+    std::ofstream(out) << j.dump(2) << "\n";
+  }
+  MPT_CUDA_CHECK(cudaStreamSynchronize(st));
+  MPT_CUDA_CHECK(cudaStreamDestroy(st));
+  return 0;
+}
+
+}  // namespace mpt
