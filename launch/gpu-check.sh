@@ -249,9 +249,9 @@ fi
 
 if want features; then
   echo "== automatic precision policy on a GPU (gpt2-124m shapes, 2 layers, B=4)"
-  A=(--set device=cuda --set model.n_layer=2 --set train.batch_size=4)
+  A=(--set device=cuda --set model.n_layer=2 --set train.batch_size=4 --set precision.mode=auto --set precision.layers='"auto"')
   timeout 240 "$MPT" analyze configs/gpt2-124m.json "${A[@]}" --batches 1 > "$OUT/auto-analyze.log" 2>&1 || status=1
-  timeout 240 "$MPT" train configs/gpt2-124m.json "${A[@]}" --set precision.mode=auto --set precision.layers='"auto"' \
+  timeout 240 "$MPT" train configs/gpt2-124m.json "${A[@]}" \
     --set precision.reanalyze_every=10 --set train.steps=20 --set train.eval_every=0 \
     --set log.metrics="\"$OUT/auto-train.jsonl\"" > "$OUT/auto-train.log" 2>&1 || status=1
   for f in auto-analyze auto-train; do
