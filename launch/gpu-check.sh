@@ -25,6 +25,8 @@
 #   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
 #              mptrain sample of an untrained gpt2-124m with GPT-2 BPE (.data/gpt2-bpe, carried along) for the
 #              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
+#   maxbatch   the largest B of gpt2-124m (bf16, ZeRO-1) that fits on one GPU, and its tokens/s
+#              (MAXBATCH_SIZES, default "256 320 336 352")
 #   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto"),
 #              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
@@ -266,6 +268,18 @@ if want features; then
     echo "$sd: $(grep -E '^model:' "$OUT/states-$sd.log" | grep -oE 'adam [^,]*' | head -1) | $(grep -E '^summary' "$OUT/states-$sd.log")"
   done
   python3 launch/compare_loss.py "$OUT/states-fp32.jsonl" "$OUT/states-int8.jsonl" "$OUT/states-bf16.jsonl" --window 50 || status=1
+fi
+
+if want maxbatch; then
+  echo "== largest batch on one GPU: gpt2-124m bf16, T=1024, ZeRO-1"
+  for b in ${MAXBATCH_SIZES:-256 320 336 352}; do
+    if timeout 120 "$MPT" bench configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 --set zero.stage=1 \
+        --set train.batch_size=$b --warmup 1 --steps 2 > "$OUT/maxbatch-$b.log" 2>&1; then
+      grep "^bench" "$OUT/maxbatch-$b.log" | sed "s/^bench: .*| bf16/B=$b: bf16/"
+    else
+      echo "B=$b: does not fit or failed: $(grep -m1 -iE 'memory|error' "$OUT/maxbatch-$b.log" | cut -c1-200)"
+    fi
+  done
 fi
 
 if want peer; then
