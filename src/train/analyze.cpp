@@ -11,7 +11,7 @@
 //     (> 65504),
 // and recommends an fp32 (or, for range problems on bf16-capable hardware, bf16) override for layers past
 // the thresholds (precision.max_output_err, max_grad_err, max_range_frac). Then it prints the decision
-// precision.layers = "auto" makes for the same config, through the trainer's code (src/precision_auto.h).
+// precision.layers = "auto" makes for the same config, through the trainer's code (src/train/precision_auto.h).
 // Output: a table on stdout and, with --out, the same as JSON.
 #include <cmath>
 #include <cstdio>
@@ -29,54 +29,7 @@ namespace mpt {
 
 namespace {
 
-double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size() && i < a.size(); ++i) {
-    const double d = double(a[i]) - double(ref[i]);
-    num += d * d;
-    den += double(ref[i]) * double(ref[i]);
-  }
-  if (a.size() != ref.size()) return INFINITY;
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-struct Range {
-  double underflow = 0, subnormal = 0, overflow = 0;
-};
-Range fp16_range(const std::vector<float>& g, double scale) {
-  Range r;
-  size_t nz = 0;
-  for (float v : g) {
-    const double a = std::fabs(double(v)) * scale;
-    if (a == 0) continue;
-    ++nz;
-    if (a < std::ldexp(1.0, -25)) r.underflow += 1;
-    else if (a < std::ldexp(1.0, -14)) r.subnormal += 1;
-    if (a > 65504.0) r.overflow += 1;
-  }
-  if (nz) {
-    r.underflow /= double(nz);
-    r.subnormal /= double(nz);
-    r.overflow /= double(nz);
-  }
-  return r;
-}
-
-std::vector<float> grad_of(ShardedOptimizer& opt, const Exec& ex, int i) {
-  const ParamView& v = opt.view(i);
-  std::vector<uint8_t> raw(size_t(v.numel) * dtype_size(v.dtype));
-  copy_to_host(v.grad, ex.device, raw.data(), raw.size(), ex.stream);
-  std::vector<float> g(size_t(v.numel));
-  to_float_n(raw.data(), v.dtype, g.data(), g.size());
-  return g;
-}
-
-// The 2-D weight of a layer (its first parameter with two dimensions), or -1.
-int weight_index(const ShardedOptimizer& opt, const std::string& layer) {
-  for (int i = 0; i < opt.num_params(); ++i)
-    if (opt.spec(i).layer == layer && opt.spec(i).shape.size() == 2) return i;
-  return -1;
-}
+using namespace sensitivity;
 
 struct Run {
   std::vector<float> out, grad;
@@ -155,14 +108,14 @@ int analyze_command(int argc, char** argv) {
       opt.load_state(st);
       const int w = weight_index(opt, layer);
       double out_err = 0, grad_err = 0;
-      Range at_scale, unscaled;
+      Fp16Range at_scale, unscaled;
       for (int k = 0; k < batches; ++k) {
         const Batch b = t.train_batch(int64_t(k) * B, B);
         const Run r0 = run_layer(ref, ref_opt, ex, b, float(scale), targets, layer, weight_index(ref_opt, layer));
         const Run r1 = run_layer(*cand, opt, ex, b, float(scale), targets, layer, w);
         out_err += r0.out.empty() ? 0 : rel_l2(r1.out, r0.out) / batches;
         grad_err += w >= 0 ? rel_l2(r1.grad, r0.grad) / batches : 0;
-        const Range rs = fp16_range(r0.grad, scale), ru = fp16_range(r0.grad, 1.0);
+        const Fp16Range rs = fp16_range(r0.grad, scale), ru = fp16_range(r0.grad, 1.0);
         at_scale.underflow += rs.underflow / batches;
         at_scale.subnormal += rs.subnormal / batches;
         at_scale.overflow += rs.overflow / batches;

@@ -17,11 +17,7 @@
 
 namespace mpt {
 
-namespace {
-
-constexpr int kReps = 3;  // timed repetitions per GEMM shape and dtype (after one warm-up)
-
-double g_perturb_f32 = 1.0, g_perturb_half = 1.0;
+namespace sensitivity {
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   if (a.size() != ref.size()) return INFINITY;
@@ -34,18 +30,23 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-// Fractions of the non-zero elements of g that underflow (< 2^-25) or overflow (> 65504) in fp16 at `scale`.
-void fp16_range(const std::vector<float>& g, double scale, double* under, double* over) {
-  size_t nz = 0, u = 0, o = 0;
+Fp16Range fp16_range(const std::vector<float>& g, double scale) {
+  Fp16Range r;
+  size_t nz = 0;
   for (float v : g) {
     const double a = std::fabs(double(v)) * scale;
     if (a == 0) continue;
     ++nz;
-    if (a < std::ldexp(1.0, -25)) ++u;
-    if (a > 65504.0) ++o;
+    if (a < std::ldexp(1.0, -25)) r.underflow += 1;
+    else if (a < std::ldexp(1.0, -14)) r.subnormal += 1;
+    if (a > 65504.0) r.overflow += 1;
   }
-  *under = nz ? double(u) / double(nz) : 0;
-  *over = nz ? double(o) / double(nz) : 0;
+  if (nz) {
+    r.underflow /= double(nz);
+    r.subnormal /= double(nz);
+    r.overflow /= double(nz);
+  }
+  return r;
 }
 
 std::vector<float> grad_of(const ShardedOptimizer& opt, const Exec& ex, int i) {
@@ -62,6 +63,16 @@ int weight_index(const ShardedOptimizer& opt, const std::string& layer) {
     if (opt.spec(i).layer == layer && opt.spec(i).shape.size() == 2) return i;
   return -1;
 }
+
+}  // namespace sensitivity
+
+namespace {
+
+using namespace sensitivity;
+
+constexpr int kReps = 3;  // timed repetitions per GEMM shape and dtype (after one warm-up)
+
+double g_perturb_f32 = 1.0, g_perturb_half = 1.0;
 
 struct Pass {
   std::map<std::string, std::vector<float>> out, grad;
@@ -280,10 +291,9 @@ AutoPrecision decide_auto_precision(const AutoPrecisionContext& ctx) {
         if (!r0.out.at(l.name).empty()) e.out_err += rel_l2(r.out.at(l.name), r0.out.at(l.name)) / nb;
         if (r0.grad.count(l.name)) {
           e.grad_err += rel_l2(r.grad.at(l.name), r0.grad.at(l.name)) / nb;
-          double u = 0, o = 0;
-          fp16_range(r0.grad.at(l.name), s16, &u, &o);
-          e.underflow += u / nb;
-          e.overflow += o / nb;
+          const Fp16Range fr = fp16_range(r0.grad.at(l.name), s16);
+          e.underflow += fr.underflow / nb;
+          e.overflow += fr.overflow / nb;
         }
       }
       (h == DType::F16 ? l.f16 : l.bf16) = e;

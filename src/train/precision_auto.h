@@ -33,6 +33,25 @@
 
 namespace mpt {
 
+class ShardedOptimizer;
+
+// The measurements of the sensitivity analysis, shared by `mptrain analyze` (src/train/analyze.cpp) and
+// the automatic policy.
+namespace sensitivity {
+// Relative L2 error of a against ref (infinity when the sizes differ).
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref);
+// Where the non-zero elements of g fall in the fp16 range at `scale`: fractions that underflow to zero
+// (|g| < 2^-25), land in the subnormal range (< 2^-14: precision lost) or overflow (> 65504).
+struct Fp16Range {
+  double underflow = 0, subnormal = 0, overflow = 0;
+};
+Fp16Range fp16_range(const std::vector<float>& g, double scale);
+// Parameter i's gradient (model dtype) as float on the host.
+std::vector<float> grad_of(const ShardedOptimizer& opt, const Exec& ex, int i);
+// The 2-D weight of a layer (its first parameter with two dimensions), or -1.
+int weight_index(const ShardedOptimizer& opt, const std::string& layer);
+}  // namespace sensitivity
+
 struct AutoPrecisionContext {
   const Config* cfg = nullptr;
   const Exec* ex = nullptr;
