@@ -19,7 +19,7 @@
 //         values down to M/16129 (m) and U/65025 (u) stay non-zero, where linear codes would zero everything
 //         below M/254. Rounding is to nearest (even on ties), deterministic, so every rank and stage agrees.
 //   fp32 states use kernels/adamw.h.
-// Blocks never straddle a shard edge: the optimizer (src/zero_lowp.cpp) cuts each parameter, from its first
+// Blocks never straddle a shard edge: the optimizer (src/optim/adamw_lowp_blocks.cpp) cuts each parameter, from its first
 // element, into runs of `block` elements (the alignment padding after it joins its last run) and cuts runs
 // again at the edges of the ZeRO parts. The parts are the same in stages 0, 1 and 2, so every stage
 // quantises the same elements together. Parameters and parts start on multiples of 64 elements, so with

@@ -98,7 +98,7 @@ MPT_HD float dequant_u(uint8_t c, float umax) {
   return mul(umax, mul(t, t));
 }
 
-// bf16 storage as its bits; rounding to nearest even, the same bits as src/dtype.h (and __float2bfloat16_rn).
+// bf16 storage as its bits; rounding to nearest even, the same bits as src/core/dtype.h (and __float2bfloat16_rn).
 MPT_HD uint16_t to_bf16(float f) {
   uint32_t u;
 #if defined(__CUDA_ARCH__)

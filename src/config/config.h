@@ -52,7 +52,7 @@ struct PrecisionConfig {
   std::string mode = "auto";           // fp32 | tf32 | fp16 | bf16 | auto
   std::vector<LayerPrecision> layers;  // in file order; the last matching pattern wins
   std::string fallback = "auto";       // precision after a fallback: auto (bf16 where supported, else fp32) | bf16 | fp32 | none
-  // layers = "auto" (src/precision_auto.h): the per-layer policy is chosen at start from the analysis,
+  // layers = "auto" (src/train/precision_auto.h): the per-layer policy is chosen at start from the analysis,
   // the hardware, the measured GEMM speed and the memory budget; `layers` then holds its rules.
   bool layers_auto = false;
   double max_output_err = 1e-2;        // thresholds of the analysis (mptrain analyze and auto)

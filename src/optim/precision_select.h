@@ -1,5 +1,5 @@
 // The automatic per-layer precision policy (precision.layers = "auto"): a pure decision from measured
-// inputs, so that it can be tested with constructed ones. The inputs are gathered by src/precision_auto.h
+// inputs, so that it can be tested with constructed ones. The inputs are gathered by src/train/precision_auto.h
 // (the trainer at start and every precision.reanalyze_every steps, and `mptrain analyze`).
 //
 // The decision, for each candidate base dtype B (the precision.mode dtype, or with mode auto every dtype
@@ -27,7 +27,7 @@
 
 namespace mpt {
 
-// The analysis of one layer alone in one half dtype (every other layer in FP32); see src/analyze.cpp.
+// The analysis of one layer alone in one half dtype (every other layer in FP32); see src/train/analyze.cpp.
 struct HalfError {
   bool measured = false;
   double out_err = 0, grad_err = 0;  // relative L2 errors against the FP32 reference
@@ -40,7 +40,7 @@ struct LayerInput {
   // Measured seconds of this layer's GEMMs (forward and backward) in each dtype; 0 where it has none.
   double t_f32 = 0, t_f16 = 0, t_bf16 = 0;
   // Bytes this layer needs per dtype (its parameters, gradients and saved output; see estimate in
-  // src/precision_auto.h), as elements: bytes = elems * dtype size.
+  // src/train/precision_auto.h), as elements: bytes = elems * dtype size.
   int64_t elems = 0;
   bool default_f32 = false;          // the layer defaults to FP32 whatever the base (LayerNorm)
 };

@@ -1,4 +1,4 @@
-// Gathers the inputs of the automatic precision policy (src/precision_select.h) on this device and
+// Gathers the inputs of the automatic precision policy (src/optim/precision_select.h) on this device and
 // decides it: the same code path for the trainer (precision.layers = "auto", at start and every
 // precision.reanalyze_every steps) and for `mptrain analyze`.
 //
@@ -60,7 +60,7 @@ struct AutoPrecisionContext {
   std::function<Batch(int64_t first, int n)> batch;  // training micro-batch of this rank
   std::vector<float> master;                         // FP32 weights to analyze at (empty: the seed's init)
   // Re-analysis: the policy in force (encode_selection's layout); kept unless the new decision gains
-  // kMinReanalysisGain (src/precision_select.h). Empty at start.
+  // kMinReanalysisGain (src/optim/precision_select.h). Empty at start.
   std::vector<int32_t> current;
 };
 

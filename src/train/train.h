@@ -202,7 +202,7 @@ class Trainer {
     double scale = 0;                // the loss scale of the faster precision when it fell back (0: none)
   } recovery_;
   void maybe_recover(bool clean_step);
-  // precision.layers = "auto" (src/train_auto.cpp): decide (collective) and switch when the decision
+  // precision.layers = "auto" (src/train/train_auto.cpp): decide (collective) and switch when the decision
   // changes; the report (console lines, `precision_auto` metrics event) waits for run() at start.
   void auto_precision(bool at_start);
   void report_auto_precision();

@@ -1,4 +1,4 @@
-// Uploader (src/buffer.h): host-to-device copies that return at once. The caller's memory must be free to
+// Uploader (src/core/buffer.h): host-to-device copies that return at once. The caller's memory must be free to
 // reuse as soon as upload() returns (the bytes were staged in pinned memory), and a staging slot must not be
 // refilled before its copy has run: more uploads than slots, each source overwritten right after its
 // upload, behind a long kernel-free queue of copies on a fresh stream, must all land intact.

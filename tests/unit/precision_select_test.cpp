@@ -1,4 +1,4 @@
-// The automatic precision policy's decision (src/precision_select.h) on constructed inputs: each rule can
+// The automatic precision policy's decision (src/optim/precision_select.h) on constructed inputs: each rule can
 // exclude a dtype (output error, gradient error, fp16 range, not analyzed, memory budget), the fastest
 // admissible dtype wins, ties are deterministic, and the broadcast encoding round-trips.
 #include <cstdio>
