@@ -90,6 +90,8 @@ struct OptimizerConfig {
 struct ZeroConfig {
   int stage = 2;                       // 0 | 1 | 2
   double bucket_mb = 25.0;             // gradient bucket size (MiB)
+  std::string offload = "none";        // none | cpu: master weights and AdamW state in host memory, the
+                                       // update on host threads (src/optim/sharded_adamw.h)
   bool overlap = true;                 // GPUs: collectives overlap backward / the next forward (false: the
                                        // compute stream waits for each one at once; a baseline for bench)
 };
@@ -150,7 +152,7 @@ struct DebugConfig {
 // and thread counts, which the tests and the CPU-vs-CUDA comparisons rely on; blas is opt-in speed.
 struct CpuConfig {
   std::string gemm = "own";  // own | blas (kernels/gemm.h)
-  int threads = 0;           // BLAS threads per rank; 0: hardware threads / ranks on the node
+  int threads = 0;           // host threads per rank (BLAS GEMM; zero.offload's update); 0: hardware threads / ranks on the node
 };
 
 struct Config {

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 
 #include "src/core/cuda_check.h"
 
@@ -36,10 +37,23 @@ Buffer::Buffer(Device d, size_t bytes) : bytes_(bytes), dev_(d) {
   account(d, bytes, true);
 }
 
+Buffer Buffer::host(size_t bytes, bool pin) {
+  if (!pin || bytes == 0) return Buffer(Device::CPU, bytes);
+  Buffer b;
+  MPT_CUDA_CHECK(cudaHostAlloc(&b.ptr_, bytes, cudaHostAllocDefault));
+  std::memset(b.ptr_, 0, bytes);
+  b.bytes_ = bytes;
+  b.dev_ = Device::CPU;
+  b.pinned_ = true;
+  account(Device::CPU, bytes, true);
+  return b;
+}
+
 Buffer::~Buffer() {
   if (!ptr_) return;
   account(dev_, bytes_, false);
   if (dev_ == Device::CUDA) cudaFree(ptr_);
+  else if (pinned_) cudaFreeHost(ptr_);
   else std::free(ptr_);
 }
 
@@ -69,6 +83,13 @@ void copy_device(const void* src, void* dst, Device d, size_t bytes, Stream s) {
   if (bytes == 0) return;
   if (d == Device::CPU) { std::memmove(dst, src, bytes); return; }
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(s)));
+}
+
+void copy_buffer(const Buffer& src, Buffer& dst, size_t bytes, Stream s) {
+  if (bytes > src.bytes() || bytes > dst.bytes()) throw std::out_of_range("copy_buffer: more bytes than the buffers hold");
+  if (src.device() == Device::CPU) copy_from_host(src.data(), dst.data(), dst.device(), bytes, s);
+  else if (dst.device() == Device::CPU) copy_to_host(src.data(), src.device(), dst.data(), bytes, s);
+  else copy_device(src.data(), dst.data(), Device::CUDA, bytes, s);
 }
 
 Uploader::~Uploader() {

@@ -13,6 +13,9 @@ class Buffer {
  public:
   Buffer() = default;
   Buffer(Device d, size_t bytes);
+  // Host memory that CUDA copies read and write asynchronously (page-locked; cudaHostAlloc). Only when
+  // `pin` (a CUDA run): without it, plain host memory, so that CPU ranks need no CUDA device.
+  static Buffer host(size_t bytes, bool pin);
   ~Buffer();
   Buffer(Buffer&& o) noexcept { swap(o); }
   Buffer& operator=(Buffer&& o) noexcept { if (this != &o) { Buffer t(std::move(o)); swap(t); } return *this; }
@@ -29,10 +32,16 @@ class Buffer {
   void zero(Stream s);
 
  private:
-  void swap(Buffer& o) noexcept { std::swap(ptr_, o.ptr_); std::swap(bytes_, o.bytes_); std::swap(dev_, o.dev_); }
+  void swap(Buffer& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    std::swap(dev_, o.dev_);
+    std::swap(pinned_, o.pinned_);
+  }
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   Device dev_ = Device::CPU;
+  bool pinned_ = false;
 };
 
 // Bytes held by live Buffers on a device kind, now and at the peak (what mptrain itself allocated;
@@ -44,6 +53,8 @@ size_t peak_allocated_bytes(Device d);
 void copy_to_host(const void* src, Device d, void* host, size_t bytes, Stream s);
 void copy_from_host(const void* host, void* dst, Device d, size_t bytes, Stream s);
 void copy_device(const void* src, void* dst, Device d, size_t bytes, Stream s);
+// Between two buffers on any devices (host <-> CUDA included; synchronous on stream s when it involves the host).
+void copy_buffer(const Buffer& src, Buffer& dst, size_t bytes, Stream s);
 
 // Host-to-device uploads that do not make the host wait (DESIGN.md: batches arrive through pinned memory
 // and asynchronous copies). upload() copies the host bytes into a pinned staging slot (so the caller may

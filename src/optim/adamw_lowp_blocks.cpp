@@ -75,7 +75,17 @@ void ShardedAdamW::build_lowp(int gi) {
     if (b.len > B) throw std::logic_error("quantisation block longer than optimizer.state_block");
     most = std::max(most, b.len);
   }
-  const Device dev = ex_.device;
+  if (offload_.cpu) {
+    // The host update reads the gradient and writes the parameter in the host copy, laid out as the shard.
+    g.bucket_work.assign(gl.buckets.size(), {0, 0});
+    for (size_t j = 0; j < blocks.size(); ++j) {
+      auto& w = g.bucket_work[bucket_of(gi, segs[size_t(blocks[j].seg_begin)].param_off)];
+      if (w.first == w.second) w = {int(j), int(j)};
+      w.second = int(j) + 1;
+    }
+    for (AdamWSegment& s : segs) s.grad_off = s.param_off = s.store;
+  }
+  const Device dev = state_dev_;
   g.host_blocks = blocks;
   g.n_lowp_blocks = int(blocks.size());
   g.lowp_max_len = most;
@@ -92,9 +102,9 @@ void ShardedAdamW::build_lowp(int gi) {
 void ShardedAdamW::lowp_to_f32(const Group& g, int64_t owned, std::vector<float>* m, std::vector<float>* v) const {
   std::vector<uint8_t> mq(g.m.bytes()), vq(g.v.bytes());
   std::vector<float> scales(g.lowp_scales.bytes() / sizeof(float));
-  copy_to_host(g.m.data(), ex_.device, mq.data(), mq.size(), ex_.stream);
-  copy_to_host(g.v.data(), ex_.device, vq.data(), vq.size(), ex_.stream);
-  if (!scales.empty()) copy_to_host(g.lowp_scales.data(), ex_.device, scales.data(), scales.size() * 4, ex_.stream);
+  copy_to_host(g.m.data(), state_dev_, mq.data(), mq.size(), ex_.stream);
+  copy_to_host(g.v.data(), state_dev_, vq.data(), vq.size(), ex_.stream);
+  if (!scales.empty()) copy_to_host(g.lowp_scales.data(), state_dev_, scales.data(), scales.size() * 4, ex_.stream);
   m->assign(size_t(owned), 0.f);
   v->assign(size_t(owned), 0.f);
   cpu::lowp_state_to_f32(mq.data(), vq.data(), scales.data(), state_.dtype, g.host_blocks.data(), g.n_lowp_blocks,
@@ -106,9 +116,9 @@ void ShardedAdamW::lowp_from_f32(Group& g, const std::vector<float>& m, const st
   std::vector<float> scales(g.lowp_scales.bytes() / sizeof(float));
   cpu::lowp_state_from_f32(m.data(), v.data(), state_.dtype, g.host_blocks.data(), g.n_lowp_blocks, mq.data(),
                            vq.data(), scales.data());
-  copy_from_host(mq.data(), g.m.data(), ex_.device, mq.size(), ex_.stream);
-  copy_from_host(vq.data(), g.v.data(), ex_.device, vq.size(), ex_.stream);
-  if (!scales.empty()) copy_from_host(scales.data(), g.lowp_scales.data(), ex_.device, scales.size() * 4, ex_.stream);
+  copy_from_host(mq.data(), g.m.data(), state_dev_, mq.size(), ex_.stream);
+  copy_from_host(vq.data(), g.v.data(), state_dev_, vq.size(), ex_.stream);
+  if (!scales.empty()) copy_from_host(scales.data(), g.lowp_scales.data(), state_dev_, scales.size() * 4, ex_.stream);
 }
 
 std::vector<Buffer> ShardedAdamW::moments_as_f32(bool want_v) const {
@@ -118,7 +128,7 @@ std::vector<Buffer> ShardedAdamW::moments_as_f32(bool want_v) const {
     const int64_t owned = store_.layout().groups()[gi].owned_elems;
     Buffer b(ex_.device, size_t(owned) * 4);
     if (!lowp()) {
-      copy_device((want_v ? g.v : g.m).data(), b.data(), ex_.device, b.bytes(), ex_.stream);
+      copy_buffer(want_v ? g.v : g.m, b, b.bytes(), ex_.stream);
     } else {
       std::vector<float> m, v;
       lowp_to_f32(g, owned, &m, &v);
@@ -134,14 +144,14 @@ void ShardedAdamW::set_moments_from_f32(const std::vector<Buffer>& m, const std:
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     Group& g = groups_[gi];
     if (!lowp()) {
-      copy_device(m[gi].data(), g.m.data(), ex_.device, g.m.bytes(), ex_.stream);
-      copy_device(v[gi].data(), g.v.data(), ex_.device, g.v.bytes(), ex_.stream);
+      copy_buffer(m[gi], g.m, g.m.bytes(), ex_.stream);
+      copy_buffer(v[gi], g.v, g.v.bytes(), ex_.stream);
       continue;
     }
     const size_t n = m[gi].bytes() / 4;
     std::vector<float> mh(n), vh(n);
-    copy_to_host(m[gi].data(), ex_.device, mh.data(), n * 4, ex_.stream);
-    copy_to_host(v[gi].data(), ex_.device, vh.data(), n * 4, ex_.stream);
+    copy_to_host(m[gi].data(), m[gi].device(), mh.data(), n * 4, ex_.stream);
+    copy_to_host(v[gi].data(), v[gi].device(), vh.data(), n * 4, ex_.stream);
     lowp_from_f32(g, mh, vh);
   }
 }

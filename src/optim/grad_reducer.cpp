@@ -64,7 +64,7 @@ void GradReducer::zero_grads() {
     // zeroed here. A slot still held (a step abandoned before finish) is simply dropped.
     for (Slot& sl : g.slots) sl.busy = false;
     for (size_t k = 0; k < g.buckets.size(); ++k)
-      g.buckets[k] = Bucket{layout_.groups()[gi].buckets[k].nparams, false, -1, false};
+      g.buckets[k] = Bucket{layout_.groups()[gi].buckets[k].nparams, false, -1, false, false};
   }
   std::fill(ready_.begin(), ready_.end(), 0);
   micro_active_ = false;
@@ -176,8 +176,56 @@ void GradReducer::take_slot(int gi, size_t k) {
   b.slot = best;
 }
 
+void GradReducer::enable_host_copy(bool pin) {
+  host_copy_ = true;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const GroupLayout& gl = layout_.groups()[gi];
+    Group& g = groups_[gi];
+    g.host = Buffer::host(size_t(gl.owned_elems) * dtype_size(gl.dtype), pin);
+    g.runs.assign(gl.buckets.size(), {});
+    for (const OwnedRange& r : gl.owned) {
+      size_t k = 0;
+      while (k + 1 < gl.buckets.size() && r.flat >= gl.buckets[k].begin + gl.buckets[k].len) ++k;
+      const int64_t src = stage_ == 2 ? r.store : r.flat;
+      std::vector<Run>& runs = g.runs[k];
+      if (!runs.empty() && runs.back().src + runs.back().len == src && runs.back().dst + runs.back().len == r.store)
+        runs.back().len += r.len;
+      else
+        runs.push_back(Run{src, r.store, r.len});
+    }
+  }
+}
+
+size_t GradReducer::host_bytes() const {
+  size_t n = 0;
+  for (const Group& g : groups_) n += g.host.bytes();
+  return n;
+}
+
+void GradReducer::copy_out(int gi, size_t k) {
+  Group& g = groups_[size_t(gi)];
+  const DType t = layout_.groups()[size_t(gi)].dtype;
+  const size_t ds = dtype_size(t);
+  const Buffer& from = stage_ == 2 ? g.grad_shard : g.grads;
+  for (const Run& r : g.runs[k]) {
+    char* dst = static_cast<char*>(g.host.data()) + size_t(r.dst) * ds;
+    const char* src = static_cast<const char*>(from.data()) + size_t(r.src) * ds;
+    if (ex_.cuda())  // after the bucket's collectives, in the order of the communication stream
+      MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(r.len) * ds, cudaMemcpyDeviceToHost, cu(comm_stream_)));
+    else
+      std::memcpy(dst, src, size_t(r.len) * ds);
+  }
+  g.buckets[k].copied = true;
+}
+
 void GradReducer::reduce_bucket(int gi, size_t k) {
   reduce_bucket_collectives(gi, k);
+  if (host_copy_) {
+    // Stages 0/1 reduce a bucket once, in the last micro-batch; stage 2 in every micro-batch, and the
+    // last reduction is the one that counts. finish() copies what the last micro-batch did not reduce.
+    groups_[size_t(gi)].buckets[k].copied = false;
+    if (stage_ < 2 || last_micro_) copy_out(gi, k);
+  }
   if (overlap_ || !ex_.cuda()) return;
   // No overlap (zero.overlap = false): the compute stream waits here for everything queued on the
   // communication stream.
@@ -280,6 +328,10 @@ void GradReducer::finish() {
       for (size_t k = 0; k < groups_[gi].buckets.size(); ++k)
         if (!groups_[gi].buckets[k].reduced) reduce_bucket(int(gi), k);
   }
+  if (host_copy_)
+    for (size_t gi = 0; gi < groups_.size(); ++gi)
+      for (size_t k = 0; k < groups_[gi].buckets.size(); ++k)
+        if (!groups_[gi].buckets[k].copied) copy_out(int(gi), k);
   if (ex_.cuda() && comm_stream_ != ex_.stream) {
     MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
     probe_.stream_begin();

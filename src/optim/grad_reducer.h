@@ -46,6 +46,15 @@ class GradReducer : public GradSink {
   const void* reduced(int g) const;
   // Parameter i in the flat gradient buffer (stages 0/1); null in stage 2.
   void* full_grad(int i) const;
+  // zero.offload = cpu: after its last reduction in a step, each bucket's owned parts are copied into a
+  // host buffer in shard order (on GPUs on the communication stream, while backward goes on; into pinned
+  // memory when `pin`). host_shard(g) holds the reduced gradient of group g once the step's statistics
+  // were read back (that readback waits for the communication stream); the offloaded update then
+  // overwrites it, element by element, with the new parameter values it uploads.
+  void enable_host_copy(bool pin);
+  bool host_copy() const { return host_copy_; }
+  Buffer& host_shard(int g) { return groups_[size_t(g)].host; }
+  size_t host_bytes() const;
   // Puts +inf into this rank's first gradient element just before its bucket is reduced (tests).
   void inject_inf_next_reduction() { inject_inf_ = true; }
 
@@ -59,7 +68,10 @@ class GradReducer : public GradSink {
     bool reduced = false;            // in this micro-batch (stages 0/1: in the last one)
     int slot = -1;                   // stage 2: staging slot held in this micro-batch, -1 if none
     bool filled = false;             // stage 2: the shard part holds this step's first contribution
+    bool copied = false;             // host copy: queued after the bucket's latest reduction
   };
+  // A run of owned elements: at `src` in the reduced gradient (flat buffer or shard), at `dst` in the shard.
+  struct Run { int64_t src = 0, dst = 0, len = 0; };
   // Stage 2 staging slot: bytes of the group dtype; `done` (cudaEvent_t) is recorded on the
   // communication stream after the slot's last reduce-scatter, and the compute stream waits on it
   // before writing the slot again.
@@ -68,12 +80,15 @@ class GradReducer : public GradSink {
     Buffer grads, grad_shard;
     std::vector<Bucket> buckets;
     std::vector<Slot> slots;         // stage 2
+    Buffer host;                     // host copy: owned reduced gradient in shard order
+    std::vector<std::vector<Run>> runs;  // host copy: per bucket
   };
 
   void reduce_bucket(int gi, size_t k);
   void reduce_bucket_collectives(int gi, size_t k);
   void take_slot(int gi, size_t k);
   void reduce_leftovers(bool all_unreduced);
+  void copy_out(int gi, size_t k);
 
   Exec ex_;
   Communicator& comm_;
@@ -87,6 +102,7 @@ class GradReducer : public GradSink {
   bool last_micro_ = true;
   bool overlap_ = true;
   bool inject_inf_ = false;
+  bool host_copy_ = false;
   bool micro_active_ = false;        // stage 2: this micro-batch has asked for or readied a gradient
   Buffer accum_tmp_;                 // stage 2: reduce-scatter target of the micro-batches after the first
   void* ev_compute_ = nullptr;       // cudaEvent_t

@@ -25,7 +25,8 @@ cudaStream_t cu(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 }  // namespace
 
 ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
-                       size_t bucket_bytes, uint64_t seed, Stream comm_stream, ExposureProbe& probe)
+                       size_t bucket_bytes, uint64_t seed, Stream comm_stream, ExposureProbe& probe,
+                       bool master_on_host)
     : ex_(ex), comm_(comm), specs_(std::move(specs)), layout_(specs_, stage, comm.rank(), comm.size(), bucket_bytes),
       comm_stream_(comm_stream ? comm_stream : ex.stream), probe_(probe) {
   groups_.resize(layout_.groups().size());
@@ -33,7 +34,7 @@ ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec
     const GroupLayout& gl = layout_.groups()[gi];
     Group& g = groups_[gi];
     g.params = Buffer(ex_.device, size_t(gl.size) * dtype_size(gl.dtype));
-    g.master = Buffer(ex_.device, size_t(gl.owned_elems) * 4);
+    g.master = Buffer(master_on_host ? Device::CPU : ex_.device, size_t(gl.owned_elems) * 4);
     g.gathered.assign(gl.buckets.size(), nullptr);
     g.gather_pending.assign(gl.buckets.size(), 0);
     g.params.zero(ex_.stream);
@@ -86,7 +87,7 @@ void ParamStore::init_params(uint64_t seed) {
     copy_from_host(half.data(), g.params.data(), ex_.device, half.size(), ex_.stream);
     std::vector<float> master(size_t(gl.owned_elems), 0.f);
     for (const OwnedRange& r : gl.owned) std::memcpy(&master[size_t(r.store)], &full[size_t(r.flat)], size_t(r.len) * 4);
-    copy_from_host(master.data(), g.master.data(), ex_.device, master.size() * 4, ex_.stream);
+    copy_from_host(master.data(), g.master.data(), g.master.device(), master.size() * 4, ex_.stream);
   }
 }
 
@@ -114,9 +115,10 @@ void ParamStore::all_params_ready() const {
     for (size_t k = 0; k < groups_[gi].gathered.size(); ++k) wait_gathered(int(gi), k);
 }
 
-void ParamStore::all_gather_updated() {
+void ParamStore::all_gather_updated(const BucketHook& before_gather) {
   const int rank = layout_.rank(), world = layout_.world();
-  if (layout_.stage() == 0) return;
+  const bool gather = layout_.stage() > 0;
+  if (!gather && !before_gather) return;
   if (overlap_gather()) {
     // On the communication stream, after the update, bucket by bucket from the last: the forward uses the
     // parameters in the reverse of the backward order the buckets are laid out in. Each bucket's event
@@ -129,8 +131,10 @@ void ParamStore::all_gather_updated() {
       for (size_t k = gl.buckets.size(); k-- > 0;) {
         const BucketExtent& b = gl.buckets[k];
         const int64_t part = b.len / world;
-        comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
-                         size_t(part), gl.dtype, comm_stream_);
+        if (before_gather) before_gather(int(gi), k, comm_stream_);
+        if (gather)
+          comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
+                           size_t(part), gl.dtype, comm_stream_);
         if (!g.gathered[k]) {
           cudaEvent_t e;
           MPT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -147,10 +151,13 @@ void ParamStore::all_gather_updated() {
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       const GroupLayout& gl = layout_.groups()[gi];
       Group& g = groups_[gi];
-      for (const BucketExtent& b : gl.buckets) {
+      for (size_t k = 0; k < gl.buckets.size(); ++k) {
+        const BucketExtent& b = gl.buckets[k];
         const int64_t part = b.len / world;
-        comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
-                         size_t(part), gl.dtype, ex_.stream);
+        if (before_gather) before_gather(int(gi), k, ex_.stream);
+        if (gather)
+          comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
+                           size_t(part), gl.dtype, ex_.stream);
       }
     }
     ex_.cuda() ? probe_.stream_end() : probe_.host_end();
@@ -186,7 +193,7 @@ std::vector<float> ParamStore::gather_owned(const std::vector<const Buffer*>& sh
     const GroupLayout& gl = layout_.groups()[gi];
     const Buffer& src = *shards[gi];
     std::vector<float> local(size_t(gl.owned_elems));
-    copy_to_host(src.data(), ex_.device, local.data(), local.size() * 4, ex_.stream);
+    copy_to_host(src.data(), src.device(), local.data(), local.size() * 4, ex_.stream);
     flat[gi].assign(size_t(gl.size), 0.f);
     if (layout_.stage() == 0) {
       flat[gi] = local;
@@ -195,7 +202,7 @@ std::vector<float> ParamStore::gather_owned(const std::vector<const Buffer*>& sh
     // Every rank owns the same number of elements; gather them rank-major through the communicator.
     const size_t n = size_t(gl.owned_elems);
     Buffer send(ex_.device, n * 4), recv(ex_.device, n * 4 * size_t(world));
-    copy_device(src.data(), send.data(), ex_.device, n * 4, ex_.stream);
+    copy_from_host(local.data(), send.data(), ex_.device, n * 4, ex_.stream);
     {
       const WaitScope wait("the all-gather of the optimizer state (checkpoint)");
       comm_.all_gather(send.data(), recv.data(), n, DType::F32, ex_.stream);
@@ -240,7 +247,7 @@ void ParamStore::scatter_owned(const std::vector<float>& full, const std::vector
     const std::vector<float> flat = to_flat(layout_, full, gi);
     std::vector<float> local(size_t(gl.owned_elems));
     for (const OwnedRange& r : gl.owned) std::memcpy(&local[size_t(r.store)], &flat[size_t(r.flat)], size_t(r.len) * 4);
-    copy_from_host(local.data(), shards[gi]->data(), ex_.device, local.size() * 4, ex_.stream);
+    copy_from_host(local.data(), shards[gi]->data(), shards[gi]->device(), local.size() * 4, ex_.stream);
   }
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -20,8 +21,10 @@ namespace mpt {
 class ParamStore : public ParamSource {
  public:
   // comm_stream: where the overlapped all-gather runs (CUDA; ex.stream when there is none).
+  // master_on_host (zero.offload = cpu): the FP32 master shard lives in host memory, where the offloaded
+  // update reads and writes it.
   ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage, size_t bucket_bytes,
-             uint64_t seed, Stream comm_stream, ExposureProbe& probe);
+             uint64_t seed, Stream comm_stream, ExposureProbe& probe, bool master_on_host = false);
   ~ParamStore() override;
   ParamStore(const ParamStore&) = delete;
   ParamStore& operator=(const ParamStore&) = delete;
@@ -45,7 +48,12 @@ class ParamStore : public ParamSource {
   Buffer& params(int g) { return groups_[size_t(g)].params; }
   Buffer& master(int g) { return groups_[size_t(g)].master; }
   // Stages 1/2, after the update wrote this rank's parts: restores the full parameters on every rank.
-  void all_gather_updated();
+  // before_gather (the offloaded update): called for every bucket of every group, in the order the
+  // forward uses them, with the stream that bucket's all-gather then runs on; what it queues there (the
+  // upload of the bucket's updated parts) comes before the all-gather and before the bucket's event. With
+  // it, stage 0 takes the same path (events, no all-gather).
+  using BucketHook = std::function<void(int group, size_t bucket, Stream s)>;
+  void all_gather_updated(const BucketHook& before_gather = {});
   // false (zero.overlap): the all-gather runs on the compute stream, which waits for it at once.
   void set_overlap(bool on) { overlap_ = on; }
 

@@ -12,9 +12,15 @@
 
 namespace mpt {
 
-ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store, const GradReducer& grads,
-                           ExposureProbe& probe, StateFormat state)
-    : ex_(ex), comm_(comm), store_(store), grads_(grads), probe_(probe), state_(state) {
+ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store, GradReducer& grads,
+                           ExposureProbe& probe, StateFormat state, OffloadOptions offload)
+    : ex_(ex), comm_(comm), store_(store), grads_(grads), probe_(probe), state_(state), offload_(offload),
+      state_dev_(offload.cpu ? Device::CPU : ex.device) {
+  if (offload_.cpu) {
+    if (!grads_.host_copy() || store_.master(0).device() != Device::CPU)
+      throw std::logic_error("ShardedAdamW: offload needs the master on the host and the gradients' host copy");
+    pool_ = std::make_unique<WorkerPool>(std::max(1, offload_.threads));
+  }
   if (state_.block < 64 || state_.block > kQBlock || (state_.block & (state_.block - 1)) != 0)
     throw std::invalid_argument("optimizer state block must be a power of two in [64, 2048]");
   const FlatLayout& layout = store_.layout();
@@ -24,8 +30,8 @@ ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store
     const GroupLayout& gl = layout.groups()[gi];
     Group& g = groups_[gi];
     const Device dev = ex_.device;
-    g.m = Buffer(dev, size_t(gl.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
-    g.v = Buffer(dev, size_t(gl.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
+    g.m = Buffer(state_dev_, size_t(gl.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
+    g.v = Buffer(state_dev_, size_t(gl.owned_elems) * state_bytes_per_elem(state_.dtype) / 2);
     // The update and the statistics run over segment lists (one launch each per group): every owned range
     // cut into pieces the kernels take whole. The statistics cover the rank's own parts only.
     std::vector<AdamWSegment> asegs;
@@ -50,9 +56,27 @@ ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store
     }
     g.n_update_segs = int(asegs.size());
     g.n_stat_segs = int(ssegs.size());
-    g.update_segs = Buffer(dev, asegs.size() * sizeof(AdamWSegment));
+    if (offload_.cpu) {
+      // The host update reads the gradient and writes the parameter in the host copy, laid out as the shard.
+      g.bucket_work.assign(gl.buckets.size(), {0, 0});
+      g.uploads.assign(gl.buckets.size(), {});
+      for (size_t j = 0; j < asegs.size(); ++j) {
+        auto& w = g.bucket_work[bucket_of(int(gi), asegs[j].param_off)];
+        if (w.first == w.second) w = {int(j), int(j)};
+        w.second = int(j) + 1;
+        asegs[j].grad_off = asegs[j].param_off = asegs[j].store;
+      }
+      for (const OwnedRange& r : gl.owned) {
+        auto& up = g.uploads[bucket_of(int(gi), r.flat)];
+        if (!up.empty() && up.back().flat + up.back().len == r.flat && up.back().store + up.back().len == r.store)
+          up.back().len += r.len;
+        else
+          up.push_back(Group::Upload{r.flat, r.store, r.len});
+      }
+    }
+    g.update_segs = Buffer(state_dev_, asegs.size() * sizeof(AdamWSegment));
     g.stat_segs = Buffer(dev, ssegs.size() * sizeof(StatSegment));
-    copy_from_host(asegs.data(), g.update_segs.data(), dev, g.update_segs.bytes(), ex_.stream);
+    copy_from_host(asegs.data(), g.update_segs.data(), state_dev_, g.update_segs.bytes(), ex_.stream);
     copy_from_host(ssegs.data(), g.stat_segs.data(), dev, g.stat_segs.bytes(), ex_.stream);
     if (lowp()) build_lowp(int(gi));
     g.m.zero(ex_.stream);
@@ -60,6 +84,13 @@ ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store
   }
   // stats_[0..1]: this rank's owned-part statistics; stats_[2]: the loss sum of the step's micro-batches.
   stats_ = Buffer(ex_.device, 3 * sizeof(float));
+}
+
+size_t ShardedAdamW::bucket_of(int gi, int64_t flat) const {
+  const std::vector<BucketExtent>& b = store_.layout().groups()[size_t(gi)].buckets;
+  size_t k = 0;
+  while (k + 1 < b.size() && flat >= b[k].begin + b[k].len) ++k;
+  return k;
 }
 
 namespace {
@@ -118,6 +149,13 @@ void ShardedAdamW::apply(const StepStats& st, const AdamWHyper& hyper) {
   h.bc1 = float(1.0 - std::pow(double(hyper.beta1), double(adam_step_)));
   h.bc2 = float(1.0 - std::pow(double(hyper.beta2), double(adam_step_)));
   h.grad_coef = float(st.clip_coef);
+  if (offload_.cpu) {
+    // Bucket by bucket in the forward's order: the host updates a bucket, queues its upload and all-gather,
+    // and goes on to the next while those run.
+    store_.all_gather_updated(
+        [&](int gi, size_t k, Stream s) { update_bucket_on_host(gi, k, s, st.grad_unscale, h); });
+    return;
+  }
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     Group& g = groups_[gi];
     const DType t = store_.layout().groups()[gi].dtype;
@@ -134,6 +172,39 @@ void ShardedAdamW::apply(const StepStats& st, const AdamWHyper& hyper) {
                         g.update_segs.as<AdamWSegment>(), g.n_update_segs, g.update_elems, h);
   }
   store_.all_gather_updated();
+}
+
+void ShardedAdamW::update_bucket_on_host(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h) {
+  Group& g = groups_[size_t(gi)];
+  const DType t = store_.layout().groups()[size_t(gi)].dtype;
+  void* shard = grads_.host_shard(gi).data();  // the reduced gradient in, the new parameter values out
+  float* master = store_.master(gi).as<float>();
+  const auto [first, last] = g.bucket_work[k];
+  // Tasks of about 64K elements: 8 segments of fp32 states, 32 quantisation blocks (of at most 2048).
+  const int per_task = lowp() ? 32 : 8;
+  const int64_t tasks = (last - first + per_task - 1) / per_task;
+  pool_->run(tasks, [&](int64_t task) {
+    const int b = first + int(task) * per_task, n = std::min(per_task, last - b);
+    if (lowp()) {
+      float* scales = state_.dtype == StateDType::I8 ? g.lowp_scales.as<float>() + 2 * b : nullptr;
+      cpu::adamw_lowp(master, g.m.data(), g.v.data(), scales, state_.dtype, shard, t, grad_unscale, shard, t,
+                      g.lowp_segs.as<AdamWSegment>(), g.lowp_blocks.as<AdamWQBlock>() + b, n, h);
+    } else {
+      cpu::adamw_segments(master, g.m.as<float>(), g.v.as<float>(), shard, t, grad_unscale, shard, t,
+                          g.update_segs.as<AdamWSegment>() + b, n, h);
+    }
+  });
+  const size_t ds = dtype_size(t);
+  char* params = static_cast<char*>(store_.params(gi).data());
+  for (const Group::Upload& u : g.uploads[k]) {
+    const char* src = static_cast<const char*>(shard) + size_t(u.store) * ds;
+    char* dst = params + size_t(u.flat) * ds;
+    if (ex_.cuda())
+      MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(u.len) * ds, cudaMemcpyHostToDevice,
+                                     reinterpret_cast<cudaStream_t>(s)));
+    else
+      std::memcpy(dst, src, size_t(u.len) * ds);
+  }
 }
 
 size_t ShardedAdamW::moment_bytes() const {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -17,10 +18,22 @@
 #include "kernels/exec.h"
 #include "src/core/buffer.h"
 #include "src/core/comm_exposure.h"
+#include "src/core/worker_pool.h"
 #include "src/optim/grad_reducer.h"
 #include "src/optim/param_store.h"
 
 namespace mpt {
+
+// zero.offload = cpu (README, "Optimizer offload"): the FP32 master shard and the moments live in host
+// memory and the update runs on `threads` host threads, bucket by bucket in the order the next forward
+// uses them. Each bucket's reduced gradient reaches the host during backward (GradReducer::enable_host_copy);
+// the update writes the new model-dtype values over it and uploads them, then the bucket is all-gathered,
+// both on the communication stream, while the host updates the next bucket. The host kernels are the CPU
+// twins of the CUDA ones, which agree bit for bit, so an offloaded run computes the same values.
+struct OffloadOptions {
+  bool cpu = false;
+  int threads = 1;
+};
 
 struct StepStats {
   bool overflow = false;
@@ -33,8 +46,9 @@ struct StepStats {
 
 class ShardedAdamW {
  public:
-  ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store, const GradReducer& grads,
-               ExposureProbe& probe, StateFormat state = {});
+  // offload.cpu: the store's master must be on the host and the reducer's host copy enabled.
+  ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store, GradReducer& grads, ExposureProbe& probe,
+               StateFormat state = {}, OffloadOptions offload = {});
   ~ShardedAdamW() = default;
   ShardedAdamW(const ShardedAdamW&) = delete;
   ShardedAdamW& operator=(const ShardedAdamW&) = delete;
@@ -66,6 +80,7 @@ class ShardedAdamW {
   std::vector<Buffer> moments_as_f32(bool v) const;
   void set_moments_from_f32(const std::vector<Buffer>& m, const std::vector<Buffer>& v);
   size_t moment_bytes() const;        // m, v and (int8) their scales
+  bool offloaded() const { return offload_.cpu; }
 
  private:
   struct Group {
@@ -81,7 +96,15 @@ class ShardedAdamW {
     std::vector<AdamWQBlock> host_blocks;
     int n_lowp_blocks = 0;
     int64_t lowp_max_len = 0;
+    // Offload: per bucket, the range of update segments (fp32 states) or quantisation blocks (low-precision
+    // states) it holds, and its owned runs {flat, store, len} to upload.
+    std::vector<std::pair<int, int>> bucket_work;
+    struct Upload { int64_t flat = 0, store = 0, len = 0; };
+    std::vector<std::vector<Upload>> uploads;
   };
+  void update_bucket_on_host(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h);
+  // Offload: the bucket of flat position x in group gi.
+  size_t bucket_of(int gi, int64_t flat) const;
   void build_lowp(int gi);  // src/optim/adamw_lowp_blocks.cpp
   void lowp_to_f32(const Group& g, int64_t owned, std::vector<float>* m, std::vector<float>* v) const;
   void lowp_from_f32(Group& g, const std::vector<float>& m, const std::vector<float>& v);
@@ -94,12 +117,15 @@ class ShardedAdamW {
   Exec ex_;
   Communicator& comm_;
   ParamStore& store_;
-  const GradReducer& grads_;
+  GradReducer& grads_;
   ExposureProbe& probe_;
   std::vector<Group> groups_;
   Buffer stats_;                     // 3 floats: non-finite count, sum of squares, loss sum
   int64_t adam_step_ = 0;
   StateFormat state_;
+  OffloadOptions offload_;
+  Device state_dev_;                 // where master, m, v and the update's segment lists live
+  std::unique_ptr<WorkerPool> pool_;  // offload
 };
 
 }  // namespace mpt

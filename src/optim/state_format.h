@@ -1,13 +1,16 @@
-// The AdamW state storage a config asks for (optimizer.state_dtype, optimizer.state_block), and the check
-// that a checkpoint's state matches it.
+// The AdamW state storage a config asks for (optimizer.state_dtype, optimizer.state_block), the offload
+// options (zero.offload, cpu.threads), and the check that a checkpoint's state matches the config.
 #pragma once
+#include <algorithm>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/adamw_lowp.h"
 #include "src/core/check.h"
 #include "src/config/config.h"
+#include "src/optim/sharded_adamw.h"
 
 namespace mpt {
 
@@ -16,6 +19,16 @@ inline StateFormat state_format_of(const OptimizerConfig& o) {
   parse_state_dtype(o.state_dtype, &f.dtype);  // validated by the config reader
   f.block = o.state_block;
   return f;
+}
+
+// zero.offload and its host threads (cpu.threads; 0: the node's hardware threads shared among the
+// ranks on the node).
+inline OffloadOptions offload_options(const Config& c, int ranks_on_node) {
+  OffloadOptions o;
+  o.cpu = c.zero.offload == "cpu";
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  o.threads = c.cpu.threads > 0 ? c.cpu.threads : std::max(1, hw / std::max(1, ranks_on_node));
+  return o;
 }
 
 inline std::string describe_state(const StateFormat& f) {

@@ -5,10 +5,16 @@
 namespace mpt {
 
 ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
-                                   size_t bucket_bytes, uint64_t seed, Stream comm_stream, StateFormat state)
-    : store_(ex, comm, std::move(specs), stage, bucket_bytes, seed, comm_stream, probe_),
+                                   size_t bucket_bytes, uint64_t seed, Stream comm_stream, StateFormat state,
+                                   OffloadOptions offload)
+    : store_(ex, comm, std::move(specs), stage, bucket_bytes, seed, comm_stream, probe_, offload.cpu),
       reducer_(ex, comm, store_.layout(), store_.specs(), comm_stream, probe_),
-      adam_(ex, comm, store_, reducer_, probe_, state) {
+      adam_(ex, comm, store_,
+            [&]() -> GradReducer& {
+              if (offload.cpu) reducer_.enable_host_copy(ex.cuda());
+              return reducer_;
+            }(),
+            probe_, state, offload) {
   for (int i = 0; i < store_.num_params(); ++i) {
     const ParamPlace& p = store_.layout().place(i);
     views_.push_back(ParamView{store_.param(i), reducer_.full_grad(i), p.dtype, p.group, p.bucket, p.offset, p.numel});
@@ -44,7 +50,7 @@ void ShardedOptimizer::load_state(const FullState& s) {
   store_.scatter_owned(s.master, master);
   std::vector<Buffer> m, v;
   std::vector<Buffer*> mp, vp;
-  for (const GroupLayout& gl : store_.layout().groups()) {
+  for (const GroupLayout& gl : store_.layout().groups()) {  // where the master is: host when offloaded
     m.emplace_back(store_.master(0).device(), size_t(gl.owned_elems) * 4);
     v.emplace_back(store_.master(0).device(), size_t(gl.owned_elems) * 4);
   }
@@ -67,6 +73,8 @@ MemoryReport ShardedOptimizer::memory() const {
   m.grad_shard = reducer_.shard_bytes();
   m.master = store_.master_bytes();
   m.adam = adam_.moment_bytes();
+  m.offloaded = adam_.offloaded();
+  m.host_copy = reducer_.host_bytes();
   return m;
 }
 

@@ -39,7 +39,10 @@ struct MemoryReport {
   size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0;
   size_t grad_staging = 0;           // stage 2: bucket staging slots allocated so far (peak), and the
                                      // one bucket-part temporary of micro-batches after the first
-  size_t total() const { return params + grads + grad_shard + master + adam + grad_staging; }
+  bool offloaded = false;            // zero.offload = cpu: master and adam are in host memory
+  size_t host_copy = 0;              // zero.offload = cpu: the (pinned) host copy of the owned gradient
+  // On the executing device.
+  size_t total() const { return params + grads + grad_shard + grad_staging + (offloaded ? 0 : master + adam); }
 };
 
 class ShardedOptimizer : public GradSink {
@@ -48,9 +51,11 @@ class ShardedOptimizer : public GradSink {
   using FullState = OptimizerState;
 
   // comm_stream: where bucket collectives run (CUDA); compute work runs on ex.stream.
-  // state: the AdamW moments' storage (optimizer.state_dtype; FP32 by default).
+  // state: the AdamW moments' storage (optimizer.state_dtype; FP32 by default). offload: zero.offload
+  // (src/optim/sharded_adamw.h).
   ShardedOptimizer(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
-                   size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr, StateFormat state = {});
+                   size_t bucket_bytes, uint64_t seed, Stream comm_stream = nullptr, StateFormat state = {},
+                   OffloadOptions offload = {});
   // zero.overlap = false (GPUs): the compute stream waits for each bucket's collective as soon as it is
   // queued, and for the whole parameter all-gather right after the update: nothing overlaps, every
   // collective is exposed. The same collectives in the same order, so results are bitwise unchanged.
@@ -59,6 +64,7 @@ class ShardedOptimizer : public GradSink {
     store_.set_overlap(on);
   }
   const StateFormat& state_format() const { return adam_.state_format(); }
+  bool offloaded() const { return adam_.offloaded(); }
   ShardedOptimizer(const ShardedOptimizer&) = delete;
   ShardedOptimizer& operator=(const ShardedOptimizer&) = delete;
 

@@ -231,7 +231,8 @@ AutoPrecision decide_auto_precision(const AutoPrecisionContext& ctx) {
   base_model.reset();
   double total_params = 0;
   for (const ParamSpec& s : specs) total_params += double(s.numel());
-  in.fixed_bytes = 12.0 * total_params / (cfg.zero.stage >= 1 ? double(comm.size()) : 1.0);
+  // FP32 master + AdamW moments on the GPU (none with zero.offload = cpu: they live in host memory).
+  in.fixed_bytes = cfg.zero.offload == "cpu" ? 0.0 : 12.0 * total_params / (cfg.zero.stage >= 1 ? double(comm.size()) : 1.0);
   std::map<std::tuple<int, int, int, int>, double> timed;  // (m, n, k, dtype) -> seconds of the 3 GEMMs
   for (const std::string& name : names) {
     LayerInput l;

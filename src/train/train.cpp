@@ -164,7 +164,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream(),
-                                            state_format_of(cfg_.optimizer));
+                                            state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(opt_->params());
   if (!cfg_.model.init_from.empty()) {
@@ -217,11 +217,15 @@ void Trainer::print_banner() const {
               policy_summary(model_->layer_dtypes()).c_str(), cfg_.precision.fallback.c_str());
   const MemoryReport m = opt_->memory();
   std::printf("model: %s, %lld parameters, %d bucket(s); ZeRO-%d state per rank: params %s, grads %s, grad shard %s, "
-              "master %s, adam %s (%s)\n",
+              "master %s, adam %s (%s)%s\n",
               model_->describe().c_str(), static_cast<long long>(opt_->num_elements()), opt_->num_buckets(),
               cfg_.zero.stage, human_bytes(double(m.params)).c_str(), human_bytes(double(m.grads)).c_str(),
               human_bytes(double(m.grad_shard)).c_str(), human_bytes(double(m.master)).c_str(),
-              human_bytes(double(m.adam)).c_str(), describe_state(opt_->state_format()).c_str());
+              human_bytes(double(m.adam)).c_str(), describe_state(opt_->state_format()).c_str(),
+              m.offloaded ? (", master and adam offloaded to host memory, updated by " +
+                             std::to_string(offload_options(cfg_, world_.local_size).threads) + " host thread(s)")
+                                .c_str()
+                          : "");
   std::printf("%s\n", data_->describe(steps_per_epoch_, cfg_.train.batch_size, cfg_.train.grad_accum, world_.size)
                          .c_str());
   std::fflush(stdout);

@@ -103,7 +103,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);
   opt_ = std::make_unique<ShardedOptimizer>(ex_, *comm_, model_->param_specs(), cfg_.zero.stage,
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream(),
-                                            state_format_of(cfg_.optimizer));
+                                            state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
   model_->bind(opt_->params());
   opt_->load_state(state);

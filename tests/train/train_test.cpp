@@ -149,6 +149,105 @@ TEST(Train, ZeroStagesReachTheSameStateWithLowPrecisionMoments) {
       }
 }
 
+// zero.offload = cpu: the FP32 master and the moments in host memory, the update on host threads (3 here,
+// so that buckets are split over threads even on a small machine). The host update is the CPU twin of the
+// device kernel, which agrees with it bit for bit, so the offloaded run's master, moments (int8 states: the
+// values the codes stand for) and losses equal the device-updated run's exactly, in every stage, with
+// gradient accumulation, and across a step the loss scaler skips (fp16 with an inf injected at step 3):
+// the skipped step must leave the host state untouched and move nothing back. On GPUs the optimizer state
+// must also have left device memory: the allocation falls by exactly the master and moment bytes.
+TEST(Train, CpuOffloadReachesTheSameStateAsTheDeviceUpdate) {
+  struct Case { int stage, accum; const char* sd; };
+  for (const Case c : {Case{0, 1, "fp32"}, Case{1, 1, "fp32"}, Case{2, 1, "fp32"}, Case{2, 2, "fp32"},
+                       Case{1, 1, "int8"}, Case{2, 2, "int8"}}) {
+    const std::vector<std::string> common = {
+        "train.grad_accum=" + std::to_string(c.accum), std::string("optimizer.state_dtype=\"") + c.sd + "\"",
+        "debug.inject_inf_step=3", "debug.inject_inf_rank=" + std::to_string(g_world.size - 1), "cpu.threads=3"};
+    ShardedOptimizer::FullState ref;
+    std::vector<double> ref_loss;
+    std::vector<bool> ref_skip;
+    size_t ref_device = 0;
+    for (const char* off : {"none", "cpu"}) {
+      std::vector<std::string> extra = common;
+      extra.push_back(std::string("zero.offload=\"") + off + "\"");
+      const std::string what = "ZeRO-" + std::to_string(c.stage) + " x" + std::to_string(c.accum) + " " + c.sd +
+                               " offload " + off;
+      const size_t before = allocated_bytes(Device::CUDA);
+      Trainer t(small_config("fp16", c.stage, 16, extra), g_world);
+      const size_t device = allocated_bytes(Device::CUDA) - before;
+      const MemoryReport mem = t.optimizer().memory();
+      std::vector<double> loss;
+      std::vector<bool> skip;
+      for (int s = 0; s < 8; ++s) {
+        const StepRecord r = t.train_step();
+        loss.push_back(r.loss);
+        skip.push_back(r.skipped);
+      }
+      ShardedOptimizer::FullState st = t.optimizer().gather_state();
+      if (std::string(off) == "none") {
+        EXPECT_FALSE(mem.offloaded);
+        EXPECT_TRUE(all_true(skip[3])) << what << ": the injected inf did not skip step 3";
+        ref = std::move(st);
+        ref_loss = loss;
+        ref_skip = skip;
+        ref_device = device;
+        continue;
+      }
+      EXPECT_TRUE(mem.offloaded);
+      EXPECT_GT(mem.host_copy, 0u);
+      EXPECT_EQ(mem.total(), mem.params + mem.grads + mem.grad_shard + mem.grad_staging) << what;
+      if (t.exec().cuda()) {
+        EXPECT_EQ(ref_device - device, mem.master + mem.adam) << what << ": device memory did not fall by the state";
+      }
+      double dm = 0, d1 = 0, d2 = 0;
+      const size_t bad = count_different(st.master, ref.master, 0, 0, &dm) + count_different(st.m, ref.m, 0, 0, &d1) +
+                         count_different(st.v, ref.v, 0, 0, &d2);
+      EXPECT_TRUE(all_true(bad == 0)) << what << ": " << bad << " values differ, max " << dm << " " << d1 << " " << d2;
+      EXPECT_EQ(loss, ref_loss) << what;
+      EXPECT_EQ(skip, ref_skip) << what;
+    }
+    double mmax = 0;
+    for (float x : ref.m) mmax = std::max(mmax, double(std::fabs(x)));
+    EXPECT_GT(mmax, 0.0) << "the moments never moved";
+  }
+}
+
+// A checkpoint does not depend on where the optimizer state lived: saved by an offloaded run and resumed
+// without offload (and the reverse), the run continues bit for bit.
+TEST(Train, CheckpointResumeAcrossCpuOffload) {
+  std::string dir;
+  if (g_world.rank == 0) {
+    char tmpl[] = "/tmp/mpt-ckpt-off-XXXXXX";
+    dir = mkdtemp(tmpl);
+  }
+  int len = int(dir.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dir.resize(size_t(len));
+  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  Trainer straight(small_config("bf16", 2, 16), g_world);
+  for (int s = 0; s < 10; ++s) straight.train_step();
+  const ShardedOptimizer::FullState want = straight.optimizer().gather_state();
+  for (const auto& [first_off, then_off] : {std::pair<const char*, const char*>{"cpu", "none"}, {"none", "cpu"}}) {
+    const std::string at = "checkpoint.dir=\"" + dir + "/" + first_off + "\"";  // a fresh directory each time
+    {
+      Trainer first(small_config("bf16", 2, 16, {at, std::string("zero.offload=\"") + first_off + "\""}), g_world);
+      for (int s = 0; s < 5; ++s) first.train_step();
+      first.save_checkpoint();
+    }
+    Trainer resumed(small_config("bf16", 1, 16, {at, std::string("zero.offload=\"") + then_off + "\""}), g_world);
+    EXPECT_EQ(resumed.optimizer().offloaded(), std::string(then_off) == "cpu");
+    for (int s = 5; s < 10; ++s) resumed.train_step();
+    const ShardedOptimizer::FullState got = resumed.optimizer().gather_state();
+    double d0 = 0, d1 = 0, d2 = 0;
+    const size_t bad = count_different(got.master, want.master, 0, 0, &d0) + count_different(got.m, want.m, 0, 0, &d1) +
+                       count_different(got.v, want.v, 0, 0, &d2);
+    EXPECT_TRUE(all_true(bad == 0)) << "saved with offload " << first_off << ", resumed with " << then_off << ": " << bad
+                                    << " values differ, max " << d0 << " " << d1 << " " << d2;
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  if (g_world.rank == 0) std::filesystem::remove_all(dir);
+}
+
 // After every step all ranks hold bitwise-identical half parameters and the same loss scale.
 TEST(Train, RanksHoldIdenticalParametersAndScaleEveryStep) {
   for (int stage : {0, 1, 2}) {
