@@ -26,6 +26,9 @@ class Rng {
     double u2 = double(next() >> 11) * (1.0 / 9007199254740992.0);
     return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
+  // Moves the stream on by n draws of next() (SplitMix64's state only counts): uniform() takes one draw,
+  // normal() two, so element e of a stream of normals can be drawn from a copy skipped by 2e.
+  void skip(uint64_t n) { s_ += n * 0x9e3779b97f4a7c15ull; }
   // Uniform integer in [0, n).
   uint64_t below(uint64_t n) { return n ? next() % n : 0; }
 

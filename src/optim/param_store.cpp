@@ -1,6 +1,8 @@
 #include "src/optim/param_store.h"
 
+#include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "src/core/cuda_check.h"
 #include "src/core/rng.h"
@@ -38,6 +40,7 @@ ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec
     g.gathered.assign(gl.buckets.size(), nullptr);
     g.gather_pending.assign(gl.buckets.size(), 0);
     g.params.zero(ex_.stream);
+    g.master.zero(ex_.stream);  // padding stays zero; init_params writes the parameters' elements
   }
   if (ex_.cuda()) {
     cudaEvent_t e;
@@ -62,32 +65,58 @@ int64_t ParamStore::num_elements() const {
 
 void ParamStore::init_params(uint64_t seed) {
   // Each parameter draws from its own stream keyed by its name, so initial values do not depend on the
-  // layout, the world size or the other parameters.
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    const GroupLayout& gl = layout_.groups()[gi];
-    Group& g = groups_[gi];
-    std::vector<float> full(size_t(gl.size), 0.f);
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      const ParamPlace& pl = layout_.place(int(i));
-      if (pl.group != int(gi)) continue;
-      const ParamSpec& s = specs_[i];
-      Rng r(seed ^ fnv1a(s.name.data(), s.name.size()));
-      float* p = full.data() + pl.offset;
-      for (int64_t e = 0; e < s.numel(); ++e) {
+  // layout, the world size or the other parameters. One parameter at a time, in chunks drawn in parallel
+  // (the stream is seekable: Rng::skip), so that neither the time nor the host memory (one chunk per
+  // thread) grows with the whole model: a multi-billion-parameter model starts in seconds.
+  constexpr int64_t kChunk = int64_t(1) << 20;
+  const int threads = int(std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const ParamSpec& s = specs_[i];
+    const ParamPlace& pl = layout_.place(int(i));
+    const GroupLayout& gl = layout_.groups()[size_t(pl.group)];
+    Group& g = groups_[size_t(pl.group)];
+    const uint64_t key = seed ^ fnv1a(s.name.data(), s.name.size());
+    const int64_t n = s.numel(), chunks = (n + kChunk - 1) / kChunk;
+    const size_t ds = dtype_size(gl.dtype);
+    auto fill = [&](int64_t c, std::vector<float>& vals, std::vector<uint8_t>& half) {
+      const int64_t b0 = c * kChunk, len = std::min(kChunk, n - b0);
+      vals.resize(size_t(len));
+      Rng r(key);
+      r.skip(uint64_t(b0) * (s.init == Init::Normal ? 2u : 1u));
+      for (int64_t e = 0; e < len; ++e) {
         switch (s.init) {
-          case Init::Uniform: p[e] = r.uniform(-s.init_scale, s.init_scale); break;
-          case Init::Normal: p[e] = r.normal() * s.init_scale; break;
-          case Init::Ones: p[e] = 1.f; break;
-          case Init::Zeros: p[e] = 0.f; break;
+          case Init::Uniform: vals[size_t(e)] = r.uniform(-s.init_scale, s.init_scale); break;
+          case Init::Normal: vals[size_t(e)] = r.normal() * s.init_scale; break;
+          case Init::Ones: vals[size_t(e)] = 1.f; break;
+          case Init::Zeros: vals[size_t(e)] = 0.f; break;
+        }
+      }
+      half.resize(size_t(len) * ds);
+      from_float_n(vals.data(), half.data(), gl.dtype, size_t(len));
+    };
+    // Chunks in rounds of `threads`, drawn in parallel, then stored in order by this thread.
+    std::vector<std::vector<float>> vals(static_cast<size_t>(threads));
+    std::vector<std::vector<uint8_t>> half(static_cast<size_t>(threads));
+    for (int64_t c0 = 0; c0 < chunks; c0 += threads) {
+      const int nr = int(std::min<int64_t>(threads, chunks - c0));
+      std::vector<std::thread> pool;
+      for (int t = 1; t < nr; ++t) pool.emplace_back([&, t] { fill(c0 + t, vals[size_t(t)], half[size_t(t)]); });
+      fill(c0, vals[0], half[0]);
+      for (std::thread& t : pool) t.join();
+      for (int t = 0; t < nr; ++t) {
+        const int64_t b0 = (c0 + t) * kChunk, len = int64_t(vals[size_t(t)].size());
+        copy_from_host(half[size_t(t)].data(), at(g.params, pl.offset + b0, gl.dtype), ex_.device, half[size_t(t)].size(),
+                       ex_.stream);
+        // The owned parts of [offset + b0, offset + b0 + len) in the flat space go to the master shard.
+        const int64_t lo = pl.offset + b0, hi = lo + len;
+        for (const OwnedRange& r : gl.owned) {
+          const int64_t a = std::max(lo, r.flat), e = std::min(hi, r.flat + r.len);
+          if (a >= e) continue;
+          copy_from_host(vals[size_t(t)].data() + (a - lo), static_cast<float*>(g.master.data()) + (r.store + a - r.flat),
+                         g.master.device(), size_t(e - a) * 4, ex_.stream);
         }
       }
     }
-    std::vector<uint8_t> half(size_t(gl.size) * dtype_size(gl.dtype));
-    from_float_n(full.data(), half.data(), gl.dtype, size_t(gl.size));
-    copy_from_host(half.data(), g.params.data(), ex_.device, half.size(), ex_.stream);
-    std::vector<float> master(size_t(gl.owned_elems), 0.f);
-    for (const OwnedRange& r : gl.owned) std::memcpy(&master[size_t(r.store)], &full[size_t(r.flat)], size_t(r.len) * 4);
-    copy_from_host(master.data(), g.master.data(), g.master.device(), master.size() * 4, ex_.stream);
   }
 }
 

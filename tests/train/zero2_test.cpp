@@ -69,6 +69,43 @@ struct Outcome {
   MemoryReport mem;
 };
 
+// Initial values: each parameter is its own stream, Rng(seed ^ FNV-1a(name)), drawn in element order,
+// whatever the layout, stage or world size. The store draws large parameters in chunks of 2^20 elements on
+// several threads (seeking with Rng::skip); here parameters of several chunks (normal and uniform) must still
+// hold exactly the sequential stream, in the master (FP32) and in the parameters (rounded to their dtype).
+TEST(ParamInit, LargeParametersHoldTheirSequentialStream) {
+  auto fnv1a = [](const std::string& s) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    return h;
+  };
+  std::vector<ParamSpec> sp = {{"big.weight", "big", {1500, 2100}, DType::BF16, true, Init::Normal, 0.02f},
+                               {"wide.bias", "wide", {2200001}, DType::F32, false, Init::Uniform, 0.5f},
+                               {"small.weight", "small", {37, 5}, DType::BF16, true, Init::Normal, 1.f},
+                               {"ln.weight", "ln", {300}, DType::F32, false, Init::Ones, 0.f}};
+  const uint64_t seed = shared_seed();
+  Exec ex;
+  auto comm = make_mpi_communicator(MPI_COMM_WORLD);
+  for (int stage : {0, 2}) {
+    ShardedOptimizer opt(ex, *comm, sp, stage, size_t(4) << 20, seed);
+    const std::vector<float> master = opt.gather_master();
+    size_t at = 0;
+    for (int i = 0; i < int(sp.size()); ++i) {
+      Rng r(seed ^ fnv1a(sp[size_t(i)].name));
+      const std::vector<float> half = opt.params_as_float(i);
+      int64_t bad = 0;
+      for (int64_t e = 0; e < sp[size_t(i)].numel(); ++e) {
+        float want = 1.f;
+        if (sp[size_t(i)].init == Init::Normal) want = r.normal() * sp[size_t(i)].init_scale;
+        if (sp[size_t(i)].init == Init::Uniform) want = r.uniform(-0.5f, 0.5f);
+        if (master[at + size_t(e)] != want || half[size_t(e)] != round_to(sp[size_t(i)].dtype, want)) ++bad;
+      }
+      EXPECT_EQ(bad, 0) << "ZeRO-" << stage << " " << sp[size_t(i)].name << ": elements off their stream";
+      at += size_t(sp[size_t(i)].numel());
+    }
+  }
+}
+
 Outcome run(int stage, int micro, int steps) {
   Exec ex;
   auto comm = make_mpi_communicator(MPI_COMM_WORLD);
