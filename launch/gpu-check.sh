@@ -27,6 +27,11 @@
 #              tokens/s of generation; the bf16 export loaded by transformers' GPT2LMHeadModel.from_pretrained
 #   maxbatch   the largest B of gpt2-124m (bf16, ZeRO-1) that fits on one GPU, and its tokens/s
 #              (MAXBATCH_SIZES, default "256 320 336 352")
+#   offload    zero.offload = cpu: gpt2-124m bf16 ZeRO-1 at B=16 with and without offload on 1 and all GPUs
+#              (launch/bench.sh: ms/step and peak memory side by side), then the widest 12-layer GPT-2 (head
+#              size 64, B=4, T=1024, bf16 ZeRO-1, fp32 states) that fits on one GPU without and with offload
+#              (OFFLOAD_WIDTHS_GPU, OFFLOAD_WIDTHS_HOST: the widths tried), and the same with int8 states
+#              (OFFLOAD_WIDTHS_INT8, with and without offload); OFFLOAD_BENCH= skips the bench
 #   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto"),
 #              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
@@ -280,6 +285,29 @@ if want maxbatch; then
       echo "B=$b: does not fit or failed: $(grep -m1 -iE 'memory|error' "$OUT/maxbatch-$b.log" | cut -c1-200)"
     fi
   done
+fi
+
+if want offload; then
+  echo "== zero.offload = cpu: gpt2-124m bf16 ZeRO-1 B=16, without and with offload; host: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+  if [ -n "${OFFLOAD_BENCH-1}" ]; then
+    MPTRAIN="$MPT" timeout 300 bash launch/bench.sh configs/gpt2-124m.json --modes "bf16:1 bf16:1:offload" \
+      --steps "${BENCH_STEPS:-10}" --warmup 3 --out "$OUT/offload-bench" --set train.batch_size=16 2>&1 | grep -E "^bench|\|" || status=1
+  fi
+  echo "== the widest GPT-2 (12 layers, head size 64, B=4, T=1024, bf16 ZeRO-1, fp32 states) on one GPU"
+  width_try() {  # width offload(none|cpu) state_dtype
+    local w=$1 off=$2 sd=$3 log="$OUT/width-$1-$2-$3.log"
+    local params=$(( 12 * (12 * w * w + 13 * w) + (50304 + 1024 + 2) * w ))
+    if timeout 240 "$MPT" bench configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 --set zero.stage=1 \
+        --set model.n_embd=$w --set model.n_head=$((w / 64)) --set train.batch_size=4 --set zero.offload="\"$off\"" \
+        --set optimizer.state_dtype="\"$sd\"" --warmup 1 --steps 2 > "$log" 2>&1; then
+      echo "width $w ($((params / 1000000))M params) offload $off, $sd states: fits | $(grep -oE '[0-9.]+ ms/step' "$log") | $(grep -oE 'peak [0-9.]+ GiB' "$log")"
+    else
+      echo "width $w ($((params / 1000000))M params) offload $off, $sd states: does not fit or failed: $(grep -m1 -iE 'memory|error|alloc|killed' "$log" | cut -c1-220)"
+    fi
+  }
+  for w in ${OFFLOAD_WIDTHS_GPU:-6656 7168}; do width_try "$w" none fp32; done
+  for w in ${OFFLOAD_WIDTHS_HOST:-7168}; do width_try "$w" cpu fp32; done
+  for w in ${OFFLOAD_WIDTHS_INT8:-9216}; do width_try "$w" none int8; width_try "$w" cpu int8; done
 fi
 
 if want peer; then

@@ -30,7 +30,7 @@ ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec
                        size_t bucket_bytes, uint64_t seed, Stream comm_stream, ExposureProbe& probe,
                        bool master_on_host)
     : ex_(ex), comm_(comm), specs_(std::move(specs)), layout_(specs_, stage, comm.rank(), comm.size(), bucket_bytes),
-      comm_stream_(comm_stream ? comm_stream : ex.stream), probe_(probe) {
+      comm_stream_(comm_stream ? comm_stream : ex.stream), probe_(probe), seed_(seed) {
   groups_.resize(layout_.groups().size());
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const GroupLayout& gl = layout_.groups()[gi];
@@ -47,7 +47,6 @@ ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec
     MPT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     ev_updated_ = e;
   }
-  init_params(seed);
 }
 
 ParamStore::~ParamStore() {
@@ -63,7 +62,8 @@ int64_t ParamStore::num_elements() const {
   return n;
 }
 
-void ParamStore::init_params(uint64_t seed) {
+void ParamStore::init_params() {
+  const uint64_t seed = seed_;
   // Each parameter draws from its own stream keyed by its name, so initial values do not depend on the
   // layout, the world size or the other parameters. One parameter at a time, in chunks drawn in parallel
   // (the stream is seekable: Rng::skip), so that neither the time nor the host memory (one chunk per

@@ -25,6 +25,9 @@ class ParamStore : public ParamSource {
   // update reads and writes it.
   ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage, size_t bucket_bytes,
              uint64_t seed, Stream comm_stream, ExposureProbe& probe, bool master_on_host = false);
+  // Draws the initial values (seed of the constructor). Separate, so that the owner allocates all of its
+  // memory first: a model that does not fit fails before seconds of drawing.
+  void init_params();
   ~ParamStore() override;
   ParamStore(const ParamStore&) = delete;
   ParamStore& operator=(const ParamStore&) = delete;
@@ -77,7 +80,6 @@ class ParamStore : public ParamSource {
     std::vector<void*> gathered;     // per bucket, cudaEvent_t: the bucket's all-gather (overlapped path)
     mutable std::vector<char> gather_pending;
   };
-  void init_params(uint64_t seed);
   bool overlap_gather() const {
     return overlap_ && ex_.cuda() && comm_stream_ != nullptr && comm_stream_ != ex_.stream;
   }
@@ -90,6 +92,7 @@ class ParamStore : public ParamSource {
   std::vector<Group> groups_;
   Stream comm_stream_;
   ExposureProbe& probe_;
+  uint64_t seed_;
   void* ev_updated_ = nullptr;       // cudaEvent_t: the update, recorded on the compute stream
   bool overlap_ = true;
 };

@@ -207,6 +207,12 @@ void ShardedAdamW::update_bucket_on_host(int gi, size_t k, Stream s, float grad_
   }
 }
 
+size_t ShardedAdamW::list_bytes() const {
+  size_t n = 0;
+  for (const Group& g : groups_) n += g.update_segs.bytes() + g.lowp_segs.bytes() + g.lowp_blocks.bytes();
+  return n;
+}
+
 size_t ShardedAdamW::moment_bytes() const {
   size_t n = 0;
   for (const Group& g : groups_) n += g.m.bytes() + g.v.bytes() + g.lowp_scales.bytes();

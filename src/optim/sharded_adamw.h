@@ -80,6 +80,7 @@ class ShardedAdamW {
   std::vector<Buffer> moments_as_f32(bool v) const;
   void set_moments_from_f32(const std::vector<Buffer>& m, const std::vector<Buffer>& v);
   size_t moment_bytes() const;        // m, v and (int8) their scales
+  size_t list_bytes() const;         // the update's segment and block lists (where the moments are)
   bool offloaded() const { return offload_.cpu; }
 
  private:

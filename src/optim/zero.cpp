@@ -15,6 +15,7 @@ ShardedOptimizer::ShardedOptimizer(const Exec& ex, Communicator& comm, std::vect
               return reducer_;
             }(),
             probe_, state, offload) {
+  store_.init_params();
   for (int i = 0; i < store_.num_params(); ++i) {
     const ParamPlace& p = store_.layout().place(i);
     views_.push_back(ParamView{store_.param(i), reducer_.full_grad(i), p.dtype, p.group, p.bucket, p.offset, p.numel});
@@ -73,6 +74,7 @@ MemoryReport ShardedOptimizer::memory() const {
   m.grad_shard = reducer_.shard_bytes();
   m.master = store_.master_bytes();
   m.adam = adam_.moment_bytes();
+  m.adam_lists = adam_.list_bytes();
   m.offloaded = adam_.offloaded();
   m.host_copy = reducer_.host_bytes();
   return m;

@@ -39,10 +39,13 @@ struct MemoryReport {
   size_t params = 0, grads = 0, grad_shard = 0, master = 0, adam = 0;
   size_t grad_staging = 0;           // stage 2: bucket staging slots allocated so far (peak), and the
                                      // one bucket-part temporary of micro-batches after the first
-  bool offloaded = false;            // zero.offload = cpu: master and adam are in host memory
+  size_t adam_lists = 0;             // the update's segment and quantisation-block lists (with adam)
+  bool offloaded = false;            // zero.offload = cpu: master, adam and its lists are in host memory
   size_t host_copy = 0;              // zero.offload = cpu: the (pinned) host copy of the owned gradient
   // On the executing device.
-  size_t total() const { return params + grads + grad_shard + grad_staging + (offloaded ? 0 : master + adam); }
+  size_t total() const {
+    return params + grads + grad_shard + grad_staging + (offloaded ? 0 : master + adam + adam_lists);
+  }
 };
 
 class ShardedOptimizer : public GradSink {
