@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <stdexcept>
 #include <vector>
 
 #include "src/core/check.h"
@@ -134,6 +135,32 @@ class TokenData : public Dataset {
 };
 
 }  // namespace
+
+namespace {
+class NoData final : public Dataset {
+ public:
+  explicit NoData(const Config& cfg) : lm_(cfg.model.type == "gpt2") {}
+  int64_t train_count() const override { return 0; }
+  int64_t eval_count() const override { return 0; }
+  Batch batch(bool, const int64_t*, int) override {
+    throw std::logic_error("this run was started without data (mptrain sample/export): it cannot train");
+  }
+  int max_batch(int batch_size) const override { return batch_size; }
+  void reserve(int) override {}
+  std::string describe(int64_t, int, int, int) const override { return "data: none (weights only)"; }
+  const DatasetWords& words() const override {
+    static const DatasetWords tokens{"tokens", "training windows", "validation", "val_", "next-token", true};
+    static const DatasetWords images{"samples", "training examples", "test", "test_", "test", false};
+    return lm_ ? tokens : images;
+  }
+  const char* source_key() const override { return "data"; }
+
+ private:
+  bool lm_;
+};
+}  // namespace
+
+std::unique_ptr<Dataset> no_dataset(const Config& cfg) { return std::make_unique<NoData>(cfg); }
 
 std::unique_ptr<Dataset> load_dataset(const Config& cfg) {
   if (cfg.data.dataset == "tokens") return std::make_unique<TokenData>(cfg);

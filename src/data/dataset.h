@@ -46,5 +46,8 @@ class Dataset {
 // data.dataset: "fashion-mnist" or "tokens". Throws InputError (config source, key) for data that cannot be
 // read or does not fit the model.
 std::unique_ptr<Dataset> load_dataset(const Config& cfg);
+// No data at all, for commands that only use the weights (mptrain sample, export): no examples, batch()
+// throws. The config's data section is not read, so its files need not exist.
+std::unique_ptr<Dataset> no_dataset(const Config& cfg);
 
 }  // namespace mpt

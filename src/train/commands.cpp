@@ -193,7 +193,7 @@ int export_command(int argc, char** argv) {
   }
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
-    Trainer t(cfg, world);
+    Trainer t(cfg, world, MPI_COMM_WORLD, Trainer::Data::WeightsOnly);
     agree(MPI_COMM_WORLD, [&] { gpt2_of(t, cfg.source); });
     const std::vector<float> master = t.optimizer().gather_master();  // collective
     if (world.rank != 0) return;

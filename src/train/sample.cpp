@@ -87,7 +87,7 @@ int sample_command(int argc, char** argv) {
         throw InputError(dir + "/encoder.json", "", "has " + std::to_string(bpe->vocab_size()) +
                                                         " tokens; model.vocab is " + std::to_string(cfg.model.vocab));
     }
-    Trainer t(cfg, world);
+    Trainer t(cfg, world, MPI_COMM_WORLD, Trainer::Data::WeightsOnly);
     auto* gpt2 = dynamic_cast<Gpt2*>(&t.model());
     if (!gpt2) throw InputError(cfg.source, "model.type", "mptrain sample needs a gpt2 model");
     Gpt2& model = *gpt2;

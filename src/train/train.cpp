@@ -7,6 +7,7 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -136,8 +137,9 @@ void check_same_data(const Config& cfg, const char* key, Communicator& comm, int
 
 }  // namespace
 
-Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
+Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm, Data data)
     : cfg_(cfg), world_(world), mpi_comm_(mpi_comm), host_(make_mpi_communicator(mpi_comm)) {
+  const bool weights_only = data == Data::WeightsOnly;
   world_.rank = host_->rank();
   world_.size = host_->size();
   rank0_ = world_.rank == 0;
@@ -146,9 +148,14 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
     dev_ = std::make_unique<DeviceContext>(cfg_, world_);
     ex_ = dev_->exec();
     prec_ = resolve_precision(cfg_.precision, dev_->caps());
-    data_ = load_dataset(cfg_);
+    data_ = weights_only ? no_dataset(cfg_) : load_dataset(cfg_);
     train_count_ = data_->train_count();
     eval_count_ = data_->eval_count();
+    if (weights_only) {
+      // No sampler: any checkpoint's position in an epoch is accepted, and nothing trains.
+      steps_per_epoch_ = std::numeric_limits<int64_t>::max();
+      return;
+    }
     const int64_t per_step = int64_t(cfg_.train.batch_size) * cfg_.train.grad_accum;
     sampler_ = std::make_unique<DistributedSampler>(train_count_, world_.rank, world_.size, cfg_.train.seed);
     steps_per_epoch_ = sampler_->per_rank() / per_step;
@@ -185,10 +192,10 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm)
   }
   scaler_ = std::make_unique<LossScaler>(cfg_.loss_scale, loss_scaling_enabled(cfg_.loss_scale, prec_.model));
   monitor_ = std::make_unique<StabilityMonitor>(cfg_.monitor);
-  total_steps_ = cfg_.train.steps > 0 ? cfg_.train.steps : int64_t(cfg_.train.epochs) * steps_per_epoch_;
-  sampler_->set_epoch(0);
+  total_steps_ = weights_only ? 0 : cfg_.train.steps > 0 ? cfg_.train.steps : int64_t(cfg_.train.epochs) * steps_per_epoch_;
+  if (sampler_) sampler_->set_epoch(0);
   data_->reserve(model_->max_batch());
-  if (cfg_.precision.layers_auto) auto_precision(true);  // before a resume, which restores its recorded precision
+  if (cfg_.precision.layers_auto && !weights_only) auto_precision(true);  // before a resume, which restores its recorded precision
   if (!cfg_.checkpoint.dir.empty() && cfg_.checkpoint.resume) try_resume();
 }
 
@@ -232,6 +239,7 @@ void Trainer::print_banner() const {
 }
 
 StepRecord Trainer::train_step() {
+  if (!sampler_) throw std::logic_error("Trainer::train_step: this trainer was made without data (Data::WeightsOnly)");
   if (step_in_epoch_ >= steps_per_epoch_) {
     ++epoch_;
     step_in_epoch_ = 0;

@@ -115,7 +115,11 @@ struct TrainSummary {
 class Trainer {
  public:
   // mpi_comm: the ranks that train together (MPI_COMM_WORLD; tests use sub-communicators).
-  Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm = MPI_COMM_WORLD);
+  // data = WeightsOnly (mptrain sample, export): the data section is not read (its files need not exist),
+  // no automatic precision analysis runs (it needs batches), and train_step() throws; the weights come
+  // from the checkpoint as usual.
+  enum class Data { Load, WeightsOnly };
+  Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm = MPI_COMM_WORLD, Data data = Data::Load);
   ~Trainer();
 
   // One optimizer step (grad_accum micro-batches) from the sampler; advances the epoch when it runs out.

@@ -220,7 +220,7 @@ void Trainer::try_resume() {
   step_ = meta.step;
   epoch_ = meta.epoch;
   step_in_epoch_ = meta.step_in_epoch;
-  sampler_->set_epoch(epoch_);
+  if (sampler_) sampler_->set_epoch(epoch_);
   resumed_from_ = from;
   if (rank0_ && !cfg_.log.quiet)
     std::printf("resumed from %s at step %lld (epoch %d)\n", from.c_str(), static_cast<long long>(step_), epoch_ + 1);
