@@ -53,6 +53,22 @@ Config small_config(const std::string& mode, int stage, int batch, std::vector<s
   return config_from_json(j, "train_test", extra);
 }
 
+// A fresh directory made by rank 0, its name sent to every rank.
+std::string shared_temp_dir(const std::string& prefix) {
+  std::string dir;
+  if (g_world.rank == 0) {
+    std::string tmpl = prefix + "-XXXXXX";
+    const char* made = mkdtemp(tmpl.data());
+    if (!made) throw std::runtime_error("mkdtemp " + tmpl + " failed");
+    dir = made;
+  }
+  int len = int(dir.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dir.resize(size_t(len));
+  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return dir;
+}
+
 bool all_true(bool ok, MPI_Comm c = MPI_COMM_WORLD) {
   int mine = ok, all = 0;
   MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, c);
@@ -216,15 +232,7 @@ TEST(Train, CpuOffloadReachesTheSameStateAsTheDeviceUpdate) {
 // A checkpoint does not depend on where the optimizer state lived: saved by an offloaded run and resumed
 // without offload (and the reverse), the run continues bit for bit.
 TEST(Train, CheckpointResumeAcrossCpuOffload) {
-  std::string dir;
-  if (g_world.rank == 0) {
-    char tmpl[] = "/tmp/mpt-ckpt-off-XXXXXX";
-    dir = mkdtemp(tmpl);
-  }
-  int len = int(dir.size());
-  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  dir.resize(size_t(len));
-  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string dir = shared_temp_dir("/tmp/mpt-ckpt-off");
   Trainer straight(small_config("bf16", 2, 16), g_world);
   for (int s = 0; s < 10; ++s) straight.train_step();
   const ShardedOptimizer::FullState want = straight.optimizer().gather_state();
@@ -485,15 +493,7 @@ TEST(Train, DataParallelMatchesOneRankWithTheGlobalBatch) {
 // A run interrupted after a checkpoint and resumed (with another ZeRO stage: the file is stage- and
 // world-size independent) continues exactly as the uninterrupted run.
 TEST(Train, CheckpointResumeContinuesExactly) {
-  std::string dir;
-  if (g_world.rank == 0) {
-    char tmpl[] = "/tmp/mpt-ckpt-XXXXXX";
-    dir = mkdtemp(tmpl);
-  }
-  int len = int(dir.size());
-  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  dir.resize(size_t(len));
-  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string dir = shared_temp_dir("/tmp/mpt-ckpt");
 
   Trainer straight(small_config("fp16", 2, 16), g_world);
   for (int s = 0; s < 12; ++s) straight.train_step();
@@ -517,15 +517,7 @@ TEST(Train, CheckpointResumeContinuesExactly) {
 // layout restores codes and scales exactly, so a resume (into another ZeRO stage) continues bit for bit.
 // Resuming them under another state dtype is refused with the file and the field.
 TEST(Train, CheckpointResumeWithInt8StatesIsExactAndTheStateDtypeIsChecked) {
-  std::string dir;
-  if (g_world.rank == 0) {
-    char tmpl[] = "/tmp/mpt-ckpt-q8-XXXXXX";
-    dir = mkdtemp(tmpl);
-  }
-  int len = int(dir.size());
-  MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  dir.resize(size_t(len));
-  MPI_Bcast(dir.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string dir = shared_temp_dir("/tmp/mpt-ckpt-q8");
   const std::string q8 = "optimizer.state_dtype=\"int8\"", at = "checkpoint.dir=\"" + dir + "\"";
 
   Trainer straight(small_config("bf16", 2, 16, {q8}), g_world);
