@@ -30,7 +30,7 @@
 #   offload    zero.offload = cpu: gpt2-124m bf16 ZeRO-1 at B=16 with and without offload on 1 and all GPUs
 #              (launch/bench.sh: ms/step and peak memory side by side), then the widest 12-layer GPT-2 (head
 #              size 64, B=4, T=1024, bf16 ZeRO-1, fp32 states) that fits on one GPU without and with offload
-#              (OFFLOAD_WIDTHS_GPU, OFFLOAD_WIDTHS_HOST: the widths tried), and the same with int8 states
+#              (OFFLOAD_WIDTHS_GPU, OFFLOAD_WIDTHS_HOST: the widths tried; empty: none), and the same with int8 states
 #              (OFFLOAD_WIDTHS_INT8, with and without offload); OFFLOAD_BENCH= skips the bench
 #   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto"),
 #              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
@@ -305,9 +305,9 @@ if want offload; then
       echo "width $w ($((params / 1000000))M params) offload $off, $sd states: does not fit or failed: $(grep -m1 -iE 'memory|error|alloc|killed' "$log" | cut -c1-220)"
     fi
   }
-  for w in ${OFFLOAD_WIDTHS_GPU:-6656 7168}; do width_try "$w" none fp32; done
-  for w in ${OFFLOAD_WIDTHS_HOST:-7168}; do width_try "$w" cpu fp32; done
-  for w in ${OFFLOAD_WIDTHS_INT8:-9216}; do width_try "$w" none int8; width_try "$w" cpu int8; done
+  for w in ${OFFLOAD_WIDTHS_GPU-6656 7168}; do width_try "$w" none fp32; done
+  for w in ${OFFLOAD_WIDTHS_HOST-7168}; do width_try "$w" cpu fp32; done
+  for w in ${OFFLOAD_WIDTHS_INT8-9216}; do width_try "$w" none int8; width_try "$w" cpu int8; done
 fi
 
 if want peer; then
