@@ -5,6 +5,8 @@
 #include <string>
 #include <thread>
 
+#include <sched.h>
+
 #include <nlohmann/json.hpp>
 
 #include "kernels/adamw_lowp.h"
@@ -21,13 +23,23 @@ inline StateFormat state_format_of(const OptimizerConfig& o) {
   return f;
 }
 
+// The CPUs this process may run on (its affinity mask; mpirun binds each rank to one core unless told
+// --bind-to none), or the hardware threads where the mask cannot be read.
+inline int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 // zero.offload and its host threads (cpu.threads; 0: the node's hardware threads shared among the
-// ranks on the node).
+// ranks on the node, at most the CPUs this rank may run on).
 inline OffloadOptions offload_options(const Config& c, int ranks_on_node) {
   OffloadOptions o;
   o.cpu = c.zero.offload == "cpu";
   const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
-  o.threads = c.cpu.threads > 0 ? c.cpu.threads : std::max(1, hw / std::max(1, ranks_on_node));
+  o.threads = c.cpu.threads > 0 ? c.cpu.threads
+                                : std::max(1, std::min(usable_cpus(), hw / std::max(1, ranks_on_node)));
   return o;
 }
 

@@ -235,6 +235,10 @@ void Trainer::print_banner() const {
                           : "");
   std::printf("%s\n", data_->describe(steps_per_epoch_, cfg_.train.batch_size, cfg_.train.grad_accum, world_.size)
                          .c_str());
+  const int cpus = usable_cpus(), hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  if (m.offloaded && cpus < hw / std::max(1, world_.local_size))
+    std::printf("warning: zero.offload: this rank may run on %d CPU(s) of the node's %d (mpirun binds ranks to "
+                "cores by default; launch with --bind-to none to give the host update its share)\n", cpus, hw);
   std::fflush(stdout);
 }
 
