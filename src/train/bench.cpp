@@ -118,6 +118,8 @@ int bench_command(int argc, char** argv) {
         {"model", t.model().describe()},
         {"precision", dtype_name(t.model_dtype())},
         {"zero_stage", cfg.zero.stage},
+        {"zero_offload", cfg.zero.offload},
+        {"zero_overlap", cfg.zero.overlap},
         {"batch_per_rank", cfg.train.batch_size},
         {"grad_accum", cfg.train.grad_accum},
         {"unit", lm ? "tokens" : "samples"},
