@@ -464,8 +464,14 @@ void attention_forward(const void* qkv, void* out, float* lse, DType t, int B, i
   });
 }
 
+size_t attention_backward_scratch_bytes(DType t, int B, int T, int H, int D) {
+  if (!is_half(t) || (D != 16 && D != 32 && D != 64 && D != 128) || B <= 0 || T <= 0 || H <= 0) return 0;
+  return flash::ds_bytes(B, T, H);
+}
+
 void attention_backward(const void* dout, const void* qkv, const void* out, const float* lse, float* delta,
-                        void* dqkv, DType t, int B, int T, int H, int D, Stream s) {
+                        void* dqkv, DType t, int B, int T, int H, int D, Stream s, void* scratch,
+                        size_t scratch_bytes) {
   const char* op = "attention_backward";
   check_args(op, B, T, H, D);
   if (B == 0 || T == 0 || H == 0) return;
@@ -484,7 +490,7 @@ void attention_backward(const void* dout, const void* qkv, const void* out, cons
                                                                       H, D);
     MPT_LAUNCH_CHECK("attention_delta_kernel");
     if (flash_ok) {
-      flash::backward(dout, qkv, lse, delta, dqkv, t, B, T, H, D, st);
+      flash::backward(dout, qkv, lse, delta, dqkv, scratch, scratch_bytes, t, B, T, H, D, st);
       return;
     }
     dispatch_head_dim(D, [&](auto dim) {

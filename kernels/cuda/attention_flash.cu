@@ -26,8 +26,17 @@
 //   dK / dV:  4 warps x 16 keys per block; query tiles of 64 from the diagonal on, double-buffered with
 //             their lse and delta; P^T and dS^T are rebuilt per tile in registers.
 //   dQ:       4 warps x 16 query rows per block; key tiles up to the diagonal.
-// dQ has its own pass (it recomputes Q K^T and dO V^T) so that no float atomics are needed: the result is
-// the same bits on every run.
+// dQ has its own pass so that no float atomics are needed: the result is the same bits on every run. Two
+// forms of it:
+//   dQ from stored dS (when the caller lends a scratch buffer, attention_backward_scratch_bytes): the dK/dV
+//             kernel, which holds dS^T rounded to the storage dtype as the A operand of dK += dS^T Q anyway,
+//             transposes each 8 x 8 piece in registers (movmatrix) and stores the lower-triangle tiles in the
+//             order of mma's A fragments: per 64 x 64 tile, [query strip of 16][key step of 16][lane] x 16
+//             bytes, so the dQ kernel reads its A fragments with one coalesced 16-byte load per lane and no
+//             shared memory, and does one product per tile (dQ += dS K) instead of three. The values are
+//             the very rounded dS of dK, so the numerics are those of the recomputing form.
+//   dQ recomputed: 4 warps x 16 query rows per block; key tiles up to the diagonal; Q K^T and dO V^T are
+//             recomputed (three products per tile; no scratch memory).
 #include "kernels/cuda/attention_flash.cuh"
 
 #include <cuda_bf16.h>
@@ -102,6 +111,16 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
 #endif
+}
+
+// The transpose of an 8 x 8 matrix of 16-bit values held in mma's accumulator/A layout (lane l: row l / 4,
+// columns 2 (l % 4) + {0, 1}): afterwards lane l holds row l / 4 of the transpose.
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+  uint32_t y = 0;
+#if MPT_FLASH
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+#endif
+  return y;
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -218,6 +237,23 @@ __device__ __forceinline__ void mma_xb(float (&acc)[WM][D / 8][4], const float (
   }
 }
 
+// As mma_xb for one strip, with X already rounded and packed: pk[n][hr] holds row (lane / 4 + 8 hr)'s two
+// columns n * 8 + 2 (lane % 4) + {0, 1}, low half first.
+template <class T, int D, int NK>
+__device__ __forceinline__ void mma_pb(float (&acc)[1][D / 8][4], const uint32_t (&pk)[NK / 8][2], const T* b, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk) {
+    const uint32_t a[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t r[4];
+      ldsm_x4_t(r, b + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + kPad) + dp * 16 + (lane >> 4) * 8);
+      Mma<T>::run(acc[0][2 * dp], a, r[0], r[1]);
+      Mma<T>::run(acc[0][2 * dp + 1], a, r[2], r[3]);
+    }
+  }
+}
+
 template <int N, int M> __device__ __forceinline__ void zero(float (&a)[N][M][4]) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
@@ -237,6 +273,17 @@ template <int D, int NW, int WM> constexpr size_t forward_smem() {
 }
 template <int D, int NW> constexpr size_t dq_smem() { return size_t(2 * NW * 16 + 4 * kKeys) * (D + kPad) * 2; }
 template <int D, int NW> constexpr size_t dkdv_smem() { return dq_smem<D, NW>() + 4 * kKeys * sizeof(float); }
+template <int D> constexpr size_t dq_ds_smem() { return size_t(2 * kKeys) * (D + kPad) * 2; }
+
+// Stored dS: per (batch, head) the lower-triangle 64 x 64 tiles (query tile i, key tile j <= i) at index
+// i (i + 1) / 2 + j, each [query strip qs of 16][key step ks of 16][lane] of 16 bytes (512 uint4).
+constexpr int kTileVec = (kKeys / 16) * (kKeys / 16) * 32;
+__host__ __device__ constexpr size_t tri_tiles(int T_) {
+  return size_t((T_ + kKeys - 1) / kKeys) * size_t((T_ + kKeys - 1) / kKeys + 1) / 2;
+}
+__device__ __forceinline__ size_t ds_tile(int bh, int T_, int i, int j) {
+  return (size_t(bh) * tri_tiles(T_) + size_t(i) * size_t(i + 1) / 2 + size_t(j)) * kTileVec;
+}
 
 }  // namespace
 
@@ -446,12 +493,80 @@ static __global__ void __launch_bounds__(NW * 32)
 #endif
 }
 
+// ---- backward: dQ from the stored dS (query-major; 4 warps x 16 query rows = one query tile per block)
+
+template <class T, int D>
+static __global__ void __launch_bounds__(128)
+    flash_dq_from_ds_kernel(const uint4* __restrict__ ds, const T* __restrict__ qkv, T* __restrict__ dqkv, int T_,
+                            int H, float scale) {
+#if MPT_FLASH
+  constexpr int NT = 128, LD = D + kPad, ND = D / 8, KS = kKeys / 16;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* ks = reinterpret_cast<T*>(smem);  // two stages of kKeys key rows
+  const int bh = int(blockIdx.x), h = bh % H, b = bh / H;
+  const int qt = int(gridDim.y) - 1 - int(blockIdx.y);  // query tile; the longest rows first
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const size_t C = size_t(H) * D, ld = 3 * C;
+  const T* kbase = qkv + size_t(b) * size_t(T_) * ld + size_t(h) * D + C;
+  const uint4* src = ds + ds_tile(bh, T_, qt, 0) + warp * KS * 32 + lane;  // tile j at src + j * kTileVec
+  load_rows<kKeys, D, NT>(ks, kbase, ld, 0, T_);
+  cp_async_commit();
+  uint4 a[KS], an[KS];
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) a[kk] = src[kk * 32];
+  float dq[1][ND][4];
+  zero(dq);
+  for (int j = 0; j <= qt; ++j) {
+    const int st = j & 1;
+    if (j < qt) {  // the other stage was released by the barrier that ended the previous step
+      load_rows<kKeys, D, NT>(ks + (st ^ 1) * kKeys * LD, kbase, ld, (j + 1) * kKeys, T_);
+      cp_async_commit();
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) an[kk] = src[size_t(j + 1) * kTileVec + kk * 32];
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* kt = ks + st * kKeys * LD;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      const uint32_t af[4] = {a[kk].x, a[kk].y, a[kk].z, a[kk].w};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t r[4];
+        ldsm_x4_t(r, kt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
+        Mma<T>::run(dq[0][2 * dp], af, r[0], r[1]);
+        Mma<T>::run(dq[0][2 * dp + 1], af, r[2], r[3]);
+      }
+    }
+    __syncthreads();
+    if (j < qt)
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) a[kk] = an[kk];
+  }
+
+  T* db = dqkv + size_t(b) * size_t(T_) * ld + size_t(h) * D + 2 * (lane & 3);
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int row = qt * kKeys + warp * 16 + (lane >> 2) + hr * 8;
+    if (row >= T_) continue;
+#pragma unroll
+    for (int n = 0; n < ND; ++n) store_pair(db + size_t(row) * ld + n * 8, dq[0][n][2 * hr] * scale, dq[0][n][2 * hr + 1] * scale);
+  }
+#else
+  __trap();
+#endif
+}
+
 // ---- backward: dK and dV (key-major)
 
-template <class T, int D, int NW>
+// STORE_DS: also store dS (rounded, as dK uses it) for the dQ-from-dS kernel, into ds (layout at ds_tile).
+template <class T, int D, int NW, bool STORE_DS>
 static __global__ void __launch_bounds__(NW * 32)
     flash_dkdv_kernel(const T* __restrict__ dout, const T* __restrict__ qkv, const float* __restrict__ lse,
-                      const float* __restrict__ delta, T* __restrict__ dqkv, int T_, int H, float scale) {
+                      const float* __restrict__ delta, T* __restrict__ dqkv, uint4* __restrict__ ds, int T_, int H,
+                      float scale) {
 #if MPT_FLASH
   constexpr int NT = NW * 32, BK = NW * 16, LD = D + kPad, NN = kKeys / 8, ND = D / 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -534,8 +649,23 @@ static __global__ void __launch_bounds__(NW * 32)
           }
         }
       }
-      mma_xb<T, D, kKeys, 1>(dv, s, gt, lane);   // dV += P^T dO
-      mma_xb<T, D, kKeys, 1>(dk, dp, qt, lane);  // dK += dS^T Q
+      mma_xb<T, D, kKeys, 1>(dv, s, gt, lane);  // dV += P^T dO
+      uint32_t pk[NN][2];                        // dS^T rounded to T, packed as mma's A operand
+#pragma unroll
+      for (int n = 0; n < NN; ++n)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) pk[n][hr] = Mma<T>::pack(dp[0][n][2 * hr], dp[0][n][2 * hr + 1]);
+      mma_pb<T, D, kKeys>(dk, pk, qt, lane);  // dK += dS^T Q
+      if constexpr (STORE_DS) {
+        // This warp's 16 keys are key step ks of key tile w0 / kKeys; query strip qs is columns n = 2 qs, 2 qs + 1.
+        // Transposed, pk[n][hr] is (query n * 8 + lane / 4; keys 8 hr + 2 (lane % 4) + {0, 1}), which is the
+        // A fragment register of dQ += dS K for rows n * 8 .. and k columns 8 hr ..
+        uint4* dst = ds + ds_tile(bh, T_, i, w0 / kKeys) + ((w0 % kKeys) / 16) * 32 + lane;
+#pragma unroll
+        for (int qs = 0; qs < kKeys / 16; ++qs)
+          dst[qs * (kKeys / 16) * 32] = make_uint4(transpose8x8(pk[2 * qs][0]), transpose8x8(pk[2 * qs + 1][0]),
+                                                   transpose8x8(pk[2 * qs][1]), transpose8x8(pk[2 * qs + 1][1]));
+      }
     }
     __syncthreads();
   }
@@ -562,7 +692,8 @@ static __global__ void __launch_bounds__(NW * 32)
 // Block shapes. Defaults: forward 4 warps x 32 query rows (D <= 64) or x 16 (D = 128); dK/dV and dQ 4 warps
 // x 16 rows. At D = 64 (GPT-2's head size) other shapes are compiled too, for the benchmark sweep:
 // MPT_FLASH="fwd=NWxWM,dkdv=NW,dq=NW" with fwd in {4x2, 8x1, 4x1, 8x2} and dkdv, dq in {4, 8} picks them
-// (read once per process; anything else keeps the defaults). MPT_FLASH_BWD=dkdv or dq runs only that
+// (read once per process; anything else keeps the defaults; dq applies to the recomputing dQ kernel, used
+// when no scratch is lent). MPT_FLASH_BWD=dkdv or dq runs only that
 // backward kernel (timing only: the other part of dqkv is then not written).
 
 namespace {
@@ -631,12 +762,26 @@ void launch_forward(const E* x, E* o, float* lse, int B, int T, int H, float sca
 }
 
 template <class E, int HD, int NW>
-void launch_dkdv(const E* g, const E* x, const float* lse, const float* delta, E* dx, int B, int T, int H, float scale,
-                 cudaStream_t s) {
+void launch_dkdv(const E* g, const E* x, const float* lse, const float* delta, E* dx, uint4* ds, int B, int T, int H,
+                 float scale, cudaStream_t s) {
   const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), NW * 16));
-  set_smem(flash_dkdv_kernel<E, HD, NW>, dkdv_smem<HD, NW>());
-  flash_dkdv_kernel<E, HD, NW><<<grid, NW * 32, dkdv_smem<HD, NW>(), s>>>(g, x, lse, delta, dx, T, H, scale);
+  if (ds) {
+    set_smem(flash_dkdv_kernel<E, HD, NW, true>, dkdv_smem<HD, NW>());
+    flash_dkdv_kernel<E, HD, NW, true><<<grid, NW * 32, dkdv_smem<HD, NW>(), s>>>(g, x, lse, delta, dx, ds, T, H, scale);
+  } else {
+    set_smem(flash_dkdv_kernel<E, HD, NW, false>, dkdv_smem<HD, NW>());
+    flash_dkdv_kernel<E, HD, NW, false><<<grid, NW * 32, dkdv_smem<HD, NW>(), s>>>(g, x, lse, delta, dx, nullptr, T, H,
+                                                                                   scale);
+  }
   MPT_LAUNCH_CHECK("flash_dkdv_kernel");
+}
+
+template <class E, int HD>
+void launch_dq_from_ds(const uint4* ds, const E* x, E* dx, int B, int T, int H, float scale, cudaStream_t s) {
+  const dim3 grid(unsigned(B) * unsigned(H), ceil_div(size_t(T), kKeys));
+  set_smem(flash_dq_from_ds_kernel<E, HD>, dq_ds_smem<HD>());
+  flash_dq_from_ds_kernel<E, HD><<<grid, 128, dq_ds_smem<HD>(), s>>>(ds, x, dx, T, H, scale);
+  MPT_LAUNCH_CHECK("flash_dq_from_ds_kernel");
 }
 
 template <class E, int HD, int NW>
@@ -683,10 +828,15 @@ void forward(const void* qkv, void* out, float* lse, DType t, int B, int T, int 
   });
 }
 
-void backward(const void* dout, const void* qkv, const float* lse, const float* delta, void* dqkv, DType t, int B,
-              int T, int H, int D, cudaStream_t s) {
+size_t ds_bytes(int B, int T, int H) { return size_t(B) * size_t(H) * tri_tiles(T) * kTileVec * sizeof(uint4); }
+
+void backward(const void* dout, const void* qkv, const float* lse, const float* delta, void* dqkv, void* scratch,
+              size_t scratch_bytes, DType t, int B, int T, int H, int D, cudaStream_t s) {
   const float scale = 1.f / std::sqrt(float(D));
   const Shapes& sh = shapes_from_env();
+  uint4* ds = scratch && reinterpret_cast<uintptr_t>(scratch) % 16 == 0 && scratch_bytes >= ds_bytes(B, T, H)
+                  ? static_cast<uint4*>(scratch)
+                  : nullptr;
   dispatch(t, D, [&](auto tag, auto dim) {
     using E = typename decltype(tag)::type;
     constexpr int HD = decltype(dim)::value;
@@ -694,11 +844,12 @@ void backward(const void* dout, const void* qkv, const float* lse, const float* 
     const E* x = static_cast<const E*>(qkv);
     E* dx = static_cast<E*>(dqkv);
     if (sh.bwd_parts & 1) {
-      if (HD == 64 && sh.dkdv_nw == 8) launch_dkdv<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, B, T, H, scale, s);
-      else launch_dkdv<E, HD, 4>(g, x, lse, delta, dx, B, T, H, scale, s);
+      if (HD == 64 && sh.dkdv_nw == 8) launch_dkdv<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, ds, B, T, H, scale, s);
+      else launch_dkdv<E, HD, 4>(g, x, lse, delta, dx, ds, B, T, H, scale, s);
     }
     if (sh.bwd_parts & 2) {
-      if (HD == 64 && sh.dq_nw == 8) launch_dq<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, B, T, H, scale, s);
+      if (ds) launch_dq_from_ds<E, HD>(ds, x, dx, B, T, H, scale, s);
+      else if (HD == 64 && sh.dq_nw == 8) launch_dq<E, HD, (HD == 64 ? 8 : 4)>(g, x, lse, delta, dx, B, T, H, scale, s);
       else launch_dq<E, HD, 4>(g, x, lse, delta, dx, B, T, H, scale, s);
     }
   });

@@ -15,7 +15,11 @@ bool usable(DType t, int D, const void* const* ptrs, int nptrs);
 // Same contracts as mpt::cuda::attention_forward / attention_backward (kernels/attention.h); delta must
 // already hold dout . out (the backward launcher computes it first).
 void forward(const void* qkv, void* out, float* lse, DType t, int B, int T, int H, int D, cudaStream_t s);
-void backward(const void* dout, const void* qkv, const float* lse, const float* delta, void* dqkv, DType t, int B,
-              int T, int H, int D, cudaStream_t s);
+// scratch: when 16-byte aligned and at least ds_bytes(B, T, H) long, dQ is computed from dS stored there by
+// the dK/dV pass (one product per tile instead of three); else (null) dQ is recomputed. Same bits either way
+// is not promised: the two forms round the same dS but sum the scores in different orders.
+size_t ds_bytes(int B, int T, int H);
+void backward(const void* dout, const void* qkv, const float* lse, const float* delta, void* dqkv, void* scratch,
+              size_t scratch_bytes, DType t, int B, int T, int H, int D, cudaStream_t s);
 
 }  // namespace mpt::cuda::flash

@@ -95,6 +95,11 @@ Gpt2::Gpt2(const ModelConfig& m, const PrecisionConfig& p, DType model_dtype, co
   dsmall_ = Buffer(d, nbytes(N, C_, md_));
   dbig_ = Buffer(d, nbytes(N, 4 * C_, md_));
   delta_ = Buffer(d, size_t(N) * size_t(H_) * 4);
+  if (d == Device::CUDA) {
+    attn_scratch_bytes_ = cuda::attention_backward_scratch_bytes(md_, B_, T_, H_, C_ / H_);
+    if (attn_scratch_bytes_ > logits_.bytes()) attn_own_ = Buffer(d, attn_scratch_bytes_);
+    attn_scratch_ = attn_scratch_bytes_ == 0 ? nullptr : attn_own_.empty() ? logits_.data() : attn_own_.data();
+  }
   loss_rows_ = Buffer(d, size_t(N) * 4);
   pred_ = Buffer(d, size_t(N) * 4);
   build_specs();
@@ -349,7 +354,7 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
     // dres: gradient at a = x + attention branch.
     linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, grads);
     ops::attention_backward(ex_, dsmall_.data(), b.qkv.data(), b.att.data(), b.lse.as<float>(), delta_.as<float>(),
-                            dbig_.data(), md_, n, T_, H_, C_ / H_);
+                            dbig_.data(), md_, n, T_, H_, C_ / H_, attn_scratch_, attn_scratch_bytes_);
     linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, grads);
     ops::layernorm_backward(ex_, dsmall_.data(), b.x.data(), md_, param(b.ln1.w), b.ln1.dt, b.ln1_mean.as<float>(),
                             b.ln1_rstd.as<float>(), dres_.data(), grads.grad(b.ln1.w), grads.grad(b.ln1.b), N, C_, true);

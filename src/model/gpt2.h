@@ -103,6 +103,11 @@ class Gpt2 : public Model {
   Buffer tokens_, targets_, order_, starts_, uniq_;
   Buffer x0_, xf_, lnf_out_, lnf_mean_, lnf_rstd_, logits_;
   Buffer proj_, dres_, dsmall_, dbig_, delta_, loss_rows_, pred_;
+  // The attention backward's scratch (kernels/attention.h): the logits buffer, dead once the LM head's
+  // backward has read dlogits, when it is large enough; else its own buffer (attn_own_).
+  Buffer attn_own_;
+  void* attn_scratch_ = nullptr;
+  size_t attn_scratch_bytes_ = 0;
   Uploader up_;  // tokens, targets and the token groups of each micro-batch
   int last_n_ = 0;
 };

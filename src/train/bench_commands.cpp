@@ -142,7 +142,15 @@ int bench_attention_command(int argc, char** argv) {
   copy_from_host(hg.data(), dout.data(), Device::CUDA, hg.size(), reinterpret_cast<Stream>(st));
   const Stream s = reinterpret_cast<Stream>(st);
   auto fwd = [&] { cuda::attention_forward(qkv.data(), o.data(), lse.as<float>(), t, B, T, H, D, s); };
+  // The backward as training runs it (dS stored in a scratch buffer, dq from it), and without scratch (dq
+  // recomputed).
+  const size_t scratch_bytes = cuda::attention_backward_scratch_bytes(t, B, T, H, D);
+  Buffer scratch(Device::CUDA, scratch_bytes);
   auto bwd = [&] {
+    cuda::attention_backward(dout.data(), qkv.data(), o.data(), lse.as<float>(), delta.as<float>(), dqkv.data(), t, B,
+                             T, H, D, s, scratch.data(), scratch_bytes);
+  };
+  auto bwd_recompute = [&] {
     cuda::attention_backward(dout.data(), qkv.data(), o.data(), lse.as<float>(), delta.as<float>(), dqkv.data(), t, B,
                              T, H, D, s);
   };
@@ -169,6 +177,7 @@ int bench_attention_command(int argc, char** argv) {
   fwd();
   const auto [f_ms, f_spread] = time_ms(fwd);
   const auto [b_ms, b_spread] = time_ms(bwd);
+  const auto [r_ms, r_spread] = scratch_bytes ? time_ms(bwd_recompute) : std::make_pair(b_ms, b_spread);
   const double flops = attention_flops(B, T, H, D);
   const char* impl = std::getenv("MPT_ATTENTION");
   const std::string kind = impl && std::string(impl) == "simt" ? "cuda-core" : (is_half(t) ? "tensor-core" : "cuda-core");
@@ -178,11 +187,15 @@ int bench_attention_command(int argc, char** argv) {
   std::printf("  forward  %8.3f ms (spread %.3f) %7.1f TFLOP/s\n", f_ms, f_spread, flops / (f_ms * 1e-3) * 1e-12);
   std::printf("  backward %8.3f ms (spread %.3f) %7.1f TFLOP/s (counted as 2.5x the forward's FLOPs)\n", b_ms, b_spread,
               2.5 * flops / (b_ms * 1e-3) * 1e-12);
+  if (scratch_bytes)
+    std::printf("  backward %8.3f ms (spread %.3f) %7.1f TFLOP/s without the %.0f MiB dS scratch (dq recomputed)\n",
+                r_ms, r_spread, 2.5 * flops / (r_ms * 1e-3) * 1e-12, double(scratch_bytes) / (1 << 20));
   if (!out.empty()) {
     nlohmann::json j = {{"impl", "mptrain " + kind}, {"dtype", dtype_name(t)}, {"B", B}, {"T", T}, {"H", H}, {"D", D},
                         {"device", dev.name}, {"forward_ms", f_ms}, {"backward_ms", b_ms},
                         {"forward_tflops", flops / (f_ms * 1e-3) * 1e-12},
-                        {"backward_tflops", 2.5 * flops / (b_ms * 1e-3) * 1e-12}};
+                        {"backward_tflops", 2.5 * flops / (b_ms * 1e-3) * 1e-12},
+                        {"backward_recompute_ms", r_ms}, {"scratch_bytes", scratch_bytes}};
     std::ofstream(out) << j.dump(2) << "\n";
   }
   MPT_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -290,11 +290,15 @@ TEST_P(AttentionGpu, ForwardMatchesCpu) {
   }
 }
 
+// Both forms of the tensor-core dq: with a scratch buffer (dS stored by the dK/dV pass, dq from it) and
+// without (dq recomputed). The scratch is lent with guard bytes after it that must stay as they were, and it
+// must have been written (else the stored-dS form did not run).
 TEST_P(AttentionGpu, BackwardMatchesCpu) {
   const DType t = GetParam();
   Rng r = fresh_rng();
+  for (const bool lend : {true, false})
   for (const Shape& s : kShapes) {
-    SCOPED_TRACE(shape_name(s));
+    SCOPED_TRACE(shape_name(s) + (lend ? ", dS scratch" : ", no scratch"));
     const Layout L{s};
     const std::vector<uint8_t> qkv = make_qkv(r, t, L);
     const std::vector<uint8_t> dout = random_buffer(r, t, L.n_out());
@@ -310,8 +314,19 @@ TEST_P(AttentionGpu, BackwardMatchesCpu) {
     DeviceBuffer ddelta(lse.size() * sizeof(float)), ddqkv(qkv.size());
     ddelta.fill(0xFF, stream());
     ddqkv.fill(0xFF, stream());
+    const size_t need = lend ? cuda::attention_backward_scratch_bytes(t, s.B, s.T, s.H, s.D) : 0, guard = 4096;
+    EXPECT_EQ(need > 0, lend && is_half(t));
+    DeviceBuffer scratch(need + guard);
+    scratch.fill(0xA5, stream());
     cuda::attention_backward(dg.get(), dx.get(), dout_fwd.get(), dlse.as<float>(), ddelta.as<float>(), ddqkv.get(), t,
-                             s.B, s.T, s.H, s.D, stream());
+                             s.B, s.T, s.H, s.D, stream(), need ? scratch.get() : nullptr, need);
+    if (need) {
+      const std::vector<uint8_t> sc = to_host<uint8_t>(scratch, need + guard);
+      EXPECT_TRUE(std::all_of(sc.begin() + ptrdiff_t(need), sc.end(), [](uint8_t v) { return v == 0xA5; }))
+          << "written past the scratch's " << need << " bytes";
+      EXPECT_FALSE(std::all_of(sc.begin(), sc.begin() + ptrdiff_t(need), [](uint8_t v) { return v == 0xA5; }))
+          << "scratch never written: dq was not formed from stored dS";
+    }
     const std::vector<float> got_delta = to_host<float>(ddelta, lse.size());
     const std::vector<float> got_dqkv = to_floats(to_host<uint8_t>(ddqkv, qkv.size()), t);
 
@@ -335,7 +350,8 @@ TEST_P(AttentionGpu, BackwardMatchesCpu) {
   }
 }
 
-// Two runs of each pass give the same bits (no atomics, fixed reduction orders).
+// Two runs of each pass give the same bits (no atomics, fixed reduction orders), with the dS scratch as
+// training lends it; the scratch holds different data before each run.
 TEST_P(AttentionGpu, Deterministic) {
   const DType t = GetParam();
   Rng r = fresh_rng();
@@ -345,13 +361,15 @@ TEST_P(AttentionGpu, Deterministic) {
   DeviceBuffer dx = to_device(qkv), dg = to_device(dout);
   std::vector<uint8_t> first_out, first_dqkv;
   std::vector<float> first_lse, first_delta;
+  const size_t need = cuda::attention_backward_scratch_bytes(t, s.B, s.T, s.H, s.D);
   for (int rep = 0; rep < 2; ++rep) {
     DeviceBuffer o(L.n_out() * dtype_size(t)), lse(L.n_bht() * sizeof(float)), delta(L.n_bht() * sizeof(float)),
-        dqkv(qkv.size());
+        dqkv(qkv.size()), scratch(need);
     dqkv.fill(0xFF, stream());
+    if (need) scratch.fill(rep ? 0x00 : 0xFF, stream());
     cuda::attention_forward(dx.get(), o.get(), lse.as<float>(), t, s.B, s.T, s.H, s.D, stream());
     cuda::attention_backward(dg.get(), dx.get(), o.get(), lse.as<float>(), delta.as<float>(), dqkv.get(), t, s.B, s.T,
-                             s.H, s.D, stream());
+                             s.H, s.D, stream(), scratch.get(), need);
     std::vector<uint8_t> go = to_host<uint8_t>(o, L.n_out() * dtype_size(t)), gd = to_host<uint8_t>(dqkv, qkv.size());
     std::vector<float> gl = to_host<float>(lse, L.n_bht()), gdl = to_host<float>(delta, L.n_bht());
     if (rep == 0) {
