@@ -45,6 +45,19 @@ std::string gemm_backends();  // for --version: "own (deterministic), blas (Open
 namespace cuda {
 // e supplies the stream, the cuBLASLt handle and workspace, and allow_tf32.
 void gemm(const GemmDesc& d, const Exec& e);
+// Algorithm tuning (kernels/cuda/gemm.cu): at a plan's first use the heuristic's candidates are timed on
+// random operands of the same shape and the fastest whose output is bit for bit the first choice's is kept,
+// so results never depend on it. Process-wide; on unless MPT_GEMM_TUNE=0; applies to plans built afterwards.
+struct GemmTuningStats {
+  int plans_tuned = 0;           // plans whose candidates were compared
+  int plans_changed = 0;         // ... where a candidate other than the first choice won
+  int candidates_run = 0;        // candidates beyond the first choice that were run
+  int candidates_identical = 0;  // ... whose output matched the first choice's bit for bit
+  int skipped = 0;               // plans too large to tune, or whose temporaries could not be allocated
+};
+void set_gemm_tuning(bool on);
+GemmTuningStats gemm_tuning_stats();
+void clear_gemm_plans();  // drop every cached plan (tests: the next calls build and tune afresh)
 }
 namespace ops {
 inline void gemm(const Exec& e, const GemmDesc& d) {

@@ -36,7 +36,7 @@
 #              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
-#              peak memory, ratio
+#              peak memory, ratio; PEER_UNTUNED=1 also runs mptrain with MPT_GEMM_TUNE=0 (the GEMM tuning's gain)
 # GTEST_FILTER (tests part) runs only the matching GPU test cases, on 1 and 2 ranks, without ctest.
 # Data: Fashion-MNIST from $MPT_DATA_DIR (default /usr/share/datasets/fashion-mnist, else .data/fashion-mnist);
 # token shards from .data/text (launch/prepare-text.sh writes them). On a machine without the Debian dataset
@@ -322,6 +322,14 @@ if want peer; then
       --set log.metrics="\"$OUT/peer-mpt-$dt.jsonl\"" > "$OUT/peer-mpt-$dt.log" 2>&1 || status=1
     grep -E "^(summary|throughput)" "$OUT/peer-mpt-$dt.log"
   done
+  if [ "${PEER_UNTUNED:-0}" = 1 ]; then  # mptrain again with the GEMM tuning off (same call: its gain)
+    for dt in bf16 fp16; do
+      MPT_GEMM_TUNE=0 timeout 300 "$MPT" train configs/gpt2-124m.json --set device=cuda --set precision.mode=$dt \
+        --set train.batch_size=16 --set train.steps="$PSTEPS" --set train.eval_every=0 \
+        > "$OUT/peer-mpt-$dt-untuned.log" 2>&1 || status=1
+      echo "$dt, MPT_GEMM_TUNE=0: $(grep -E '^throughput' "$OUT/peer-mpt-$dt-untuned.log")"
+    done
+  fi
   python3 - "$OUT" <<'PY'
 import json, statistics, sys
 out = sys.argv[1]

@@ -31,14 +31,27 @@
 // Plans (descriptor, layouts, heuristic result) are cached per shape, dtype, plan, TF32 flag, workspace
 // size and pointer alignment class, so a steady-state call is a map lookup, two attribute writes and the
 // matmul. The cache is shared by all threads under a mutex.
+//
+// Tuning without changing results. The heuristic ranks up to kCandidates algorithms, and its first choice
+// is often not the fastest for these shapes. At a plan's first use every candidate runs on random operands
+// of the plan's exact shape, strides, dtype and epilogue (device temporaries, never the caller's buffers),
+// and a candidate is eligible only if its output (and the GELU epilogue's aux) is bit for bit that of the
+// heuristic's first choice: a different split of k or order of accumulation would show on millions of
+// random products. The fastest eligible candidate (best of kTimedRuns) replaces the first choice, so tuning
+// changes the speed and never a result: runs stay reproducible across processes whichever candidate wins a
+// timing. Not tuned (first choice kept): MPT_GEMM_TUNE=0 or set_gemm_tuning(false), a stream being
+// captured into a graph, temporaries over kTuneMaxBytes (the LM head's logits), a failed allocation.
 #include "kernels/gemm.h"
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "kernels/cuda/cuda_util.cuh"
 
@@ -81,7 +94,8 @@ struct Entry {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  bool ok = false;
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's ranking; [0] is its first choice
+  bool ok = false, tuned = false;
   ~Entry() {
     if (ld) cublasLtMatrixLayoutDestroy(ld);
     if (lb) cublasLtMatrixLayoutDestroy(lb);
@@ -91,6 +105,27 @@ struct Entry {
 };
 
 constexpr size_t kMaxCachedPlans = 1024;
+constexpr int kCandidates = 8;
+constexpr int kTimedRuns = 5;
+constexpr size_t kTuneMaxBytes = size_t(768) << 20;
+
+std::atomic<int>& tuning_flag() {  // -1: not yet read from MPT_GEMM_TUNE
+  static std::atomic<int> f{-1};
+  return f;
+}
+bool tuning_on() {
+  int f = tuning_flag().load();
+  if (f < 0) {
+    const char* v = std::getenv("MPT_GEMM_TUNE");
+    f = (v && std::string(v) == "0") ? 0 : 1;
+    tuning_flag().store(f);
+  }
+  return f == 1;
+}
+GemmTuningStats& stats() {  // under cache_mutex
+  static GemmTuningStats s;
+  return s;
+}
 
 std::mutex& cache_mutex() {
   static std::mutex mu;
@@ -173,13 +208,16 @@ std::unique_ptr<Entry> build(const Key& key, const GemmDesc& d, const Exec& e, c
   MPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
                                                         sizeof reduction));
 
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates]{};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(e.blas), en->desc, en->la,
-                                                           en->lb, en->ld, en->ld, pref, 1, &result, &found);
+                                                           en->lb, en->ld, en->ld, pref, kCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
-    en->algo = result.algo;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    for (int i = 0; i < found; ++i)
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) en->candidates.push_back(results[i].algo);
+  if (!en->candidates.empty()) {
+    en->algo = en->candidates[0];
     en->ok = true;
   } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
     MPT_FATAL("cublasLtMatmulAlgoGetHeuristic", std::string(cublasLtGetStatusName(st)) + ": " + cublasLtGetStatusString(st));
@@ -212,6 +250,146 @@ static __global__ void relu_rows_kernel(const T* z, T* c, int m, int n, int ldc)
     const size_t o = i * size_t(ldc) + j;
     store_f32(c, o, relu_nan(load_f32(z, o)));
   }
+}
+
+// ---- tuning (see the header comment)
+
+__device__ __forceinline__ uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// Uniform values in [-1, 1) from a hash of the index.
+template <class T> static __global__ void tune_fill_kernel(T* p, size_t n, uint32_t seed) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const uint32_t h = mix32(uint32_t(i) * 0x9E3779B1u ^ mix32(uint32_t(i >> 32) + seed));
+    store_f32(p, i, float(h >> 8) * (1.f / 8388608.f) - 1.f);
+  }
+}
+
+// *count += the number of 16-bit words in which a and b differ.
+static __global__ void count_diff_kernel(const uint16_t* a, const uint16_t* b, size_t n, unsigned int* count) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  unsigned int c = 0;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) c += a[i] != b[i];
+  if (c) atomicAdd(count, c);
+}
+
+void tune(Entry& en, const Key& key, const GemmDesc& d, const Exec& e, cublasLtHandle_t handle, cudaStream_t stream) {
+  en.tuned = true;
+  if (en.candidates.size() < 2 || !tuning_on()) return;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  MPT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) return;
+  GemmTuningStats& st = stats();
+  // Temporaries in cuBLASLt's naming: A = our B (ldb), B = our A (lda), C (when beta != 0), D twice (the first
+  // choice's and a candidate's), aux twice, bias, and a counter.
+  const Plan plan = key.plan;
+  const size_t es = dtype_size(d.dtype), es_d = plan == Plan::Fp32Scratch ? 4 : es;
+  const bool has_bias = plan != Plan::Plain && plan != Plan::Fp32Scratch, has_aux = plan == Plan::FusedGeluAux;
+  const bool has_c = plan == Plan::Plain && d.beta != 0.f;
+  const size_t ldd = plan == Plan::Fp32Scratch ? size_t(d.n) : size_t(d.ldc);
+  const size_t n_a = size_t(d.ldb) * size_t(d.trans_b ? d.n : d.k), n_b = size_t(d.lda) * size_t(d.trans_a ? d.k : d.m);
+  const size_t n_d = ldd * size_t(d.m), n_aux = has_aux ? size_t(d.ldc) * size_t(d.m) : 0;
+  auto up = [](size_t bytes) { return (bytes + 255) & ~size_t(255); };
+  const size_t o_b = up(n_a * es), o_c = o_b + up(n_b * es), o_d0 = o_c + (has_c ? up(n_d * es_d) : 0);
+  const size_t o_d1 = o_d0 + up(n_d * es_d), o_x0 = o_d1 + up(n_d * es_d), o_x1 = o_x0 + up(n_aux * es);
+  const size_t o_bias = o_x1 + up(n_aux * es), o_cnt = o_bias + up(has_bias ? size_t(d.n) * es : 0);
+  const size_t total = o_cnt + 256;
+  if (total > kTuneMaxBytes) {
+    ++st.skipped;
+    return;
+  }
+  char* base = nullptr;
+  if (cudaMallocAsync(reinterpret_cast<void**>(&base), total, stream) != cudaSuccess) {
+    (void)cudaGetLastError();
+    ++st.skipped;
+    return;
+  }
+  auto fill = [&](size_t off, size_t n, uint32_t seed, DType t) {
+    if (n == 0) return;
+    dispatch_dtype(t, "gemm tuning", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      tune_fill_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(reinterpret_cast<T*>(base + off), n, seed);
+    });
+    MPT_LAUNCH_CHECK("tune_fill_kernel");
+  };
+  fill(0, n_a, 1, d.dtype);
+  fill(o_b, n_b, 2, d.dtype);
+  if (has_c) fill(o_c, n_d, 3, plan == Plan::Fp32Scratch ? DType::F32 : d.dtype);
+  if (has_bias) fill(o_bias, size_t(d.n), 4, d.dtype);
+  const float alpha = d.alpha, beta = plan == Plan::Plain ? d.beta : 0.f;
+  auto run = [&](const cublasLtMatmulAlgo_t& algo, size_t o_d, size_t o_x) {
+    Operands o{base, base + o_b, base + o_d, has_bias ? base + o_bias : nullptr, has_aux ? base + o_x : nullptr};
+    bind_pointers(en, o, plan);
+    return cublasLtMatmul(handle, en.desc, &alpha, o.a, en.la, o.b, en.lb, &beta, has_c ? base + o_c : o.d, en.ld,
+                          o.d, en.ld, &algo, e.workspace, e.workspace_bytes, stream);
+  };
+  auto clear = [&](size_t o_d, size_t o_x) {
+    MPT_CUDA_CHECK(cudaMemsetAsync(base + o_d, 0, n_d * es_d, stream));
+    if (has_aux) MPT_CUDA_CHECK(cudaMemsetAsync(base + o_x, 0, n_aux * es, stream));
+  };
+  unsigned int* cnt = reinterpret_cast<unsigned int*>(base + o_cnt);
+  auto differs = [&]() {
+    MPT_CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(unsigned int), stream));
+    const size_t w_d = n_d * es_d / 2, w_x = n_aux * es / 2;
+    count_diff_kernel<<<grid_for(w_d), kBlock, 0, stream>>>(reinterpret_cast<uint16_t*>(base + o_d0),
+                                                            reinterpret_cast<uint16_t*>(base + o_d1), w_d, cnt);
+    if (w_x)
+      count_diff_kernel<<<grid_for(w_x), kBlock, 0, stream>>>(reinterpret_cast<uint16_t*>(base + o_x0),
+                                                              reinterpret_cast<uint16_t*>(base + o_x1), w_x, cnt);
+    MPT_LAUNCH_CHECK("count_diff_kernel");
+    unsigned int h = 0;
+    MPT_CUDA_CHECK(cudaMemcpyAsync(&h, cnt, sizeof h, cudaMemcpyDeviceToHost, stream));
+    MPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return h != 0;
+  };
+
+  std::vector<size_t> eligible;
+  clear(o_d0, o_x0);
+  if (run(en.candidates[0], o_d0, o_x0) == CUBLAS_STATUS_SUCCESS) {
+    eligible.push_back(0);
+    for (size_t i = 1; i < en.candidates.size(); ++i) {
+      ++st.candidates_run;
+      clear(o_d1, o_x1);
+      if (run(en.candidates[i], o_d1, o_x1) != CUBLAS_STATUS_SUCCESS) continue;
+      if (differs()) continue;
+      ++st.candidates_identical;
+      eligible.push_back(i);
+    }
+  }
+  size_t best = 0;
+  if (eligible.size() > 1) {
+    cudaEvent_t ev[2];
+    MPT_CUDA_CHECK(cudaEventCreate(&ev[0]));
+    MPT_CUDA_CHECK(cudaEventCreate(&ev[1]));
+    float best_ms = 0;
+    for (size_t i : eligible) {
+      float ms_min = 0;
+      for (int rep = 0; rep <= kTimedRuns; ++rep) {  // the first run warms up
+        MPT_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+        (void)run(en.candidates[i], o_d1, o_x1);
+        MPT_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+        MPT_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+        float ms = 0;
+        MPT_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+        if (rep == 1 || (rep > 1 && ms < ms_min)) ms_min = ms;
+      }
+      if (i == eligible.front() || ms_min < best_ms) best = i, best_ms = ms_min;
+    }
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+  }
+  MPT_CUDA_CHECK(cudaFreeAsync(base, stream));
+  MPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  en.algo = en.candidates[best];
+  ++st.plans_tuned;
+  if (best != 0) ++st.plans_changed;
 }
 
 Plan preferred_plan(const GemmDesc& d) {
@@ -280,6 +458,7 @@ void gemm(const GemmDesc& d, const Exec& e) {
       auto& slot = cache()[key];
       if (!slot) slot = build(key, d, e, o);
       Entry& en = *slot;
+      if (en.ok && !en.tuned) tune(en, key, d, e, handle, stream);
       if (!en.ok) {
         if (plan == Plan::Plain || plan == Plan::Fp32Scratch)
           MPT_FATAL("cublasLtMatmulAlgoGetHeuristic",
@@ -333,6 +512,18 @@ void gemm(const GemmDesc& d, const Exec& e) {
     });
     MPT_LAUNCH_CHECK("bias_act_kernel");
   }
+}
+
+void set_gemm_tuning(bool on) { tuning_flag().store(on ? 1 : 0); }
+
+GemmTuningStats gemm_tuning_stats() {
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  return stats();
+}
+
+void clear_gemm_plans() {
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  cache().clear();
 }
 
 }  // namespace mpt::cuda

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/device_info.h"
+#include "kernels/gemm.h"
 #include "src/core/buffer.h"
 #include "src/core/check.h"
 #include "src/train/commands.h"
@@ -68,6 +70,13 @@ int profile_command(int argc, char** argv) {
     std::printf("unprofiled: median %.3f ms per step over %d steps = %.0f %s/s per rank\n", unprofiled_ms, timed,
                 double(tokens) / (unprofiled_ms * 1e-3), t.language_model() ? "tokens" : "samples");
     std::fputs(format_profile(r, ceil, unprofiled_ms).c_str(), stdout);
+    if (t.exec().cuda()) {
+      const cuda::GemmTuningStats g = cuda::gemm_tuning_stats();
+      std::printf("gemm tuning: %d plans tuned (%d took another algorithm than the heuristic's first), %d more "
+                  "candidates run, %d of them bit-identical; %d plans not tuned (too large)%s\n",
+                  g.plans_tuned, g.plans_changed, g.candidates_run, g.candidates_identical, g.skipped,
+                  std::getenv("MPT_GEMM_TUNE") && std::string(std::getenv("MPT_GEMM_TUNE")) == "0" ? " [MPT_GEMM_TUNE=0]" : "");
+    }
     std::fflush(stdout);
     if (a.opts.count("out")) {
       nlohmann::json j = profile_json(r, ceil, unprofiled_ms);

@@ -305,6 +305,56 @@ TEST_P(GemmGpu, BadArgumentsThrow) {
   EXPECT_THROW(cuda::gemm(bad, e), std::invalid_argument);  // no bias
 }
 
+// Algorithm tuning changes speed, never bits: GPT-2-like shapes (each of the four plans, both transposes
+// of the backward, beta = 1) give the same bytes with tuning off and on, plans built afresh each time. And
+// tuning must have run: at these sizes the heuristic offers several candidates.
+TEST_P(GemmGpu, TuningKeepsTheFirstChoicesBits) {
+  const DType t = GetParam();
+  Rng r = fresh_rng();
+  struct Shape { bool ta, tb; int m, n, k; float beta; Epilogue epi; bool pre; };
+  const Shape shapes[] = {{false, false, 2048, 2304, 768, 0.f, Epilogue::Bias, false},
+                          {false, false, 2048, 3072, 768, 0.f, Epilogue::BiasGelu, true},
+                          {false, true, 2048, 768, 3072, 0.f, Epilogue::None, false},
+                          {true, false, 768, 3072, 2048, 1.f, Epilogue::None, false},
+                          {false, false, 2048, 768, 768, 0.f, Epilogue::BiasRelu, true}};
+  const cuda::GemmTuningStats before = cuda::gemm_tuning_stats();
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k));
+    const int lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n, ldc = s.n;
+    const std::vector<uint8_t> a = random_buffer(r, t, size_t(s.m) * s.k), b = random_buffer(r, t, size_t(s.k) * s.n);
+    const std::vector<uint8_t> c0 = random_buffer(r, t, size_t(s.m) * ldc), bias = random_buffer(r, t, size_t(s.n));
+    DeviceBuffer da = to_device(a), db = to_device(b), dbias = to_device(bias);
+    std::vector<uint8_t> got[2], pre[2];
+    for (int tuned = 0; tuned < 2; ++tuned) {
+      cuda::clear_gemm_plans();
+      cuda::set_gemm_tuning(tuned == 1);
+      DeviceBuffer dc = to_device(c0), dpre(c0.size());
+      dpre.fill(0, stream());
+      GemmDesc d;
+      d.trans_a = s.ta, d.trans_b = s.tb, d.m = s.m, d.n = s.n, d.k = s.k, d.dtype = t;
+      d.a = da.get(), d.lda = lda, d.b = db.get(), d.ldb = ldb, d.c = dc.get(), d.ldc = ldc, d.beta = s.beta;
+      d.epilogue = s.epi;
+      if (s.epi != Epilogue::None) d.bias = dbias.get();
+      if (s.pre) d.pre_act = dpre.get();
+      for (int rep = 0; rep < 2; ++rep) {  // the first call tunes; the second runs the tuned plan
+        if (rep == 1 && s.beta != 0.f) dc.upload(c0.data(), c0.size(), stream());
+        cuda::gemm(d, exec(false));
+      }
+      got[tuned] = to_host<uint8_t>(dc, c0.size());
+      pre[tuned] = to_host<uint8_t>(dpre, c0.size());
+    }
+    EXPECT_TRUE(same_bits("C", got[1], got[0], t));
+    EXPECT_TRUE(same_bits("pre_act", pre[1], pre[0], t));
+  }
+  cuda::set_gemm_tuning(true);
+  const cuda::GemmTuningStats after = cuda::gemm_tuning_stats();
+  EXPECT_GE(after.plans_tuned - before.plans_tuned, int(std::size(shapes)));
+  EXPECT_GT(after.candidates_run, before.candidates_run);
+  std::printf("[ info ] %s gemm tuning: %d plans tuned, %d changed; %d candidates run, %d bit-identical\n",
+              dtype_name(t), after.plans_tuned - before.plans_tuned, after.plans_changed - before.plans_changed,
+              after.candidates_run - before.candidates_run, after.candidates_identical - before.candidates_identical);
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, GemmGpu, ::testing::Values(DType::F32, DType::F16, DType::BF16), dtype_param_name);
 
 class GemmGpuTf32 : public GemmFixture {};
