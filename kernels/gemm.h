@@ -3,6 +3,9 @@
 // A, B and C share one dtype; products accumulate in FP32 and the result is rounded once to C's dtype.
 // Epilogues: Bias adds bias[j] (C's dtype) to every row; BiasGelu / BiasRelu also apply the activation
 // and store the pre-activation z = acc + bias into pre_act (C's dtype, leading dimension ldc).
+// DGelu is the GELU backward fused into the product that forms the activation's gradient: C = act'(z) *
+// (alpha * acc) with z read from pre_act (an input here: the forward's saved pre-activation, C's dtype and
+// ldc), no bias; one rounding, where a product followed by act_backward rounds twice.
 // beta != 0 reads C (used to accumulate weight gradients over micro-batches); only Epilogue::None
 // may be combined with beta != 0.
 #pragma once
@@ -10,7 +13,7 @@
 
 namespace mpt {
 
-enum class Epilogue { None, Bias, BiasGelu, BiasRelu };
+enum class Epilogue { None, Bias, BiasGelu, BiasRelu, DGelu };
 
 struct GemmDesc {
   bool trans_a = false, trans_b = false;
@@ -63,10 +66,10 @@ namespace ops {
 inline void gemm(const Exec& e, const GemmDesc& d) {
   OpScope scope(e, [&] {
     const double es = double(dtype_size(d.dtype)), m = d.m, n = d.n, k = d.k;
-    const char* epi[] = {"", " bias", " bias+gelu", " bias+relu"};
+    const char* epi[] = {"", " bias", " bias+gelu", " bias+relu", " dgelu"};
     std::string name = "gemm " + dims_str({d.m, d.n, d.k}) + " " + (d.trans_a ? "T" : "N") + (d.trans_b ? "T" : "N") +
                        epi[int(d.epilogue)] + (d.beta != 0.f ? " +=C" : "");
-    const double out = m * n * es * (d.beta != 0.f ? 2 : 1) * (d.pre_act ? 2 : 1);
+    const double out = m * n * es * (d.beta != 0.f ? 2 : 1) * (d.pre_act ? 2 : 1);  // DGelu: pre_act read
     return OpInfo{std::move(name), 2 * m * n * k, (m * k + k * n) * es + out};
   });
   e.cuda() ? cuda::gemm(d, e) : cpu::gemm(d);

@@ -39,8 +39,13 @@ void check_gemm_desc(const GemmDesc& d) {
   if (d.ldb < b_cols) kernel_arg_error(op, "ldb " + std::to_string(d.ldb) + " < " + std::to_string(b_cols));
   if (d.ldc < d.n) kernel_arg_error(op, "ldc " + std::to_string(d.ldc) + " < n " + std::to_string(d.n));
   const bool has_act = d.epilogue == Epilogue::BiasGelu || d.epilogue == Epilogue::BiasRelu;
-  if (d.epilogue != Epilogue::None && !d.bias) kernel_arg_error(op, "bias epilogue without a bias");
-  if (d.pre_act && !has_act) kernel_arg_error(op, "pre_act given without a BiasGelu/BiasRelu epilogue");
+  if (d.epilogue == Epilogue::DGelu) {
+    if (!d.pre_act) kernel_arg_error(op, "DGelu epilogue without pre_act (the saved pre-activation)");
+    if (d.bias) kernel_arg_error(op, "DGelu epilogue takes no bias");
+  } else {
+    if (d.epilogue != Epilogue::None && !d.bias) kernel_arg_error(op, "bias epilogue without a bias");
+    if (d.pre_act && !has_act) kernel_arg_error(op, "pre_act given without a BiasGelu/BiasRelu/DGelu epilogue");
+  }
   if (d.beta != 0.f && d.epilogue != Epilogue::None) kernel_arg_error(op, "beta != 0 with an epilogue");
 }
 
@@ -153,8 +158,12 @@ void epilogue(const GemmDesc& d, size_t j0, size_t nc, const float* acc, size_t 
       to_float_n(crow, d.dtype, cold, nc);
       for (size_t j = 0; j < nc; ++j) v[j] += d.beta * cold[j];
     }
-    if (d.epilogue != Epilogue::None)
+    if (d.epilogue == Epilogue::DGelu) {  // beta == 0 here, so cold is free for z
+      to_float_n(static_cast<const char*>(d.pre_act) + off, d.dtype, cold, nc);
+      act_backward(Act::Gelu, cold, v, v, DType::F32, nc);
+    } else if (d.epilogue != Epilogue::None) {
       for (size_t j = 0; j < nc; ++j) v[j] += bias[j0 + j];
+    }
     if (d.epilogue == Epilogue::BiasGelu || d.epilogue == Epilogue::BiasRelu) {
       if (d.pre_act) from_float_n(v, static_cast<char*>(d.pre_act) + off, d.dtype, nc);
       act_forward(d.epilogue == Epilogue::BiasGelu ? Act::Gelu : Act::Relu, v, v, DType::F32, nc);
@@ -190,7 +199,7 @@ void gemm_blas(const GemmDesc& d) {
   cblas_sgemm(CblasRowMajor, d.trans_a ? CblasTrans : CblasNoTrans, d.trans_b ? CblasTrans : CblasNoTrans, d.m, d.n,
               d.k, 1.f, a, lda, b, ldb, 0.f, w.c.data(), d.n);
   std::vector<float> bias;
-  if (d.epilogue != Epilogue::None) {
+  if (d.bias) {
     bias.resize(n);
     to_float_n(d.bias, d.dtype, bias.data(), n);
   }
@@ -244,7 +253,7 @@ void gemm(const GemmDesc& d) {
   w.a.resize(mp * k);
   pack_a(d, w.a.data(), w.row);
   std::vector<float> bias;
-  if (d.epilogue != Epilogue::None) {
+  if (d.bias) {
     bias.resize(n);
     to_float_n(d.bias, d.dtype, bias.data(), n);
   }

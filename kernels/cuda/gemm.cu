@@ -17,6 +17,9 @@
 //                epilogue, applies gelu(approximate="tanh") instead, i.e. the epilogue is the tanh form of
 //                kernels/activation.h. Its tanh may be a hardware approximation, which the test allows for.
 //                The aux leading dimension must be a multiple of 8 (and >= rows of D, which ldc >= n gives).
+//  - DGelu    -> CUBLASLT_EPILOGUE_DGELU with pre_act as the aux input (aux ld = ldc, a multiple of 8,
+//                16-byte aligned; else the FP32 scratch and a kernel computing act'(z) acc, rounded once).
+//                As with GELU, the documentation gives no formula; the test allows a hardware tanh.
 //  - BiasRelu -> NOT the RELU_AUX_BIAS epilogue: its aux output is a bit mask (aux ld in bits, multiple of
 //                128), not the pre-activation that the header promises. Instead a BIAS gemm writes
 //                z = acc + bias into pre_act (or into C when pre_act is null), then a small kernel writes
@@ -61,7 +64,7 @@ using namespace mpt::cuda_detail;
 
 namespace {
 
-enum class Plan : uint8_t { Plain, FusedBias, FusedGelu, FusedGeluAux, BiasThenRelu, Fp32Scratch };
+enum class Plan : uint8_t { Plain, FusedBias, FusedGelu, FusedGeluAux, BiasThenRelu, FusedDGelu, Fp32Scratch };
 enum class EpiAct : uint8_t { None, Gelu, Relu };
 
 // Largest power of two (<= 256, cuBLASLt's default assumption) dividing the address.
@@ -152,6 +155,10 @@ struct Operands {
 
 void bind_pointers(const Entry& en, const Operands& o, Plan plan) {
   if (plan == Plan::Plain || plan == Plan::Fp32Scratch) return;
+  if (plan == Plan::FusedDGelu) {
+    set_attr(en.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, o.aux);
+    return;
+  }
   set_attr(en.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, o.bias);
   if (plan == Plan::FusedGeluAux) set_attr(en.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, o.aux);
 }
@@ -172,14 +179,15 @@ std::unique_ptr<Entry> build(const Key& key, const GemmDesc& d, const Exec& e, c
     case Plan::BiasThenRelu: epi = CUBLASLT_EPILOGUE_BIAS; break;
     case Plan::FusedGelu: epi = CUBLASLT_EPILOGUE_GELU_BIAS; break;
     case Plan::FusedGeluAux: epi = CUBLASLT_EPILOGUE_GELU_AUX_BIAS; break;
+    case Plan::FusedDGelu: epi = CUBLASLT_EPILOGUE_DGELU; break;
     default: break;
   }
   set_attr(en->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, epi);
-  if (epi != CUBLASLT_EPILOGUE_DEFAULT) {
+  if (epi != CUBLASLT_EPILOGUE_DEFAULT && key.plan != Plan::FusedDGelu) {
     const int32_t bias_type = t;
     set_attr(en->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
   }
-  if (key.plan == Plan::FusedGeluAux) {
+  if (key.plan == Plan::FusedGeluAux || key.plan == Plan::FusedDGelu) {
     const int64_t aux_ld = d.ldc;
     set_attr(en->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, aux_ld);
   }
@@ -240,6 +248,19 @@ static __global__ void bias_act_kernel(const float* __restrict__ acc, const T* _
   }
 }
 
+// c[i, j] = round(act'(z[i, j]) acc[i, j]) (acc: FP32, row stride n; z and c: row stride ldc).
+template <class T>
+static __global__ void dgelu_kernel(const float* __restrict__ acc, const T* __restrict__ z, T* __restrict__ c, int m,
+                                    int n, int ldc) {
+  const size_t total = size_t(m) * size_t(n);
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t idx = size_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += stride) {
+    const size_t i = idx / size_t(n), j = idx - i * size_t(n);
+    const size_t o = i * size_t(ldc) + j;
+    store_f32(c, o, acc[idx] * gelu_tanh_grad(load_f32(z, o)));
+  }
+}
+
 // c = relu(z) over [m, n] with row stride ldc for both (z may be c).
 template <class T>
 static __global__ void relu_rows_kernel(const T* z, T* c, int m, int n, int ldc) {
@@ -291,11 +312,13 @@ void tune(Entry& en, const Key& key, const GemmDesc& d, const Exec& e, cublasLtH
   // choice's and a candidate's), aux twice, bias, and a counter.
   const Plan plan = key.plan;
   const size_t es = dtype_size(d.dtype), es_d = plan == Plan::Fp32Scratch ? 4 : es;
-  const bool has_bias = plan != Plan::Plain && plan != Plan::Fp32Scratch, has_aux = plan == Plan::FusedGeluAux;
+  const bool has_bias = plan == Plan::FusedBias || plan == Plan::FusedGelu || plan == Plan::FusedGeluAux ||
+                        plan == Plan::BiasThenRelu;
+  const bool has_aux = plan == Plan::FusedGeluAux, aux_in = plan == Plan::FusedDGelu;  // aux written / read
   const bool has_c = plan == Plan::Plain && d.beta != 0.f;
   const size_t ldd = plan == Plan::Fp32Scratch ? size_t(d.n) : size_t(d.ldc);
   const size_t n_a = size_t(d.ldb) * size_t(d.trans_b ? d.n : d.k), n_b = size_t(d.lda) * size_t(d.trans_a ? d.k : d.m);
-  const size_t n_d = ldd * size_t(d.m), n_aux = has_aux ? size_t(d.ldc) * size_t(d.m) : 0;
+  const size_t n_d = ldd * size_t(d.m), n_aux = has_aux || aux_in ? size_t(d.ldc) * size_t(d.m) : 0;
   auto up = [](size_t bytes) { return (bytes + 255) & ~size_t(255); };
   const size_t o_b = up(n_a * es), o_c = o_b + up(n_b * es), o_d0 = o_c + (has_c ? up(n_d * es_d) : 0);
   const size_t o_d1 = o_d0 + up(n_d * es_d), o_x0 = o_d1 + up(n_d * es_d), o_x1 = o_x0 + up(n_aux * es);
@@ -323,9 +346,11 @@ void tune(Entry& en, const Key& key, const GemmDesc& d, const Exec& e, cublasLtH
   fill(o_b, n_b, 2, d.dtype);
   if (has_c) fill(o_c, n_d, 3, plan == Plan::Fp32Scratch ? DType::F32 : d.dtype);
   if (has_bias) fill(o_bias, size_t(d.n), 4, d.dtype);
+  if (aux_in) fill(o_x0, n_aux, 5, d.dtype);  // the pre-activation, the same for every candidate
   const float alpha = d.alpha, beta = plan == Plan::Plain ? d.beta : 0.f;
   auto run = [&](const cublasLtMatmulAlgo_t& algo, size_t o_d, size_t o_x) {
-    Operands o{base, base + o_b, base + o_d, has_bias ? base + o_bias : nullptr, has_aux ? base + o_x : nullptr};
+    Operands o{base, base + o_b, base + o_d, has_bias ? base + o_bias : nullptr,
+               has_aux ? base + o_x : aux_in ? base + o_x0 : nullptr};
     bind_pointers(en, o, plan);
     return cublasLtMatmul(handle, en.desc, &alpha, o.a, en.la, o.b, en.lb, &beta, has_c ? base + o_c : o.d, en.ld,
                           o.d, en.ld, &algo, e.workspace, e.workspace_bytes, stream);
@@ -337,7 +362,7 @@ void tune(Entry& en, const Key& key, const GemmDesc& d, const Exec& e, cublasLtH
   unsigned int* cnt = reinterpret_cast<unsigned int*>(base + o_cnt);
   auto differs = [&]() {
     MPT_CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(unsigned int), stream));
-    const size_t w_d = n_d * es_d / 2, w_x = n_aux * es / 2;
+    const size_t w_d = n_d * es_d / 2, w_x = has_aux ? n_aux * es / 2 : 0;
     count_diff_kernel<<<grid_for(w_d), kBlock, 0, stream>>>(reinterpret_cast<uint16_t*>(base + o_d0),
                                                             reinterpret_cast<uint16_t*>(base + o_d1), w_d, cnt);
     if (w_x)
@@ -402,6 +427,8 @@ Plan preferred_plan(const GemmDesc& d) {
       if (!d.pre_act) return Plan::FusedGelu;
       return (align_of(d.pre_act) >= 16 && d.ldc % 8 == 0) ? Plan::FusedGeluAux : Plan::Fp32Scratch;
     case Epilogue::BiasRelu: return bias_ok ? Plan::BiasThenRelu : Plan::Fp32Scratch;
+    case Epilogue::DGelu:
+      return (align_of(d.pre_act) >= 16 && d.ldc % 8 == 0) ? Plan::FusedDGelu : Plan::Fp32Scratch;
   }
   return Plan::Fp32Scratch;
 }
@@ -419,7 +446,7 @@ void gemm(const GemmDesc& d, const Exec& e) {
   Plan plan = preferred_plan(d);
   float* scratch = nullptr;
   auto operands = [&](Plan p) {
-    Operands o{d.b, d.a, d.c, d.bias, d.pre_act};
+    Operands o{d.b, d.a, d.c, d.bias, d.pre_act};  // DGelu: aux is the pre-activation, an input
     if (p == Plan::BiasThenRelu && d.pre_act) o.d = d.pre_act;
     if (p == Plan::Fp32Scratch) {
       if (!scratch) scratch = static_cast<float*>(stream_scratch(e.stream, size_t(d.m) * size_t(d.n) * sizeof(float)));
@@ -451,7 +478,7 @@ void gemm(const GemmDesc& d, const Exec& e) {
       key.al_b = align_of(o.b);
       key.al_d = align_of(o.d);
       key.al_bias = fused ? align_of(o.bias) : 0u;
-      key.al_aux = plan == Plan::FusedGeluAux ? align_of(o.aux) : 0u;
+      key.al_aux = plan == Plan::FusedGeluAux || plan == Plan::FusedDGelu ? align_of(o.aux) : 0u;
       key.workspace = e.workspace_bytes;
       // Shapes that churn (a sweep) restart the cache rather than grow it without bound.
       if (cache().size() >= kMaxCachedPlans && cache().find(key) == cache().end()) cache().clear();
@@ -500,6 +527,9 @@ void gemm(const GemmDesc& d, const Exec& e) {
       T* c = static_cast<T*>(d.c);
       T* pre = static_cast<T*>(d.pre_act);
       switch (d.epilogue) {
+        case Epilogue::DGelu:
+          dgelu_kernel<T><<<grid, kBlock, 0, stream>>>(scratch, pre, c, d.m, d.n, d.ldc);
+          break;
         case Epilogue::BiasGelu:
           bias_act_kernel<T, EpiAct::Gelu><<<grid, kBlock, 0, stream>>>(scratch, bias, c, pre, d.m, d.n, d.ldc);
           break;

@@ -207,7 +207,8 @@ void Gpt2::linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, v
   }
 }
 
-void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads) {
+bool Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads,
+                           const void* gelu_z) {
   const bool cast = L.dt != md_;
   if (cast) {
     ops::cast(ex_, dy, md_, L.dy_cast.data(), L.dt, size_t(n) * size_t(L.out));
@@ -231,7 +232,7 @@ void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   grads.grad_ready(L.w);
   ops::bias_grad(ex_, dy, L.dt, n, L.out, grads.grad(L.b), L.dt);
   grads.grad_ready(L.b);
-  if (!dx) return;
+  if (!dx) return false;
   GemmDesc gx;  // dx[n, in] = dy W^T
   gx.trans_b = true;
   gx.m = n;
@@ -244,8 +245,14 @@ void Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   gx.ldb = L.out;
   gx.c = cast ? L.dx_cast.data() : dx;
   gx.ldc = L.in;
+  const bool fused = gelu_z && !cast;
+  if (fused) {
+    gx.epilogue = Epilogue::DGelu;
+    gx.pre_act = const_cast<void*>(gelu_z);  // read only: DGelu's input
+  }
   ops::gemm(ex_, gx);
   if (cast) ops::cast(ex_, L.dx_cast.data(), L.dt, dx, md_, size_t(n) * size_t(L.in));
+  return fused;
 }
 
 void Gpt2::forward(const Batch& bt, int T) {
@@ -344,8 +351,8 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
   for (int l = L_ - 1; l >= 0; --l) {
     Block& b = blocks_[size_t(l)];
     // dres: gradient at x_{l+1} = a + mlp branch.
-    linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), dbig_.data(), N, grads);
-    ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), dbig_.data(), dbig_.data(), md_, size_t(N) * size_t(4 * C_));
+    if (!linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), dbig_.data(), N, grads, b.fc_pre.data()))
+      ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), dbig_.data(), dbig_.data(), md_, size_t(N) * size_t(4 * C_));
     linear_backward(b.c_fc, b.ln2_out.data(), dbig_.data(), dsmall_.data(), N, grads);
     ops::layernorm_backward(ex_, dsmall_.data(), b.a.data(), md_, param(b.ln2.w), b.ln2.dt, b.ln2_mean.as<float>(),
                             b.ln2_rstd.as<float>(), dres_.data(), grads.grad(b.ln2.w), grads.grad(b.ln2.b), N, C_, true);

@@ -79,8 +79,12 @@ class Gpt2 : public Model {
   void forward(const Batch& b, int T = 0);
   // y = x W + bias in the layer's dtype; x, y in the model dtype. act: GELU epilogue (pre stored).
   void linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, void* pre);
-  // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype.
-  void linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads);
+  // dW += x^T dy, db += sum dy, dx = dy W^T (dx may be null). x, dy, dx in the model dtype. gelu_z: the
+  // GELU pre-activation that produced x; when given and the layer runs in the model dtype, dx becomes
+  // gelu'(gelu_z) dy W^T in the GEMM's epilogue (one rounding) and true is returned; false means dx is
+  // dy W^T and the caller applies the activation's backward.
+  bool linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads,
+                       const void* gelu_z = nullptr);
   // The specs in forward order; records each parameter's index in its layer (wte_, Linear::w, ...).
   void build_specs();
   // Parameter i for the compute stream, after its bucket's all-gather (ParamSource::param_ready).

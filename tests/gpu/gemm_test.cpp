@@ -106,6 +106,10 @@ void GemmFixture::run_case(DType t, const Case& c, Rng& r) {
   const std::vector<uint8_t> bias = random_buffer(r, t, size_t(c.n) + size_t(c.bias_offset));
   std::vector<uint8_t> pre0(size_t(c.m) * size_t(ldc) * es);
   for (size_t i = 0; i < size_t(c.m) * size_t(ldc); ++i) store_elem(pre0.data(), t, i, 2048.f);
+  const bool dgelu = c.epi == Epilogue::DGelu;  // pre_act is then an input: pre-activations in [-4, 4)
+  if (dgelu)
+    for (int i = 0; i < c.m; ++i)
+      for (int j = 0; j < c.n; ++j) store_elem(pre0.data(), t, size_t(i) * size_t(ldc) + size_t(j), r.uniform(-4.f, 4.f));
 
   GemmDesc d;
   d.trans_a = c.ta;
@@ -128,7 +132,7 @@ void GemmFixture::run_case(DType t, const Case& c, Rng& r) {
     h.a = a.data();
     h.b = b.data();
     h.c = ref_c.data();
-    h.bias = c.epi == Epilogue::None ? nullptr : bias.data() + size_t(c.bias_offset) * es;
+    h.bias = c.epi == Epilogue::None || dgelu ? nullptr : bias.data() + size_t(c.bias_offset) * es;
     h.pre_act = c.with_pre ? ref_pre.data() : nullptr;
     cpu::gemm(h);
   }
@@ -137,7 +141,7 @@ void GemmFixture::run_case(DType t, const Case& c, Rng& r) {
   d.a = da.get();
   d.b = db.get();
   d.c = dc.get();
-  d.bias = c.epi == Epilogue::None ? nullptr : dbias.at(size_t(c.bias_offset) * es);
+  d.bias = c.epi == Epilogue::None || dgelu ? nullptr : dbias.at(size_t(c.bias_offset) * es);
   d.pre_act = c.with_pre ? dpre.get() : nullptr;
   cuda::gemm(d, exec(c.tf32));
   const std::vector<uint8_t> got_c = to_host<uint8_t>(dc, c0.size());
@@ -156,7 +160,7 @@ void GemmFixture::run_case(DType t, const Case& c, Rng& r) {
         s += std::fabs(double(av) * bv);
       }
       if (c.beta != 0.f) s += std::fabs(double(c.beta) * cf[size_t(i) * ldc + j]);
-      if (c.epi != Epilogue::None) s += std::fabs(double(biasf[size_t(c.bias_offset) + j]));
+      if (c.epi != Epilogue::None && !dgelu) s += std::fabs(double(biasf[size_t(c.bias_offset) + j]));
       mag[size_t(i) * c.n + j] = s;
     }
   const bool fused_gelu =
@@ -191,6 +195,23 @@ void GemmFixture::run_case(DType t, const Case& c, Rng& r) {
   // the same (seen once: 1 of 12,384 elements 1 fp16 ulp off, m=129 n=96 k=1000 alpha=0.5, bias).
   const bool bf16_bias = is_half(t) && c.epi != Epilogue::None;
   const auto extra = [&](size_t i) { return bf16_bias ? 0.5 * ulp(t, m_out[i]) : 0.0; };
+  if (dgelu) {
+    // C = act'(z) acc: the accumulation error times |act'(z)|; a fused epilogue may use a hardware tanh
+    // (relative error ~2^-11 on tanh, entering act' = 0.5 (1 + t) + 0.5 z (1 - t^2) s' at most as
+    // 2^-11 (0.5 + |z| s') with s' = sqrt(2/pi) (1 + 3 0.044715 z^2)) and, like the bias epilogue, may
+    // round the product to the dtype first (half an ulp at the operands' magnitude, times |act'(z)|).
+    EXPECT_TRUE(all_close("pre_act untouched", g_pre, r_pre, [](size_t) { return 0.0; }));
+    const bool fused = c.with_pre && ldc % 8 == 0;
+    EXPECT_TRUE(all_close("C (dgelu)", g_out, r_out, [&](size_t i) {
+      const double z = r_pre[i], sp = 0.7978845608028654 * (1 + 3 * 0.044715 * z * z);
+      const double th = std::tanh(0.7978845608028654 * (z + 0.044715 * z * z * z));
+      const double g = std::fabs(0.5 * (1 + th) + 0.5 * z * (1 - th * th) * sp);
+      double tol = out_ulp(r_out[i]) + 1.2 * acc_rel * m_out[i] * g + std::ldexp(std::fabs(double(r_out[i])), -19);
+      if (fused) tol += m_out[i] * std::ldexp(0.5 + std::fabs(z) * sp, -11) + (is_half(t) ? 0.5 * ulp(t, m_out[i]) * g : 0.0);
+      return tol;
+    }));
+    return;
+  }
   if (!has_act) {
     EXPECT_TRUE(all_close("C", g_out, r_out,
                           [&](size_t i) { return out_ulp(r_out[i]) + acc_rel * m_out[i] + extra(i); }));
@@ -243,11 +264,12 @@ TEST_P(GemmGpu, Epilogues) {
   Rng r = fresh_rng();
   struct Geo { int m, n, k, pad_c, bias_offset; };
   const Geo geos[] = {{64, 48, 40, 8, 0}, {129, 96, 1000, 0, 0}, {37, 29, 53, 0, 0}, {64, 48, 40, 0, 1}, {1, 1, 1, 0, 0}};
-  for (Epilogue epi : {Epilogue::Bias, Epilogue::BiasGelu, Epilogue::BiasRelu})
+  for (Epilogue epi : {Epilogue::Bias, Epilogue::BiasGelu, Epilogue::BiasRelu, Epilogue::DGelu})
     for (const Geo& g : geos)
       for (int tr = 0; tr < 4; ++tr)
         for (bool pre : {false, true}) {
           if (pre && epi == Epilogue::Bias) continue;
+          if (!pre && epi == Epilogue::DGelu) continue;  // pre_act is DGelu's input
           Case c;
           c.ta = tr & 1;
           c.tb = tr & 2;
@@ -316,7 +338,8 @@ TEST_P(GemmGpu, TuningKeepsTheFirstChoicesBits) {
                           {false, false, 2048, 3072, 768, 0.f, Epilogue::BiasGelu, true},
                           {false, true, 2048, 768, 3072, 0.f, Epilogue::None, false},
                           {true, false, 768, 3072, 2048, 1.f, Epilogue::None, false},
-                          {false, false, 2048, 768, 768, 0.f, Epilogue::BiasRelu, true}};
+                          {false, false, 2048, 768, 768, 0.f, Epilogue::BiasRelu, true},
+                          {false, true, 2048, 3072, 768, 0.f, Epilogue::DGelu, true}};
   const cuda::GemmTuningStats before = cuda::gemm_tuning_stats();
   for (const Shape& s : shapes) {
     SCOPED_TRACE("m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k));
@@ -328,13 +351,12 @@ TEST_P(GemmGpu, TuningKeepsTheFirstChoicesBits) {
     for (int tuned = 0; tuned < 2; ++tuned) {
       cuda::clear_gemm_plans();
       cuda::set_gemm_tuning(tuned == 1);
-      DeviceBuffer dc = to_device(c0), dpre(c0.size());
-      dpre.fill(0, stream());
+      DeviceBuffer dc = to_device(c0), dpre = to_device(c0);  // DGelu reads pre_act; the others overwrite it
       GemmDesc d;
       d.trans_a = s.ta, d.trans_b = s.tb, d.m = s.m, d.n = s.n, d.k = s.k, d.dtype = t;
       d.a = da.get(), d.lda = lda, d.b = db.get(), d.ldb = ldb, d.c = dc.get(), d.ldc = ldc, d.beta = s.beta;
       d.epilogue = s.epi;
-      if (s.epi != Epilogue::None) d.bias = dbias.get();
+      if (s.epi != Epilogue::None && s.epi != Epilogue::DGelu) d.bias = dbias.get();
       if (s.pre) d.pre_act = dpre.get();
       for (int rep = 0; rep < 2; ++rep) {  // the first call tunes; the second runs the tuned plan
         if (rep == 1 && s.beta != 0.f) dc.upload(c0.data(), c0.size(), stream());

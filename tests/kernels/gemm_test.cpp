@@ -254,6 +254,47 @@ TEST_P(GemmTest, Epilogues) {
   }
 }
 
+double gelu_grad_ref(double z) {
+  const double c = std::sqrt(2.0 / M_PI), th = std::tanh(c * (z + 0.044715 * z * z * z));
+  return 0.5 * (1.0 + th) + 0.5 * z * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * z * z);
+}
+
+// DGelu: C = gelu'(z) (alpha op(A) op(B)) with z read from pre_act, which stays as it was; one rounding.
+// Also past the column block (n = 1100): z is read at the right offsets there too.
+TEST_P(GemmTest, DGeluEpilogue) {
+  const DType t = GetParam();
+  Rng rng = test::fresh_rng();
+  for (const int n : {129, 1100}) {
+    const int m = 37, k = 211, pad = 3;
+    const bool ta = rng.below(2), tb = rng.below(2);
+    Problem p = random_problem(rng, t, ta, tb, m, n, k, pad);
+    Mat pre = random_mat(rng, t, m, n, n + pad, -4.f, 4.f);
+    const std::vector<uint8_t> pre0 = pre.buf;
+    GemmDesc d = make_desc(ta, tb, m, n, k, t, p.A, p.B, p.C);
+    d.alpha = rng.uniform(0.5f, 2.f);
+    d.epilogue = Epilogue::DGelu;
+    d.pre_act = pre.data();
+    GemmDesc plain = d;
+    plain.epilogue = Epilogue::None;
+    plain.pre_act = nullptr;
+    const Ref r = reference(plain, p.A, p.B, nullptr, nullptr);
+    std::vector<double> y(r.y.size()), bound(r.y.size());
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        const size_t o = size_t(i) * n + j;
+        const double z = pre.at(i, j), g = gelu_grad_ref(z);
+        const double sp = std::sqrt(2.0 / M_PI) * (1 + 3 * 0.044715 * z * z);
+        y[o] = g * r.y[o];
+        // gelu' in FP32 with tanhf: a few ulps of its terms (0.5 + |z| s'), then the product's rounding.
+        bound[o] = std::fabs(g) * r.ybound[o] + 8 * kU32 * (0.5 + std::fabs(z) * sp) * std::fabs(r.y[o]) +
+                   kU32 * std::fabs(y[o]);
+      }
+    cpu::gemm(d);
+    expect_close("dgelu n=" + std::to_string(n), read(p.C, m, n), y, bound, t);
+    EXPECT_EQ(pre.buf, pre0) << "pre_act is DGelu's input and must not be written";
+  }
+}
+
 // n beyond the kernel's column block (1024): bias, pre_act and C offsets of later blocks.
 TEST_P(GemmTest, WideOutputWithEpilogue) {
   const DType t = GetParam();
@@ -381,6 +422,17 @@ TEST(GemmArgs, RejectsInconsistentDescriptors) {
     d.epilogue = Epilogue::Bias;
     d.bias = bias.data();
     d.pre_act = pre.data();
+  });
+  bad("DGelu without pre_act", [](GemmDesc& d) { d.epilogue = Epilogue::DGelu; });
+  bad("DGelu with a bias", [&](GemmDesc& d) {
+    d.epilogue = Epilogue::DGelu;
+    d.pre_act = pre.data();
+    d.bias = bias.data();
+  });
+  bad("DGelu with beta", [&](GemmDesc& d) {
+    d.epilogue = Epilogue::DGelu;
+    d.pre_act = pre.data();
+    d.beta = 1.f;
   });
   bad("beta with epilogue", [&](GemmDesc& d) {
     d.epilogue = Epilogue::BiasRelu;
