@@ -167,8 +167,9 @@ std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm) {
   return detail::new_mpi_communicator(detail::kDefaultMpiPiece, comm);
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi) {
-  return detail::new_nccl_communicator(world, comm_stream, mpi);
+std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi,
+                                                     NcclOptions opt) {
+  return detail::new_nccl_communicator(world, comm_stream, mpi, opt);
 }
 
 int select_cuda_device(const WorldInfo& world) {

@@ -28,10 +28,18 @@ bool all_ranks_ok(bool ok, MPI_Comm comm = MPI_COMM_WORLD);
 // Host-buffer communicator over `comm` (tests train on sub-communicators).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD);
 
+struct NcclOptions {
+  // Symmetric memory (zero.symmetric_memory): the communicator is created with NCCL's zero-CTA policy and
+  // alloc_window hands out symmetric windows, so that all-gathers of window memory run on the copy
+  // engines within a node and leave every SM to the compute they overlap. Off: alloc_window returns
+  // nullptr and NCCL's defaults apply.
+  bool symmetric = false;
+};
+
 // Device-buffer communicator over NCCL among the ranks of `mpi` (world.rank / world.size describe them).
 // Uses the current CUDA device (the one select_cuda_device chose). Collectives run on `comm_stream`.
 std::unique_ptr<Communicator> make_nccl_communicator(const WorldInfo& world, Stream comm_stream,
-                                                     MPI_Comm mpi = MPI_COMM_WORLD);
+                                                     MPI_Comm mpi = MPI_COMM_WORLD, NcclOptions opt = {});
 
 // cudaSetDevice(choose_cuda_device(local rank, local size, visible devices)) and returns that device:
 // the local rank's GPU, or device 0 when the rank sees exactly one (comm/device_select.h). Throws

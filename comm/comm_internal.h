@@ -40,7 +40,8 @@ void install_abort_hook();
 std::unique_ptr<Communicator> new_mpi_communicator(size_t max_piece, MPI_Comm comm = MPI_COMM_WORLD);
 inline constexpr size_t kDefaultMpiPiece = size_t(1) << 24;
 
-std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi);
+std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi,
+                                                    NcclOptions opt);
 
 // The host-value collectives of the Communicator interface, shared by both implementations.
 void mpi_host_all_reduce(MPI_Comm comm, const double* send, double* recv, int count, ReduceOp op);

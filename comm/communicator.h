@@ -43,6 +43,15 @@ class Communicator {
   // recv[r * bytes, (r + 1) * bytes) = send of rank r.
   virtual void host_all_gather(const void* send, void* recv, size_t bytes) = 0;
   virtual void host_broadcast(void* buf, size_t bytes, int root) = 0;
+
+  // Device memory that this communicator's collectives move without taking SMs where the library can
+  // (NCCL: ncclMemAlloc memory registered as a symmetric window; all-gathers then run on the copy engines,
+  // reductions on NCCL's symmetric kernels). A collective call: every rank allocates the same sizes in the
+  // same order. nullptr where the communicator offers none (MPI, NCCL without `symmetric`, one rank): the
+  // caller allocates ordinary memory. free_window is also collective, and must come before the
+  // communicator is destroyed.
+  virtual void* alloc_window(size_t bytes) { (void)bytes; return nullptr; }
+  virtual void free_window(void* p) { (void)p; }
 };
 
 }  // namespace mpt

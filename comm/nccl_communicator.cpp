@@ -21,10 +21,23 @@
 // otherwise the result can differ from round(FP32 sum) by a few units in the last place, and the
 // order of the hops depends on NCCL's algorithm choice. Every element is still reduced on exactly one
 // path before it is gathered (see all_reduce), so all ranks hold bitwise-identical results.
+//
+// Symmetric memory (NcclOptions::symmetric, zero.symmetric_memory). The communicator is created with
+// NCCL_CTA_POLICY_ZERO and alloc_window returns ncclMemAlloc memory registered as a symmetric window
+// (every rank registers the same sizes in the same order, so a buffer sits at the same offset in every
+// rank's window). NCCL then runs an all-gather whose send and receive buffers lie in windows on the copy
+// engines, within a node, and a reduce-scatter on its symmetric kernels; everything else as before.
+// Measured on two H200s (NVLink), 25 MiB bf16 buckets beside a bf16 GEMM loop: the ordinary all-gather
+// slows the GEMMs by 17-19%, the copy-engine one by 1.6%; the reduce-scatter's slowdown drops from
+// 17-19% to 10-11%. A window changes which engine moves the values, not the values: an all-gather is a
+// copy, and a sum over two ranks is one addition on any path.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "comm/comm_internal.h"
 
@@ -41,7 +54,8 @@ ncclDataType_t nccl_type(DType t) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi) : mpi_(mpi), comm_stream_(comm_stream) {
+  NcclCommunicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi, NcclOptions opt)
+      : mpi_(mpi), comm_stream_(comm_stream) {
     // NVLink SHARP (NVLS) multicast stays off: set before NCCL reads its environment, never overriding
     // an explicit choice.
     setenv("NCCL_NVLS_ENABLE", "0", 0);
@@ -55,7 +69,14 @@ class NcclCommunicator final : public Communicator {
     ncclUniqueId id{};
     if (rank_ == 0) MPT_NCCL_CHECK(ncclGetUniqueId(&id));
     MPT_MPI_CHECK(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, mpi_));
-    MPT_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    symmetric_ = opt.symmetric && size_ > 1;
+    if (symmetric_) cfg.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+#else
+    (void)opt;  // symmetric windows and the zero-CTA policy need NCCL 2.28: alloc_window returns nullptr
+#endif
+    MPT_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size_, id, rank_, &cfg));
     detail::register_nccl_comm(comm_);
     detail::install_abort_hook();
 
@@ -71,8 +92,15 @@ class NcclCommunicator final : public Communicator {
     MPT_COMM_CUDA_CHECK(cudaGetDevice(&prev));
     MPT_COMM_CUDA_CHECK(cudaSetDevice(device_));
     MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    // Windows whose owners outlived the communicator (a contract breach, but not a reason to leak).
+    for (auto& [p, w] : windows_) MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, w));
+#endif
     detail::unregister_nccl_comm(comm_);
     MPT_NCCL_CHECK(ncclCommDestroy(comm_));
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    for (auto& [p, w] : windows_) MPT_NCCL_CHECK(ncclMemFree(p));
+#endif
     MPT_COMM_CUDA_CHECK(cudaFree(tail_));
     MPT_COMM_CUDA_CHECK(cudaEventDestroy(before_));
     MPT_COMM_CUDA_CHECK(cudaEventDestroy(after_));
@@ -158,6 +186,37 @@ class NcclCommunicator final : public Communicator {
   }
   void host_broadcast(void* buf, size_t bytes, int root) override { detail::mpi_host_broadcast(mpi_, buf, bytes, root); }
 
+  void* alloc_window(size_t bytes) override {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    if (!symmetric_ || bytes == 0) return nullptr;
+    const size_t n = (bytes + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
+    void* p = nullptr;
+    MPT_NCCL_CHECK(ncclMemAlloc(&p, n));
+    ncclWindow_t w{};
+    MPT_NCCL_CHECK(ncclCommWindowRegister(comm_, p, n, &w, NCCL_WIN_COLL_SYMMETRIC));
+    windows_.emplace_back(p, w);
+    return p;
+#else
+    (void)bytes;
+    return nullptr;
+#endif
+  }
+
+  void free_window(void* p) override {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    auto it = std::find_if(windows_.begin(), windows_.end(), [&](const auto& e) { return e.first == p; });
+    if (it == windows_.end()) throw std::logic_error("NcclCommunicator::free_window: not one of this communicator's windows");
+    // Collectives still queued may read or write it.
+    MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
+    MPT_COMM_CUDA_CHECK(cudaDeviceSynchronize());
+    MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, it->second));
+    MPT_NCCL_CHECK(ncclMemFree(p));
+    windows_.erase(it);
+#else
+    (void)p;
+#endif
+  }
+
  private:
   // Event handoff between the caller's stream and the comm stream (see the top of the file). One event
   // per direction suffices: cudaStreamWaitEvent captures the record that is current when it is called.
@@ -178,13 +237,18 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaEvent_t before_ = nullptr, after_ = nullptr;
   void* tail_ = nullptr;
+  bool symmetric_ = false;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+  std::vector<std::pair<void*, ncclWindow_t>> windows_;
+#endif
 };
 
 }  // namespace
 
 namespace detail {
-std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi) {
-  return std::make_unique<NcclCommunicator>(world, comm_stream, mpi);
+std::unique_ptr<Communicator> new_nccl_communicator(const WorldInfo& world, Stream comm_stream, MPI_Comm mpi,
+                                                    NcclOptions opt) {
+  return std::make_unique<NcclCommunicator>(world, comm_stream, mpi, opt);
 }
 }  // namespace detail
 

@@ -37,7 +37,8 @@
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio; PEER_UNTUNED=1 also runs mptrain with MPT_GEMM_TUNE=0 (the GEMM tuning's gain)
-# GTEST_FILTER (tests part) runs only the matching GPU test cases, on 1 and 2 ranks, without ctest.
+# GTEST_FILTER (tests part) runs only the matching GPU test cases, on 1 and 2 ranks, without ctest;
+# TRAIN_FILTER (any parts) runs the matching training tests on GPUs, on 1 and all GPUs.
 # Data: Fashion-MNIST from $MPT_DATA_DIR (default /usr/share/datasets/fashion-mnist, else .data/fashion-mnist);
 # token shards from .data/text (launch/prepare-text.sh writes them). On a machine without the Debian dataset
 # package, bring both folders along (the device tool: carry .data/fashion-mnist and .data/text): the
@@ -81,6 +82,15 @@ elif want tests; then
   [ "${SKIP_TRAIN_TESTS:-0}" = 1 ] || for np in $NPS; do
     MPT_TEST_DEVICE=cuda timeout 300 mpirun -np "$np" --bind-to none build-gpu/tests/train_tests > "$OUT/train-tests-np$np.log" 2>&1 || status=1
     grep -E "info|OK \]|FAILED|Failure|PASSED|SKIPPED" "$OUT/train-tests-np$np.log" | sed "s/^/np$np: /"
+  done
+fi
+
+if [ -n "${TRAIN_FILTER:-}" ]; then
+  echo "== training tests on GPUs matching $TRAIN_FILTER"
+  for np in $NPS; do
+    MPT_TEST_DEVICE=cuda timeout 300 mpirun -np "$np" --bind-to none build-gpu/tests/train_tests --gtest_filter="$TRAIN_FILTER" \
+      --gtest_color=no > "$OUT/train-tests-np$np.log" 2>&1 || status=1
+    grep -E "OK \]|FAILED|Failure|PASSED|SKIPPED" "$OUT/train-tests-np$np.log" | sed "s/^/np$np: /"
   done
 fi
 

@@ -25,7 +25,7 @@ for n, r in rows.items():
     tok = r["batch_per_rank"] * 64 * n / (r["ms_per_step"] * 1e-3)
     ok = ok and abs(tok - r["tokens_per_s"]) <= 1e-6 * tok and r["ms_p10"] <= r["ms_per_step"] <= r["ms_p90"]
     ok = ok and 0 <= r["exposed_comm_ms"] <= r["ms_max"] and r["timed_steps"] == 4 and r["peak_mem_gib"] > 0
-    ok = ok and r["zero_offload"] == "none" and r["zero_overlap"] is True
+    ok = ok and r["zero_offload"] == "none" and r["zero_overlap"] is True and r["zero_symmetric_memory"] is True
 eff = rows[2]["tokens_per_s"] / (2 * rows[1]["tokens_per_s"])
 ok = ok and rows[1]["efficiency"] == 1.0 and abs(rows[2]["efficiency"] - eff) < 1e-12
 md = open(os.path.join(d, "bench.md")).read().splitlines()

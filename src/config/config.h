@@ -94,6 +94,8 @@ struct ZeroConfig {
                                        // update on host threads (src/optim/sharded_adamw.h)
   bool overlap = true;                 // GPUs: collectives overlap backward / the next forward (false: the
                                        // compute stream waits for each one at once; a baseline for bench)
+  bool symmetric_memory = true;        // GPUs, 2+ ranks: parameters and gradients in NCCL symmetric windows
+                                       // (comm/bootstrap.h NcclOptions): copy-engine all-gathers
 };
 
 struct TrainConfig {

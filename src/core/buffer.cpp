@@ -49,10 +49,22 @@ Buffer Buffer::host(size_t bytes, bool pin) {
   return b;
 }
 
+Buffer Buffer::adopt(void* p, size_t bytes, Device d, std::function<void(void*)> release) {
+  Buffer b;
+  if (!p) return b;
+  b.ptr_ = p;
+  b.bytes_ = bytes;
+  b.dev_ = d;
+  b.release_ = std::move(release);
+  account(d, bytes, true);
+  return b;
+}
+
 Buffer::~Buffer() {
   if (!ptr_) return;
   account(dev_, bytes_, false);
-  if (dev_ == Device::CUDA) cudaFree(ptr_);
+  if (release_) release_(ptr_);
+  else if (dev_ == Device::CUDA) cudaFree(ptr_);
   else if (pinned_) cudaFreeHost(ptr_);
   else std::free(ptr_);
 }

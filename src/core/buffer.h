@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/exec.h"
@@ -16,6 +17,9 @@ class Buffer {
   // Host memory that CUDA copies read and write asynchronously (page-locked; cudaHostAlloc). Only when
   // `pin` (a CUDA run): without it, plain host memory, so that CPU ranks need no CUDA device.
   static Buffer host(size_t bytes, bool pin);
+  // Memory allocated elsewhere (a communicator's window): owned from here on, counted like any other,
+  // and handed to `release` instead of cudaFree/free when the Buffer dies.
+  static Buffer adopt(void* p, size_t bytes, Device d, std::function<void(void*)> release);
   ~Buffer();
   Buffer(Buffer&& o) noexcept { swap(o); }
   Buffer& operator=(Buffer&& o) noexcept { if (this != &o) { Buffer t(std::move(o)); swap(t); } return *this; }
@@ -37,11 +41,13 @@ class Buffer {
     std::swap(bytes_, o.bytes_);
     std::swap(dev_, o.dev_);
     std::swap(pinned_, o.pinned_);
+    std::swap(release_, o.release_);
   }
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   Device dev_ = Device::CPU;
   bool pinned_ = false;
+  std::function<void(void*)> release_;
 };
 
 // Bytes held by live Buffers on a device kind, now and at the peak (what mptrain itself allocated;

@@ -75,16 +75,19 @@ void ShardedAdamW::build_lowp(int gi) {
     if (b.len > B) throw std::logic_error("quantisation block longer than optimizer.state_block");
     most = std::max(most, b.len);
   }
-  if (offload_.cpu) {
-    // The host update reads the gradient and writes the parameter in the host copy, laid out as the shard.
-    g.bucket_work.assign(gl.buckets.size(), {0, 0});
-    for (size_t j = 0; j < blocks.size(); ++j) {
-      auto& w = g.bucket_work[bucket_of(gi, segs[size_t(blocks[j].seg_begin)].param_off)];
-      if (w.first == w.second) w = {int(j), int(j)};
-      w.second = int(j) + 1;
-    }
-    for (AdamWSegment& s : segs) s.grad_off = s.param_off = s.store;
+  // Per bucket, the range of quantisation blocks it holds (the update runs bucket by bucket).
+  g.bucket_work.assign(gl.buckets.size(), {0, 0});
+  g.bucket_elems.assign(gl.buckets.size(), 0);
+  for (size_t j = 0; j < blocks.size(); ++j) {
+    const size_t k = bucket_of(gi, segs[size_t(blocks[j].seg_begin)].param_off);
+    auto& w = g.bucket_work[k];
+    if (w.first == w.second) w = {int(j), int(j)};
+    w.second = int(j) + 1;
+    g.bucket_elems[k] += blocks[j].len;
   }
+  // The host update reads the gradient and writes the parameter in the host copy, laid out as the shard.
+  if (offload_.cpu)
+    for (AdamWSegment& s : segs) s.grad_off = s.param_off = s.store;
   const Device dev = state_dev_;
   g.host_blocks = blocks;
   g.n_lowp_blocks = int(blocks.size());

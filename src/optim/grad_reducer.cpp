@@ -9,6 +9,7 @@
 #include "kernels/accumulate.h"
 #include "src/core/cuda_check.h"
 #include "src/core/watchdog.h"
+#include "src/optim/param_store.h"
 
 namespace mpt {
 
@@ -32,7 +33,8 @@ GradReducer::GradReducer(const Exec& ex, Communicator& comm, const FlatLayout& l
     Group& g = groups_[gi];
     const size_t ds = dtype_size(gl.dtype);
     // Stage 2 has no full-size gradient buffer: backward writes into staging slots (take_slot).
-    if (stage_ < 2) g.grads = Buffer(ex_.device, size_t(gl.size) * ds);
+    // A window where the communicator has them: the reduce-scatter (and stage 0's all-gather) take fewer SMs.
+    if (stage_ < 2) g.grads = comm_buffer(comm_, ex_.device, size_t(gl.size) * ds);
     if (stage_ == 2) g.grad_shard = Buffer(ex_.device, size_t(gl.owned_elems) * ds);
     g.buckets.resize(gl.buckets.size());
     g.grads.zero(ex_.stream);

@@ -26,6 +26,13 @@ cudaStream_t cu(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
 
 }  // namespace
 
+Buffer comm_buffer(Communicator& comm, Device d, size_t bytes) {
+  if (d == Device::CUDA && bytes > 0)
+    if (void* p = comm.alloc_window(bytes))
+      return Buffer::adopt(p, bytes, d, [&comm](void* q) { comm.free_window(q); });
+  return Buffer(d, bytes);
+}
+
 ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec> specs, int stage,
                        size_t bucket_bytes, uint64_t seed, Stream comm_stream, ExposureProbe& probe,
                        bool master_on_host)
@@ -35,7 +42,8 @@ ParamStore::ParamStore(const Exec& ex, Communicator& comm, std::vector<ParamSpec
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const GroupLayout& gl = layout_.groups()[gi];
     Group& g = groups_[gi];
-    g.params = Buffer(ex_.device, size_t(gl.size) * dtype_size(gl.dtype));
+    // A window where the communicator has them: the parameter all-gather then runs on the copy engines.
+    g.params = comm_buffer(comm_, ex_.device, size_t(gl.size) * dtype_size(gl.dtype));
     g.master = Buffer(master_on_host ? Device::CPU : ex_.device, size_t(gl.owned_elems) * 4);
     g.gathered.assign(gl.buckets.size(), nullptr);
     g.gather_pending.assign(gl.buckets.size(), 0);
@@ -144,23 +152,33 @@ void ParamStore::all_params_ready() const {
     for (size_t k = 0; k < groups_[gi].gathered.size(); ++k) wait_gathered(int(gi), k);
 }
 
-void ParamStore::all_gather_updated(const BucketHook& before_gather) {
+void ParamStore::all_gather_updated(const BucketHook& before_gather, bool hook_on_compute) {
   const int rank = layout_.rank(), world = layout_.world();
   const bool gather = layout_.stage() > 0;
   if (!gather && !before_gather) return;
   if (overlap_gather()) {
     // On the communication stream, after the update, bucket by bucket from the last: the forward uses the
     // parameters in the reverse of the backward order the buckets are laid out in. Each bucket's event
-    // lets the forward of a layer wait for its own parameters only (param_ready).
-    MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_updated_), cu(ex_.stream)));
-    MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(comm_stream_), static_cast<cudaEvent_t>(ev_updated_), 0));
+    // lets the forward of a layer wait for its own parameters only (param_ready). With the update done
+    // per bucket on the compute stream (hook_on_compute), each all-gather waits for its own bucket's
+    // update only: the first buckets the forward needs are gathered while the rest are still updated.
+    auto updated = [&] {
+      MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_updated_), cu(ex_.stream)));
+      MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(comm_stream_), static_cast<cudaEvent_t>(ev_updated_), 0));
+    };
+    if (!hook_on_compute || !before_gather) updated();
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       const GroupLayout& gl = layout_.groups()[gi];
       Group& g = groups_[gi];
       for (size_t k = gl.buckets.size(); k-- > 0;) {
         const BucketExtent& b = gl.buckets[k];
         const int64_t part = b.len / world;
-        if (before_gather) before_gather(int(gi), k, comm_stream_);
+        if (before_gather && hook_on_compute) {
+          before_gather(int(gi), k, ex_.stream);
+          updated();
+        } else if (before_gather) {
+          before_gather(int(gi), k, comm_stream_);
+        }
         if (gather)
           comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
                            size_t(part), gl.dtype, comm_stream_);

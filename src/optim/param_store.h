@@ -18,6 +18,11 @@
 
 namespace mpt {
 
+// A device buffer the communicator's collectives can move without SMs (Communicator::alloc_window), or
+// an ordinary one where it offers none. Collective when it is a window: every rank asks for the same
+// sizes in the same order. The communicator must outlive the buffer.
+Buffer comm_buffer(Communicator& comm, Device d, size_t bytes);
+
 class ParamStore : public ParamSource {
  public:
   // comm_stream: where the overlapped all-gather runs (CUDA; ex.stream when there is none).
@@ -54,9 +59,11 @@ class ParamStore : public ParamSource {
   // before_gather (the offloaded update): called for every bucket of every group, in the order the
   // forward uses them, with the stream that bucket's all-gather then runs on; what it queues there (the
   // upload of the bucket's updated parts) comes before the all-gather and before the bucket's event. With
-  // it, stage 0 takes the same path (events, no all-gather).
+  // it, stage 0 takes the same path (events, no all-gather). hook_on_compute (the update on GPUs): the
+  // hook is called with the compute stream instead, and the bucket's all-gather waits for what it queued
+  // there, so that a bucket's all-gather runs while later buckets are still being updated.
   using BucketHook = std::function<void(int group, size_t bucket, Stream s)>;
-  void all_gather_updated(const BucketHook& before_gather = {});
+  void all_gather_updated(const BucketHook& before_gather = {}, bool hook_on_compute = false);
   // false (zero.overlap): the all-gather runs on the compute stream, which waits for it at once.
   void set_overlap(bool on) { overlap_ = on; }
 

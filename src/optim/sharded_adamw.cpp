@@ -56,16 +56,21 @@ ShardedAdamW::ShardedAdamW(const Exec& ex, Communicator& comm, ParamStore& store
     }
     g.n_update_segs = int(asegs.size());
     g.n_stat_segs = int(ssegs.size());
+    // Per bucket, the range of update segments it holds (owned ranges, hence segments, are in flat order,
+    // and none crosses a bucket): the update runs bucket by bucket (apply, offload).
+    g.bucket_work.assign(gl.buckets.size(), {0, 0});
+    g.bucket_elems.assign(gl.buckets.size(), 0);
+    for (size_t j = 0; j < asegs.size(); ++j) {
+      const size_t k = bucket_of(int(gi), asegs[j].param_off);
+      auto& w = g.bucket_work[k];
+      if (w.first == w.second) w = {int(j), int(j)};
+      w.second = int(j) + 1;
+      g.bucket_elems[k] += asegs[j].len;
+    }
     if (offload_.cpu) {
       // The host update reads the gradient and writes the parameter in the host copy, laid out as the shard.
-      g.bucket_work.assign(gl.buckets.size(), {0, 0});
       g.uploads.assign(gl.buckets.size(), {});
-      for (size_t j = 0; j < asegs.size(); ++j) {
-        auto& w = g.bucket_work[bucket_of(int(gi), asegs[j].param_off)];
-        if (w.first == w.second) w = {int(j), int(j)};
-        w.second = int(j) + 1;
-        asegs[j].grad_off = asegs[j].param_off = asegs[j].store;
-      }
+      for (AdamWSegment& a : asegs) a.grad_off = a.param_off = a.store;
       for (const OwnedRange& r : gl.owned) {
         auto& up = g.uploads[bucket_of(int(gi), r.flat)];
         if (!up.empty() && up.back().flat + up.back().len == r.flat && up.back().store + up.back().len == r.store)
@@ -156,22 +161,31 @@ void ShardedAdamW::apply(const StepStats& st, const AdamWHyper& hyper) {
         [&](int gi, size_t k, Stream s) { update_bucket_on_host(gi, k, s, st.grad_unscale, h); });
     return;
   }
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    Group& g = groups_[gi];
-    const DType t = store_.layout().groups()[gi].dtype;
-    if (lowp()) {
-      ops::adamw_lowp(ex_, store_.master(int(gi)).as<float>(), g.m.data(), g.v.data(),
-                      state_.dtype == StateDType::I8 ? g.lowp_scales.as<float>() : nullptr, state_.dtype,
-                      grads_.reduced(int(gi)), t, st.grad_unscale, store_.params(int(gi)).data(), t,
-                      g.lowp_segs.as<AdamWSegment>(), g.lowp_blocks.as<AdamWQBlock>(), g.n_lowp_blocks,
-                      g.lowp_max_len, g.update_elems, h);
-      continue;
-    }
-    ops::adamw_segments(ex_, store_.master(int(gi)).as<float>(), g.m.as<float>(), g.v.as<float>(),
-                        grads_.reduced(int(gi)), t, st.grad_unscale, store_.params(int(gi)).data(), t,
-                        g.update_segs.as<AdamWSegment>(), g.n_update_segs, g.update_elems, h);
+  // Bucket by bucket, in the order the forward uses them, on the compute stream; each bucket's
+  // all-gather waits for its own update only (ParamStore::all_gather_updated, hook_on_compute), so the
+  // first buckets the next forward needs travel while the later ones are updated. The update is
+  // elementwise: the same values as one launch over the whole shard.
+  store_.all_gather_updated([&](int gi, size_t k, Stream s) { update_bucket(gi, k, s, st.grad_unscale, h); },
+                            /*hook_on_compute=*/true);
+}
+
+void ShardedAdamW::update_bucket(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h) {
+  Group& g = groups_[size_t(gi)];
+  const DType t = store_.layout().groups()[size_t(gi)].dtype;
+  const auto [first, last] = g.bucket_work[k];
+  if (first == last) return;  // this rank owns nothing of the bucket
+  Exec ex = ex_;
+  ex.stream = s;
+  if (lowp()) {
+    float* scales = state_.dtype == StateDType::I8 ? g.lowp_scales.as<float>() + 2 * first : nullptr;
+    ops::adamw_lowp(ex, store_.master(gi).as<float>(), g.m.data(), g.v.data(), scales, state_.dtype,
+                    grads_.reduced(gi), t, grad_unscale, store_.params(gi).data(), t, g.lowp_segs.as<AdamWSegment>(),
+                    g.lowp_blocks.as<AdamWQBlock>() + first, last - first, g.lowp_max_len, g.bucket_elems[k], h);
+    return;
   }
-  store_.all_gather_updated();
+  ops::adamw_segments(ex, store_.master(gi).as<float>(), g.m.as<float>(), g.v.as<float>(), grads_.reduced(gi), t,
+                      grad_unscale, store_.params(gi).data(), t, g.update_segs.as<AdamWSegment>() + first,
+                      last - first, g.bucket_elems[k], h);
 }
 
 void ShardedAdamW::update_bucket_on_host(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h) {

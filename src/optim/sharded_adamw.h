@@ -97,13 +97,16 @@ class ShardedAdamW {
     std::vector<AdamWQBlock> host_blocks;
     int n_lowp_blocks = 0;
     int64_t lowp_max_len = 0;
-    // Offload: per bucket, the range of update segments (fp32 states) or quantisation blocks (low-precision
-    // states) it holds, and its owned runs {flat, store, len} to upload.
+    // Per bucket: the range of update segments (fp32 states) or quantisation blocks (low-precision states)
+    // it holds and their elements; offload: its owned runs {flat, store, len} to upload.
     std::vector<std::pair<int, int>> bucket_work;
+    std::vector<int64_t> bucket_elems;
     struct Upload { int64_t flat = 0, store = 0, len = 0; };
     std::vector<std::vector<Upload>> uploads;
   };
   void update_bucket_on_host(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h);
+  // The update of bucket k of group gi on stream s (the device or, on CPU ranks, the host).
+  void update_bucket(int gi, size_t k, Stream s, float grad_unscale, const AdamWHyper& h);
   // Offload: the bucket of flat position x in group gi.
   size_t bucket_of(int gi, int64_t flat) const;
   void build_lowp(int gi);  // src/optim/adamw_lowp_blocks.cpp

@@ -249,6 +249,79 @@ TEST_P(NcclCollectives, BroadcastFromEveryRootIsExact) {
 INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclCollectives, ::testing::Values(DType::F32, DType::F16, DType::BF16),
                          dtype_param_name);
 
+// A communicator made with NcclOptions::symmetric (zero.symmetric_memory): windows from alloc_window on two
+// or more ranks, and the bucket collectives of ZeRO (reduce-scatter into the rank's part in place,
+// all-gather from it in place, at an offset that is the same on every rank) on window memory, where NCCL
+// runs its copy-engine all-gather and symmetric reduce-scatter. Same exactness standard as above, plus a
+// count large enough for those paths; ordinary buffers keep working on the same communicator.
+class NcclWindows : public NcclFixture, public ::testing::WithParamInterface<DType> {
+ public:
+  static void SetUpTestSuite() {
+    NcclFixture::SetUpTestSuite();
+    if (usable_) sym_ = make_nccl_communicator(world_, comm_stream_, MPI_COMM_WORLD, NcclOptions{.symmetric = true}).release();
+  }
+  static void TearDownTestSuite() {
+    delete sym_;
+    sym_ = nullptr;
+    NcclFixture::TearDownTestSuite();
+  }
+
+ protected:
+  inline static Communicator* sym_ = nullptr;
+};
+
+TEST_F(NcclWindows, OfferedWithTwoOrMoreRanksOnly) {
+  void* p = sym_->alloc_window(size_t(3) << 20);
+  EXPECT_EQ(p != nullptr, size > 1);
+  if (p) {
+    MPT_COMM_CUDA_CHECK(cudaMemset(p, 0, size_t(3) << 20));  // the whole requested size is usable
+    sym_->free_window(p);
+  }
+  EXPECT_EQ(comm_->alloc_window(4096), nullptr) << "a communicator made without `symmetric` offers no windows";
+}
+
+TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  const size_t most = 400003, off = 4096 + 24;  // elements; the offset is the same on every rank
+  const size_t bytes = (off + most * size_t(size)) * es;
+  void* w = sym_->alloc_window(bytes);
+  DeviceBuffer plain(size > 1 ? 0 : bytes);  // one rank: no windows, the same calls on ordinary memory
+  uint8_t* base = (w ? static_cast<uint8_t*>(w) : plain.get()) + off * es;
+  long bad = 0;
+  std::vector<size_t> counts = odd_counts();
+  counts.push_back(most);
+  for (size_t n : counts)
+    for (Stream s : streams()) {
+      const size_t total = n * size_t(size);
+      Rng rng = test::shared_rng();
+      const auto rows = exact_inputs(rng, t, size, total);
+      const auto sums = test::column_sums(rows, size, total);
+      late_upload(base, to_bytes(rows.data() + size_t(rank) * total, t, total), s);
+      uint8_t* mine = base + size_t(rank) * n * es;
+      sym_->reduce_scatter(base, mine, n, t, s);
+      bad += mismatches(download(mine, n * es, s).data(), t, sums.data() + size_t(rank) * n, n);
+      // The reduced parts, gathered back in place: every rank ends with all the sums.
+      poison(base, size_t(rank) * n * es, s);
+      poison(mine + n * es, (total - size_t(rank + 1) * n) * es, s);
+      sym_->all_gather(mine, base, n, t, s);
+      bad += mismatches(download(base, total * es, s).data(), t, sums.data(), total);
+    }
+  // An ordinary buffer on the same communicator.
+  DeviceBuffer buf(size_t(4099) * es);
+  Rng rng = test::shared_rng();
+  const auto rows = exact_inputs(rng, t, size, 4099);
+  const auto sums = test::column_sums(rows, size, 4099);
+  late_upload(buf.get(), to_bytes(rows.data() + size_t(rank) * 4099, t, 4099), compute_stream_);
+  sym_->all_reduce(buf.get(), buf.get(), 4099, t, ReduceOp::Sum, compute_stream_);
+  bad += mismatches(download(buf.get(), 4099 * es, compute_stream_).data(), t, sums.data(), 4099);
+  if (w) sym_->free_window(w);
+  EXPECT_EQ(global_sum(bad), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclWindows, ::testing::Values(DType::F32, DType::F16, DType::BF16),
+                         dtype_param_name);
+
 class NcclCommunicatorBasics : public NcclFixture {};
 
 TEST_F(NcclCommunicatorBasics, DescribesTheWorldAndKeepsNvlsOff) {

@@ -133,6 +133,37 @@ TEST(Train, OverlapOffReachesTheSameParametersAndLosses) {
   }
 }
 
+// zero.symmetric_memory puts the parameter and gradient buffers in NCCL symmetric windows: on two or more
+// GPUs the parameter all-gather then runs on the copy engines and the reduce-scatter on NCCL's symmetric
+// kernels. A copy and a sum of two ranks (one addition) are the same bits on any path, so with 2 ranks the
+// parameters, the gathered model-dtype copies and the losses must be bitwise those of NCCL's ordinary
+// kernels. On CPU ranks and on one GPU there are no windows and the switch must change nothing. (The
+// bucket-by-bucket update ahead of each bucket's all-gather is the same in both runs; a gather that
+// overtook its bucket's update would leave ranks with different parameters, which
+// RanksHoldIdenticalParametersAndScaleEveryStep and DataParallelMatchesOneRankWithTheGlobalBatch catch.)
+TEST(Train, SymmetricMemoryOffReachesTheSameParametersAndLosses) {
+  for (int stage : {0, 1, 2}) {
+    std::vector<float> ref;
+    std::vector<double> ref_loss;
+    uint64_t ref_hash = 0;
+    for (bool sym : {true, false}) {
+      Trainer t(small_config("bf16", stage, 16, {std::string("zero.symmetric_memory=") + (sym ? "true" : "false")}),
+                g_world);
+      std::vector<double> loss;
+      for (int s = 0; s < 8; ++s) loss.push_back(t.train_step().loss);
+      const std::vector<float> m = t.optimizer().gather_master();
+      // The gathered model-dtype parameters (what the all-gather wrote), as one hash per rank.
+      const uint64_t hash = t.optimizer().param_hash();
+      if (sym) { ref = m; ref_loss = loss; ref_hash = hash; continue; }
+      double maxd = 0;
+      const size_t bad = count_different(m, ref, 0, 0, &maxd);
+      EXPECT_TRUE(all_true(bad == 0)) << "ZeRO-" << stage << ": " << bad << " elements differ, max " << maxd;
+      EXPECT_EQ(loss, ref_loss) << "ZeRO-" << stage;
+      EXPECT_TRUE(all_true(hash == ref_hash)) << "ZeRO-" << stage << ": gathered parameters differ";
+    }
+  }
+}
+
 // The same with bf16 and int8 AdamW states (kernels/adamw_lowp.h): quantisation blocks are cut at the same
 // part edges in every stage, so the stages stay bitwise equal, master weights and moments (compared as the
 // FP32 values the codes stand for) alike. Blocks of 64 and of 2048 (parts start on multiples of 64, so
