@@ -20,7 +20,7 @@ void ExposureProbe::enable(const Exec& ex) {
   on_ = true;
 }
 
-void ExposureProbe::stream_begin() {
+void ExposureProbe::stream_begin(ExposureSite site) {
   if (!on_ || !ex_.cuda()) return;
   if (open_) throw std::logic_error("ExposureProbe: stream_begin inside an open bracket");
   if (used_ == events_.size()) {
@@ -28,7 +28,9 @@ void ExposureProbe::stream_begin() {
     MPT_CUDA_CHECK(cudaEventCreate(&a));
     MPT_CUDA_CHECK(cudaEventCreate(&b));
     events_.emplace_back(a, b);
+    sites_.push_back(site);
   }
+  sites_[used_] = site;
   MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[used_].first), static_cast<cudaStream_t>(ex_.stream)));
   open_ = true;
 }
@@ -41,30 +43,35 @@ void ExposureProbe::stream_end() {
   open_ = false;
 }
 
-void ExposureProbe::host_begin() {
+void ExposureProbe::host_begin(ExposureSite site) {
   if (!on_ || host_depth_++ > 0) return;
+  host_site_ = site;
   host_t0_ = std::chrono::steady_clock::now();
 }
 
 void ExposureProbe::host_end() {
   if (!on_ || host_depth_ == 0 || --host_depth_ > 0) return;
-  host_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0_).count();
+  host_ms_[size_t(host_site_)] +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0_).count();
 }
 
-double ExposureProbe::take_ms() {
-  double ms = host_ms_;
-  host_ms_ = 0;
+double ExposureProbe::take_ms(std::array<double, kExposureSites>* by_site) {
+  std::array<double, kExposureSites> ms = host_ms_;
+  host_ms_ = {};
   if (on_ && ex_.cuda() && used_ > 0) {
     MPT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(ex_.stream)));
     for (size_t k = 0; k < used_; ++k) {
       float e = 0;
       MPT_CUDA_CHECK(cudaEventElapsedTime(&e, static_cast<cudaEvent_t>(events_[k].first),
                                           static_cast<cudaEvent_t>(events_[k].second)));
-      ms += double(e);
+      ms[size_t(sites_[k])] += double(e);
     }
   }
   used_ = 0;
-  return ms;
+  if (by_site) *by_site = ms;
+  double total = 0;
+  for (double x : ms) total += x;
+  return total;
 }
 
 }  // namespace mpt

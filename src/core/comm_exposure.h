@@ -8,6 +8,7 @@
 // Off by default: each bracket is then one branch.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <utility>
 #include <vector>
@@ -15,6 +16,16 @@
 #include "kernels/exec.h"
 
 namespace mpt {
+
+// Where a wait happens, so that the exposed time can be told apart (mptrain bench reports each).
+enum class ExposureSite {
+  Gradients,   // the gradient reduction: its tail after backward (CPU ranks: every bucket's collective)
+  Staging,     // ZeRO-2: a staging slot whose previous reduce-scatter has not finished
+  Statistics,  // the all-reduce of {non-finite count, sum of squares, loss}
+  Parameters,  // the all-gather of updated parameters, before the forward (or the update) reads them
+};
+inline constexpr int kExposureSites = 4;
+inline constexpr const char* kExposureSiteNames[kExposureSites] = {"gradients", "staging", "statistics", "parameters"};
 
 class ExposureProbe {
  public:
@@ -26,21 +37,24 @@ class ExposureProbe {
   void enable(const Exec& ex);
   bool on() const { return on_; }
   // A wait of the compute stream (CUDA; a no-op on CPU ranks, whose collectives are host waits).
-  void stream_begin();
+  void stream_begin(ExposureSite site);
   void stream_end();
   // A wait of the host for other ranks (CPU ranks: every collective; GPUs: host-side collectives).
-  void host_begin();
+  void host_begin(ExposureSite site);
   void host_end();
-  // Exposed milliseconds since the last take (synchronizes the compute stream), then starts over.
-  double take_ms();
+  // Exposed milliseconds since the last take (synchronizes the compute stream), then starts over;
+  // by_site (optional) gets the same time split by site.
+  double take_ms(std::array<double, kExposureSites>* by_site = nullptr);
 
  private:
   bool on_ = false;
   Exec ex_;
   std::vector<std::pair<void*, void*>> events_;  // cudaEvent_t pairs, reused step after step
+  std::vector<ExposureSite> sites_;              // the site of each pair
   size_t used_ = 0;
   bool open_ = false;
-  double host_ms_ = 0;
+  std::array<double, kExposureSites> host_ms_{};
+  ExposureSite host_site_ = ExposureSite::Gradients;
   std::chrono::steady_clock::time_point host_t0_;
   int host_depth_ = 0;
 };

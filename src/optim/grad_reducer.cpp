@@ -167,7 +167,7 @@ void GradReducer::take_slot(int gi, size_t k) {
   }
   Slot& sl = g.slots[size_t(best)];
   if (sl.used && ex_.cuda()) {
-    probe_.stream_begin();
+    probe_.stream_begin(ExposureSite::Staging);
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(sl.done), 0));
     probe_.stream_end();
   }
@@ -232,7 +232,7 @@ void GradReducer::reduce_bucket(int gi, size_t k) {
   // No overlap (zero.overlap = false): the compute stream waits here for everything queued on the
   // communication stream.
   MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
-  probe_.stream_begin();
+  probe_.stream_begin(ExposureSite::Gradients);
   MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(ev_comm_), 0));
   probe_.stream_end();
 }
@@ -268,7 +268,7 @@ void GradReducer::reduce_bucket_collectives(int gi, size_t k) {
   struct HostWait {  // CPU ranks: the collectives below are all exposed
     ExposureProbe& p;
     bool on;
-    HostWait(ExposureProbe& probe, bool host) : p(probe), on(host) { if (on) p.host_begin(); }
+    HostWait(ExposureProbe& probe, bool host) : p(probe), on(host) { if (on) p.host_begin(ExposureSite::Gradients); }
     ~HostWait() { if (on) p.host_end(); }
   } host_wait(probe_, !ex_.cuda());
   if (stage_ < 2) {
@@ -336,7 +336,7 @@ void GradReducer::finish() {
         if (!groups_[gi].buckets[k].copied) copy_out(int(gi), k);
   if (ex_.cuda() && comm_stream_ != ex_.stream) {
     MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_comm_), cu(comm_stream_)));
-    probe_.stream_begin();
+    probe_.stream_begin(ExposureSite::Gradients);
     MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(ev_comm_), 0));
     probe_.stream_end();
   }

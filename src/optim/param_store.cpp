@@ -136,7 +136,7 @@ void* ParamStore::param(int i) const {
 void ParamStore::wait_gathered(int g, size_t k) const {
   const Group& grp = groups_[size_t(g)];
   if (!grp.gather_pending[k]) return;
-  probe_.stream_begin();
+  probe_.stream_begin(ExposureSite::Parameters);
   MPT_CUDA_CHECK(cudaStreamWaitEvent(cu(ex_.stream), static_cast<cudaEvent_t>(grp.gathered[k]), 0));
   probe_.stream_end();
   grp.gather_pending[k] = 0;
@@ -194,7 +194,7 @@ void ParamStore::all_gather_updated(const BucketHook& before_gather, bool hook_o
   } else {
     const WaitScope wait("the all-gather of the updated parameters");
     // A collective on the compute stream (GPU: its events; CPU ranks: the host waits).
-    ex_.cuda() ? probe_.stream_begin() : probe_.host_begin();
+    ex_.cuda() ? probe_.stream_begin(ExposureSite::Parameters) : probe_.host_begin(ExposureSite::Parameters);
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       const GroupLayout& gl = layout_.groups()[gi];
       Group& g = groups_[gi];

@@ -128,7 +128,7 @@ StepStats ShardedAdamW::reduce_stats(float loss_scale, double clip_norm) {
     // It is the one point of a training step where the host waits for the device.
     const WaitScope wait("the all-reduce of the gradient statistics");
     // A collective on the compute stream (GPU: its events; CPU ranks: the host waits).
-    ex_.cuda() ? probe_.stream_begin() : probe_.host_begin();
+    ex_.cuda() ? probe_.stream_begin(ExposureSite::Statistics) : probe_.host_begin(ExposureSite::Statistics);
     comm_.all_reduce(stats, stats, 3, DType::F32, ReduceOp::Sum, ex_.stream);
     ex_.cuda() ? probe_.stream_end() : probe_.host_end();
     copy_to_host(stats, ex_.device, host, sizeof host, ex_.stream);

@@ -4,6 +4,7 @@
 // tokens/s in all and per rank, the exposed communication per step (src/core/comm_exposure.h), peak memory and
 // MFU. One JSON row per run (--out), one line on stdout.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -81,11 +82,19 @@ int bench_command(int argc, char** argv) {
       skipped += r.skipped ? 1 : 0;
     }
     // Per step, the slowest rank: a step ends for the job when its last rank is done.
-    const double exposed_mean = t.optimizer().exposure().take_ms() / timed;
+    std::array<double, kExposureSites> by_site{}, site_max{};
+    const double exposed_mean = t.optimizer().exposure().take_ms(&by_site) / timed;
+    for (double& x : by_site) x /= timed;
     std::vector<double> step_max(step_s.size());
     double exp_max = 0;
     MPT_MPI_CHECK(MPI_Allreduce(step_s.data(), step_max.data(), timed, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     MPT_MPI_CHECK(MPI_Allreduce(&exposed_mean, &exp_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    MPT_MPI_CHECK(MPI_Allreduce(by_site.data(), site_max.data(), kExposureSites, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    // Each rank's own median: the slowest rank per step is above every rank's median when the ranks'
+    // step times jitter independently (what waiting for each other at the statistics all-reduce costs).
+    const double own_median = quantile(step_s, 0.5);
+    std::vector<double> rank_median(size_t(world.size));
+    MPT_MPI_CHECK(MPI_Allgather(&own_median, 1, MPI_DOUBLE, rank_median.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
     unsigned long long peak_local = peak_allocated_bytes(t.exec().device) + t.exec().workspace_bytes, peak_max = 0;
     unsigned long long used_local = t.exec().cuda() ? peak_device_memory() : 0, used_max = 0;
     MPT_MPI_CHECK(MPI_Allreduce(&peak_local, &peak_max, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD));
@@ -108,6 +117,9 @@ int bench_command(int argc, char** argv) {
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
 
+    nlohmann::json by_site_json = nlohmann::json::object(), rank_ms = nlohmann::json::array();
+    for (int k = 0; k < kExposureSites; ++k) by_site_json[kExposureSiteNames[k]] = site_max[size_t(k)];
+    for (double x : rank_median) rank_ms.push_back(1e3 * x);
     nlohmann::json row = {
         {"system", "mptrain"},
         {"label", a.opts.count("label") ? a.opts.at("label")
@@ -136,6 +148,8 @@ int bench_command(int argc, char** argv) {
         {"tokens_per_s_per_gpu", units_s / world.size},
         {"exposed_comm_ms", exp_ms},
         {"exposed_comm_pct", 100.0 * exp_ms / ms},
+        {"exposed_comm_ms_by_site", by_site_json},   // each site's mean per step, the largest rank's
+        {"ms_per_step_by_rank", rank_ms},            // each rank's own median step time
         {"peak_mem_gib", double(peak_max) / double(1ull << 30)},
         {"device_used_gib", double(used_max) / double(1ull << 30)},
         {"params", int64_t(n_params)},
@@ -154,6 +168,11 @@ int bench_command(int argc, char** argv) {
                 row["ms_p90"].get<double>(), units_s, lm ? "tokens" : "samples", units_s / world.size, exp_ms,
                 100.0 * exp_ms / ms, double(peak_max) / double(1ull << 30),
                 peak > 0 ? (std::to_string(int(std::lround(1000 * achieved_tflops / peak)) / 10.0).substr(0, 4) + "%").c_str() : "n/a");
+    std::printf("bench: exposed by site (ms/step):");
+    for (int k = 0; k < kExposureSites; ++k) std::printf(" %s %.3f", kExposureSiteNames[k], site_max[size_t(k)]);
+    std::printf(" | each rank's median ms/step:");
+    for (double x : rank_median) std::printf(" %.2f", 1e3 * x);
+    std::printf("\n");
     std::fflush(stdout);
     if (a.opts.count("out")) {
       const std::string path = a.opts.at("out");
