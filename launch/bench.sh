@@ -9,7 +9,9 @@
 #   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1"); a third
 #              field "nooverlap" runs the pair with zero.overlap=false (every collective waited for at once:
 #              the baseline that shows what overlap hides), "nosym" with zero.symmetric_memory=false (NCCL's
-#              ordinary kernels for every collective), "offload" with zero.offload=cpu (master weights and
+#              ordinary kernels for every collective), "nocomm" with debug.skip_bucket_comm=true (timing only:
+#              no bucket collectives; the difference to the plain series is what communication costs a step,
+#              contention included), "offload" with zero.offload=cpu (master weights and
 #              AdamW state in host memory, the update on host threads)
 #   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
 #              (same model shape, batch and sequence length as CONFIG; needs PyTorch): the peer rows and the
@@ -64,8 +66,9 @@ for m in $MODES; do
     "") ;;
     nooverlap) tag="$tag no overlap"; EXTRA=(--set zero.overlap=false) ;;
     nosym) tag="$tag no symmetric memory"; EXTRA=(--set zero.symmetric_memory=false) ;;
+    nocomm) tag="$tag no comm"; EXTRA=(--set debug.skip_bucket_comm=true) ;;
     offload) tag="$tag offload"; EXTRA=(--set 'zero.offload="cpu"') ;;
-    *) echo "bench: unknown mode flag '$flag' in --modes $m (known: nooverlap, nosym, offload)" >&2; exit 2 ;;
+    *) echo "bench: unknown mode flag '$flag' in --modes $m (known: nooverlap, nosym, nocomm, offload)" >&2; exit 2 ;;
   esac
   for np in $SIZES; do one "$np" "$mode" "$stage" "$tag"; done
 done

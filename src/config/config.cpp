@@ -344,6 +344,7 @@ void read_rest(Reader& r, Config& c) {
   c.debug.inject_inf_step = r.integer<int64_t>("debug.inject_inf_step", -1);
   c.debug.inject_inf_rank = r.integer<int>("debug.inject_inf_rank", 0);
   c.debug.check_consistency = r.boolean("debug.check_consistency");
+  c.debug.skip_bucket_comm = r.boolean("debug.skip_bucket_comm");
   c.watchdog_timeout_s = r.number("watchdog.timeout_s", at_least(0));
 
   MonitorConfig& m = c.monitor;

@@ -148,6 +148,7 @@ struct DebugConfig {
   int64_t inject_inf_step = -1;        // put an inf into one rank's gradient at this step (tests)
   int inject_inf_rank = 0;
   bool check_consistency = false;      // compare scale and a parameter checksum across ranks every step
+  bool skip_bucket_comm = false;       // timing only: no gradient reduce-scatter / parameter all-gather
 };
 
 // CPU ranks (device cpu). The own GEMM stays the default: it is bitwise reproducible across machines

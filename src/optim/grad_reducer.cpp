@@ -1,6 +1,7 @@
 #include "src/optim/grad_reducer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -34,7 +35,7 @@ GradReducer::GradReducer(const Exec& ex, Communicator& comm, const FlatLayout& l
     const size_t ds = dtype_size(gl.dtype);
     // Stage 2 has no full-size gradient buffer: backward writes into staging slots (take_slot).
     // A window where the communicator has them: the reduce-scatter (and stage 0's all-gather) take fewer SMs.
-    if (stage_ < 2) g.grads = comm_buffer(comm_, ex_.device, size_t(gl.size) * ds);
+    if (stage_ < 2) g.grads = std::getenv("MPT_SYM_GRADS") && std::string(std::getenv("MPT_SYM_GRADS")) == "0" ? Buffer(ex_.device, size_t(gl.size) * ds) : comm_buffer(comm_, ex_.device, size_t(gl.size) * ds);  // EXPERIMENT
     if (stage_ == 2) g.grad_shard = Buffer(ex_.device, size_t(gl.owned_elems) * ds);
     g.buckets.resize(gl.buckets.size());
     g.grads.zero(ex_.stream);
@@ -277,16 +278,16 @@ void GradReducer::reduce_bucket_collectives(int gi, size_t k) {
     // picks for a call (MPI_Reduce_scatter and MPI_Reduce_scatter_block may differ). Stage 0 updates
     // every part and all-gathers the reduced parts; stage 1 reads its own part only and does not.
     void* mine = static_cast<char*>(src) + size_t(rank_) * part * dtype_size(t);
-    comm_.reduce_scatter(src, mine, part, t, s);
-    if (stage_ == 0) comm_.all_gather(mine, src, part, t, s);
+    if (!skip_comm_) comm_.reduce_scatter(src, mine, part, t, s);
+    if (stage_ == 0 && !skip_comm_) comm_.all_gather(mine, src, part, t, s);
     b.reduced = true;
     return;
   }
   void* shard = at(g.grad_shard, layout_.shard_offset(gi, k), t);
   Slot& sl = g.slots[size_t(b.slot)];
   if (!b.filled) {
-    comm_.reduce_scatter(src, shard, part, t, s);
-  } else {
+    if (!skip_comm_) comm_.reduce_scatter(src, shard, part, t, s);
+  } else if (!skip_comm_) {
     // The communication stream runs one collective and one add at a time, so one temporary serves
     // every bucket and group.
     if (accum_tmp_.bytes() < part * dtype_size(t)) {
@@ -298,7 +299,7 @@ void GradReducer::reduce_bucket_collectives(int gi, size_t k) {
     comm_.reduce_scatter(src, accum_tmp_.data(), part, t, s);
   }
   if (ex_.cuda()) MPT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(sl.done), cu(comm_stream_)));
-  if (b.filled) {
+  if (b.filled && !skip_comm_) {
     Exec on_comm = ex_;
     on_comm.stream = s;
     ops::accumulate(on_comm, accum_tmp_.data(), shard, t, part);

@@ -40,6 +40,7 @@ class GradReducer : public GradSink {
   void finish();
   // false (zero.overlap): the compute stream waits for each bucket's collective as soon as it is queued.
   void set_overlap(bool on) { overlap_ = on; }
+  void set_skip_comm(bool on) { skip_comm_ = on; }  // debug.skip_bucket_comm (ShardedOptimizer::set_skip_comm)
 
   // The reduced gradient of group g (model dtype): the flat buffer (stages 0/1, this rank's parts) or the
   // shard (stage 2), where the statistics and the update read it.
@@ -101,6 +102,7 @@ class GradReducer : public GradSink {
   ExposureProbe& probe_;
   bool last_micro_ = true;
   bool overlap_ = true;
+  bool skip_comm_ = false;
   bool inject_inf_ = false;
   bool host_copy_ = false;
   bool micro_active_ = false;        // stage 2: this micro-batch has asked for or readied a gradient

@@ -179,7 +179,7 @@ void ParamStore::all_gather_updated(const BucketHook& before_gather, bool hook_o
         } else if (before_gather) {
           before_gather(int(gi), k, comm_stream_);
         }
-        if (gather)
+        if (gather && !skip_comm_)
           comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
                            size_t(part), gl.dtype, comm_stream_);
         if (!g.gathered[k]) {
@@ -202,7 +202,7 @@ void ParamStore::all_gather_updated(const BucketHook& before_gather, bool hook_o
         const BucketExtent& b = gl.buckets[k];
         const int64_t part = b.len / world;
         if (before_gather) before_gather(int(gi), k, ex_.stream);
-        if (gather)
+        if (gather && !skip_comm_)
           comm_.all_gather(at(g.params, b.begin + rank * part, gl.dtype), at(g.params, b.begin, gl.dtype),
                            size_t(part), gl.dtype, ex_.stream);
       }

@@ -66,6 +66,7 @@ class ParamStore : public ParamSource {
   void all_gather_updated(const BucketHook& before_gather = {}, bool hook_on_compute = false);
   // false (zero.overlap): the all-gather runs on the compute stream, which waits for it at once.
   void set_overlap(bool on) { overlap_ = on; }
+  void set_skip_comm(bool on) { skip_comm_ = on; }  // debug.skip_bucket_comm (ShardedOptimizer::set_skip_comm)
 
   // FNV-1a hash of the full model-dtype parameters (all groups), for cross-rank consistency checks.
   uint64_t param_hash() const;
@@ -102,6 +103,7 @@ class ParamStore : public ParamSource {
   uint64_t seed_;
   void* ev_updated_ = nullptr;       // cudaEvent_t: the update, recorded on the compute stream
   bool overlap_ = true;
+  bool skip_comm_ = false;
 };
 
 }  // namespace mpt

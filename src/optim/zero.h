@@ -66,6 +66,12 @@ class ShardedOptimizer : public GradSink {
     reducer_.set_overlap(on);
     store_.set_overlap(on);
   }
+  // debug.skip_bucket_comm (timing only): the bucket collectives are not issued; everything else, the
+  // events and waits included, runs as usual. The results are wrong.
+  void set_skip_comm(bool on) {
+    reducer_.set_skip_comm(on);
+    store_.set_skip_comm(on);
+  }
   const StateFormat& state_format() const { return adam_.state_format(); }
   bool offloaded() const { return adam_.offloaded(); }
   ShardedOptimizer(const ShardedOptimizer&) = delete;

@@ -74,11 +74,12 @@ int bench_command(int argc, char** argv) {
     t.optimizer().exposure().take_ms();
     // Exposure is read once after the timed steps: reading it per step would synchronize the device between
     // steps, which a training step no longer does (the update overlaps the next step's host work).
-    std::vector<double> step_s(static_cast<size_t>(timed));
+    std::vector<double> step_s(static_cast<size_t>(timed)), wait_s(static_cast<size_t>(timed));
     int skipped = 0;
     for (int i = 0; i < timed; ++i) {
       const StepRecord r = t.train_step();
       step_s[size_t(i)] = r.seconds;
+      wait_s[size_t(i)] = r.stats_seconds;
       skipped += r.skipped ? 1 : 0;
     }
     // Per step, the slowest rank: a step ends for the job when its last rank is done.
@@ -93,6 +94,10 @@ int bench_command(int argc, char** argv) {
     // Each rank's own median: the slowest rank per step is above every rank's median when the ranks'
     // step times jitter independently (what waiting for each other at the statistics all-reduce costs).
     const double own_median = quantile(step_s, 0.5);
+    // The host's wait in the statistics readback, the smallest rank's median: how far the host runs ahead.
+    const double own_wait = quantile(wait_s, 0.5);
+    double wait_min = 0;
+    MPT_MPI_CHECK(MPI_Allreduce(&own_wait, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
     std::vector<double> rank_median(size_t(world.size));
     MPT_MPI_CHECK(MPI_Allgather(&own_median, 1, MPI_DOUBLE, rank_median.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
     unsigned long long peak_local = peak_allocated_bytes(t.exec().device) + t.exec().workspace_bytes, peak_max = 0;
@@ -150,6 +155,8 @@ int bench_command(int argc, char** argv) {
         {"exposed_comm_pct", 100.0 * exp_ms / ms},
         {"exposed_comm_ms_by_site", by_site_json},   // each site's mean per step, the largest rank's
         {"ms_per_step_by_rank", rank_ms},            // each rank's own median step time
+        {"host_wait_ms", 1e3 * wait_min},            // median host wait in the statistics readback (smallest rank)
+        {"skip_bucket_comm", cfg.debug.skip_bucket_comm},
         {"peak_mem_gib", double(peak_max) / double(1ull << 30)},
         {"device_used_gib", double(used_max) / double(1ull << 30)},
         {"params", int64_t(n_params)},
@@ -172,6 +179,7 @@ int bench_command(int argc, char** argv) {
     for (int k = 0; k < kExposureSites; ++k) std::printf(" %s %.3f", kExposureSiteNames[k], site_max[size_t(k)]);
     std::printf(" | each rank's median ms/step:");
     for (double x : rank_median) std::printf(" %.2f", 1e3 * x);
+    std::printf(" | host wait in the readback %.2f ms", 1e3 * wait_min);
     std::printf("\n");
     std::fflush(stdout);
     if (a.opts.count("out")) {

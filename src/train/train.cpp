@@ -175,6 +175,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm, D
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream(),
                                             state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
+  opt_->set_skip_comm(cfg_.debug.skip_bucket_comm);
   model_->bind(opt_->params());
   if (!cfg_.model.init_from.empty()) {
     std::vector<ParamSpec> specs;
@@ -284,7 +285,9 @@ StepRecord Trainer::train_step() {
   h.eps = float(cfg_.optimizer.eps);
   h.weight_decay = float(cfg_.optimizer.weight_decay);
   // The one wait of the step: the statistics collective (which carries the loss sum) read back.
+  const auto t_stats = Clock::now();
   const StepStats st = opt_->reduce_stats(rec.scale, cfg_.optimizer.clip_norm);
+  rec.stats_seconds = since(t_stats);
   rec.loss = st.loss_sum / double(int64_t(B) * A * world_.size * tpe);
   rec.grad_norm = st.grad_norm;
   // The monitor sees only values every rank agrees on (the all-reduced loss, the norm and verdict from

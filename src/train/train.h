@@ -63,6 +63,9 @@ struct StepRecord {
   double grad_norm = 0;
   double lr = 0;
   double seconds = 0;
+  // Host time in the statistics readback, the step's one wait for the device: near zero means the host
+  // (not the device) sets the pace.
+  double stats_seconds = 0;
   MonitorAction action = MonitorAction::None;  // the stability monitor's decision for this step
   std::string reason;
 };

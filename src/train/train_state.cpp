@@ -105,6 +105,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
                                             size_t(cfg_.zero.bucket_mb * 1024 * 1024), cfg_.train.seed, dev_->comm_stream(),
                                             state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
+  opt_->set_skip_comm(cfg_.debug.skip_bucket_comm);
   model_->bind(opt_->params());
   opt_->load_state(state);
   opt_->set_adam_step(adam_step);

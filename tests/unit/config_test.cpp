@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 90;
+constexpr size_t kLeafKeys = 91;
 
 class TempDir {
  public:
@@ -151,6 +151,7 @@ void expect_same_config(const Config& a, const Config& b) {
   EXPECT_EQ(a.debug.inject_inf_step, b.debug.inject_inf_step);
   EXPECT_EQ(a.debug.inject_inf_rank, b.debug.inject_inf_rank);
   EXPECT_EQ(a.debug.check_consistency, b.debug.check_consistency);
+  EXPECT_EQ(a.debug.skip_bucket_comm, b.debug.skip_bucket_comm);
   EXPECT_EQ(a.device, b.device);
   EXPECT_EQ(a.cpu.gemm, b.cpu.gemm);
   EXPECT_EQ(a.cpu.threads, b.cpu.threads);
@@ -306,6 +307,7 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("debug.inject_inf_step", int64_t(n(0, 1000)), debug.inject_inf_step),
       KEY("debug.inject_inf_rank", n(1, 64), debug.inject_inf_rank),
       KEY("debug.check_consistency", true, debug.check_consistency),
+      KEY("debug.skip_bucket_comm", true, debug.skip_bucket_comm),
       KEY("device", "cpu", device),
       KEY("cpu.gemm", "blas", cpu.gemm),
       KEY("cpu.threads", n(1, 64), cpu.threads),
