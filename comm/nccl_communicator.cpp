@@ -94,12 +94,12 @@ class NcclCommunicator final : public Communicator {
     MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
     // Windows whose owners outlived the communicator (a contract breach, but not a reason to leak).
-    for (auto& [p, w] : windows_) MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, w));
+    for (const Window& w : windows_) MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, w.win));
 #endif
     detail::unregister_nccl_comm(comm_);
     MPT_NCCL_CHECK(ncclCommDestroy(comm_));
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-    for (auto& [p, w] : windows_) MPT_NCCL_CHECK(ncclMemFree(p));
+    for (const Window& w : windows_) MPT_NCCL_CHECK(ncclMemFree(w.base));
 #endif
     MPT_COMM_CUDA_CHECK(cudaFree(tail_));
     MPT_COMM_CUDA_CHECK(cudaEventDestroy(before_));
@@ -131,6 +131,8 @@ class NcclCommunicator final : public Communicator {
     auto* dst = static_cast<uint8_t*>(recv);
     auto* tl = static_cast<uint8_t*>(tail_);
     const size_t mine = size_t(rank_) * es;
+    check_window("all_reduce", send, count * es, chunk * es);
+    check_window("all_reduce", recv, count * es, chunk * es);
 
     begin(s);
     if (tail) MPT_COMM_CUDA_CHECK(cudaMemcpyAsync(tl, src + body * es, tail * es, cudaMemcpyDeviceToDevice, comm_stream_));
@@ -148,6 +150,8 @@ class NcclCommunicator final : public Communicator {
 
   void reduce_scatter(const void* send, void* recv, size_t recv_count, DType t, Stream s) override {
     if (recv_count == 0) return;
+    check_window("reduce_scatter", send, recv_count * size_t(size_) * dtype_size(t), recv_count * dtype_size(t));
+    check_window("reduce_scatter", recv, recv_count * dtype_size(t), recv_count * dtype_size(t));
     begin(s);
     MPT_NCCL_CHECK(ncclReduceScatter(send, recv, recv_count, nccl_type(t), ncclSum, comm_, comm_stream_));
     end(s);
@@ -155,6 +159,8 @@ class NcclCommunicator final : public Communicator {
 
   void all_gather(const void* send, void* recv, size_t send_count, DType t, Stream s) override {
     if (send_count == 0) return;
+    check_window("all_gather", send, send_count * dtype_size(t), send_count * dtype_size(t));
+    check_window("all_gather", recv, send_count * size_t(size_) * dtype_size(t), send_count * dtype_size(t));
     begin(s);
     MPT_NCCL_CHECK(ncclAllGather(send, recv, send_count, nccl_type(t), comm_, comm_stream_));
     end(s);
@@ -194,7 +200,7 @@ class NcclCommunicator final : public Communicator {
     MPT_NCCL_CHECK(ncclMemAlloc(&p, n));
     ncclWindow_t w{};
     MPT_NCCL_CHECK(ncclCommWindowRegister(comm_, p, n, &w, NCCL_WIN_COLL_SYMMETRIC));
-    windows_.emplace_back(p, w);
+    windows_.push_back(Window{p, n, w});
     return p;
 #else
     (void)bytes;
@@ -204,12 +210,12 @@ class NcclCommunicator final : public Communicator {
 
   void free_window(void* p) override {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-    auto it = std::find_if(windows_.begin(), windows_.end(), [&](const auto& e) { return e.first == p; });
+    auto it = std::find_if(windows_.begin(), windows_.end(), [&](const Window& e) { return e.base == p; });
     if (it == windows_.end()) throw std::logic_error("NcclCommunicator::free_window: not one of this communicator's windows");
     // Collectives still queued may read or write it.
     MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
     MPT_COMM_CUDA_CHECK(cudaDeviceSynchronize());
-    MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, it->second));
+    MPT_NCCL_CHECK(ncclCommWindowDeregister(comm_, it->win));
     MPT_NCCL_CHECK(ncclMemFree(p));
     windows_.erase(it);
 #else
@@ -218,6 +224,30 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // Collectives on window memory: NCCL's symmetric and copy-engine paths returned wrong elements on two
+  // H200s for per-rank pieces that were not multiples of 128 bytes (e.g. 1001 or 4099 bf16 elements) at
+  // offsets that were not 128-byte aligned, while ZeRO's bucket parts (multiples of 64 elements, 128-byte
+  // aligned) were exact. Such a call is refused here rather than risked; ordinary memory takes any size.
+  static constexpr size_t kWindowAlign = 128;
+  void check_window(const char* op, const void* p, size_t bytes, size_t piece) const {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    const auto* q = static_cast<const uint8_t*>(p);
+    for (const Window& w : windows_) {
+      const auto* b = static_cast<const uint8_t*>(w.base);
+      if (q < b || q >= b + w.bytes) continue;
+      if (size_t(q - b) % kWindowAlign != 0 || piece % kWindowAlign != 0 || size_t(q - b) + bytes > w.bytes)
+        throw std::invalid_argument(std::string("NcclCommunicator::") + op + ": on window memory the buffer must start " +
+                                    std::to_string(kWindowAlign) + "-byte aligned in its window, lie inside it, and "
+                                    "move per-rank pieces of a multiple of " + std::to_string(kWindowAlign) +
+                                    " bytes (got offset " + std::to_string(q - b) + ", piece " + std::to_string(piece) +
+                                    " bytes)");
+      return;
+    }
+#else
+    (void)op; (void)p; (void)bytes; (void)piece;
+#endif
+  }
+
   // Event handoff between the caller's stream and the comm stream (see the top of the file). One event
   // per direction suffices: cudaStreamWaitEvent captures the record that is current when it is called.
   void begin(Stream s) {
@@ -239,7 +269,12 @@ class NcclCommunicator final : public Communicator {
   void* tail_ = nullptr;
   bool symmetric_ = false;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-  std::vector<std::pair<void*, ncclWindow_t>> windows_;
+  struct Window {
+    void* base;
+    size_t bytes;
+    ncclWindow_t win;
+  };
+  std::vector<Window> windows_;
 #endif
 };
 

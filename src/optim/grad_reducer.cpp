@@ -1,7 +1,6 @@
 #include "src/optim/grad_reducer.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -35,7 +34,7 @@ GradReducer::GradReducer(const Exec& ex, Communicator& comm, const FlatLayout& l
     const size_t ds = dtype_size(gl.dtype);
     // Stage 2 has no full-size gradient buffer: backward writes into staging slots (take_slot).
     // A window where the communicator has them: the reduce-scatter (and stage 0's all-gather) take fewer SMs.
-    if (stage_ < 2) g.grads = std::getenv("MPT_SYM_GRADS") && std::string(std::getenv("MPT_SYM_GRADS")) == "0" ? Buffer(ex_.device, size_t(gl.size) * ds) : comm_buffer(comm_, ex_.device, size_t(gl.size) * ds);  // EXPERIMENT
+    if (stage_ < 2) g.grads = comm_buffer(comm_, ex_.device, size_t(gl.size) * ds);
     if (stage_ == 2) g.grad_shard = Buffer(ex_.device, size_t(gl.owned_elems) * ds);
     g.buckets.resize(gl.buckets.size());
     g.grads.zero(ex_.stream);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -252,8 +253,10 @@ INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclCollectives, ::testing::Values(DType::F3
 // A communicator made with NcclOptions::symmetric (zero.symmetric_memory): windows from alloc_window on two
 // or more ranks, and the bucket collectives of ZeRO (reduce-scatter into the rank's part in place,
 // all-gather from it in place, at an offset that is the same on every rank) on window memory, where NCCL
-// runs its copy-engine all-gather and symmetric reduce-scatter. Same exactness standard as above, plus a
-// count large enough for those paths; ordinary buffers keep working on the same communicator.
+// runs its copy-engine all-gather and symmetric reduce-scatter. Same exactness standard as above, with
+// pieces of whole 64-element units as ZeRO's buckets have (from one unit to a count large enough for the
+// copy engines); pieces that are not (1001 or 4099 elements came back wrong from NCCL here) are refused.
+// Ordinary buffers keep working on the same communicator.
 class NcclWindows : public NcclFixture, public ::testing::WithParamInterface<DType> {
  public:
   static void SetUpTestSuite() {
@@ -283,16 +286,17 @@ TEST_F(NcclWindows, OfferedWithTwoOrMoreRanksOnly) {
 TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
   const DType t = GetParam();
   const size_t es = dtype_size(t);
-  const size_t most = 400003, off = 4096 + 24;  // elements; the offset is the same on every rank
+  const size_t most = 400000, off = 4096 + 64;  // elements; the offset is the same on every rank
   const size_t bytes = (off + most * size_t(size)) * es;
   void* w = sym_->alloc_window(bytes);
   DeviceBuffer plain(size > 1 ? 0 : bytes);  // one rank: no windows, the same calls on ordinary memory
   uint8_t* base = (w ? static_cast<uint8_t*>(w) : plain.get()) + off * es;
   long bad = 0;
-  std::vector<size_t> counts = odd_counts();
-  counts.push_back(most);
+  std::string where;  // which collective, count and stream went wrong (this rank)
+  const std::vector<size_t> counts = {64, 448, 4160, most};  // whole 64-element units (ZeRO's kAlign)
   for (size_t n : counts)
     for (Stream s : streams()) {
+      const std::string at = " n=" + std::to_string(n) + (s == comm_stream_ ? " comm-stream" : " other-stream");
       const size_t total = n * size_t(size);
       Rng rng = test::shared_rng();
       const auto rows = exact_inputs(rng, t, size, total);
@@ -300,12 +304,16 @@ TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
       late_upload(base, to_bytes(rows.data() + size_t(rank) * total, t, total), s);
       uint8_t* mine = base + size_t(rank) * n * es;
       sym_->reduce_scatter(base, mine, n, t, s);
-      bad += mismatches(download(mine, n * es, s).data(), t, sums.data() + size_t(rank) * n, n);
+      const long rs_bad = mismatches(download(mine, n * es, s).data(), t, sums.data() + size_t(rank) * n, n);
+      if (rs_bad) where += " reduce_scatter" + at + ": " + std::to_string(rs_bad) + ";";
+      bad += rs_bad;
       // The reduced parts, gathered back in place: every rank ends with all the sums.
       poison(base, size_t(rank) * n * es, s);
       poison(mine + n * es, (total - size_t(rank + 1) * n) * es, s);
       sym_->all_gather(mine, base, n, t, s);
-      bad += mismatches(download(base, total * es, s).data(), t, sums.data(), total);
+      const long ag_bad = mismatches(download(base, total * es, s).data(), t, sums.data(), total);
+      if (ag_bad) where += " all_gather" + at + ": " + std::to_string(ag_bad) + ";";
+      bad += ag_bad;
     }
   // An ordinary buffer on the same communicator.
   DeviceBuffer buf(size_t(4099) * es);
@@ -316,7 +324,28 @@ TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
   sym_->all_reduce(buf.get(), buf.get(), 4099, t, ReduceOp::Sum, compute_stream_);
   bad += mismatches(download(buf.get(), 4099 * es, compute_stream_).data(), t, sums.data(), 4099);
   if (w) sym_->free_window(w);
-  EXPECT_EQ(global_sum(bad), 0);
+  EXPECT_EQ(global_sum(bad), 0) << "rank " << rank << ":" << where;
+}
+
+// A piece that is not a whole number of 128-byte units, or an offset in the window that is not 128-byte
+// aligned, is refused on every rank before anything is queued (so no rank is left in a collective).
+TEST_F(NcclWindows, RefusesUnalignedPiecesOnWindowMemory) {
+  if (size < 2) GTEST_SKIP() << "no windows on one rank";
+  const size_t bytes = size_t(1) << 20;
+  auto* w = static_cast<uint8_t*>(sym_->alloc_window(bytes));
+  ASSERT_NE(w, nullptr);
+  const size_t n = 1001;  // bf16: 2002-byte pieces
+  EXPECT_THROW(sym_->reduce_scatter(w, w + size_t(rank) * n * 2, n, DType::BF16, comm_stream_), std::invalid_argument);
+  EXPECT_THROW(sym_->all_gather(w + size_t(rank) * n * 2, w, n, DType::BF16, comm_stream_), std::invalid_argument);
+  EXPECT_THROW(sym_->all_gather(w + 64 + size_t(rank) * 1024, w + 64, 512, DType::BF16, comm_stream_),
+               std::invalid_argument);  // aligned pieces at a 64-byte offset
+  EXPECT_THROW(sym_->all_reduce(w, w, 2 * n * size_t(size), DType::BF16, ReduceOp::Sum, comm_stream_),
+               std::invalid_argument);
+  // The same calls on ordinary memory are fine (and exact: the NcclCollectives tests).
+  DeviceBuffer plain(bytes);
+  EXPECT_NO_THROW(sym_->all_gather(plain.get() + size_t(rank) * n * 2, plain.get(), n, DType::BF16, comm_stream_));
+  MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
+  sym_->free_window(w);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclWindows, ::testing::Values(DType::F32, DType::F16, DType::BF16),

@@ -1,8 +1,9 @@
-// Probe: how much does each way of moving gradient/parameter buckets slow GEMMs running beside it?
-// Two ranks, one GPU each. For each variant: time of 60 bucket collectives alone, time of a GEMM loop
-// alone, and both together.
-// Build: g++ -O2 -std=c++20 launch/probe_overlap.cpp -I/usr/local/cuda/include -L/usr/local/cuda/lib64
-//        -lcublas -lcudart -lnccl $(mpicxx --showme:compile) $(mpicxx --showme:link) -o probe
+// overlap-probe: how much does each way of moving 25 MiB bf16 buckets slow a bf16 GEMM loop running beside
+// it on another stream? The measurement behind zero.symmetric_memory. Two ranks, one GPU each:
+//   mpirun -np 2 build/overlap-probe
+// Per variant (NCCL's ordinary kernels on cudaMalloc memory; symmetric windows with the default, efficiency
+// and zero-CTA policies, where the zero-CTA all-gather runs on the copy engines): 60 collectives alone, the
+// GEMM loop alone, and both at once (the GEMMs' slowdown is what overlapped communication costs compute).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -35,7 +36,7 @@ static void gemms() {
 struct Variant {
   std::string name;
   ncclComm_t comm;
-  char* buf;     // OPS buckets back to back? no: one bucket region reused, send and recv in one window
+  char* buf;     // one bucket, reused by every op
   char* stage;
   int op;        // 0 RS, 1 AG (in place), 2 alltoall, 3 AR
 };
@@ -145,8 +146,8 @@ int main(int argc, char** argv) {
       {"default AG window", cdef, (char*)wbuf, (char*)wstage, 1},
       {"efficiency RS window", ceff, (char*)wbuf, (char*)wstage, 0},
       {"efficiency AG window", ceff, (char*)wbuf, (char*)wstage, 1},
-      {"zero AG window (CE?)", czero, (char*)wbuf, (char*)wstage, 1},
-      {"zero alltoall window (CE?)", czero, (char*)wbuf, (char*)wstage, 2},
+      {"zero AG window (copy engines)", czero, (char*)wbuf, (char*)wstage, 1},
+      {"zero alltoall window", czero, (char*)wbuf, (char*)wstage, 2},
       {"zero RS window", czero, (char*)wbuf, (char*)wstage, 0},
       {"default alltoall plain", cdef, plain, plain_stage, 2},
   };
