@@ -26,6 +26,14 @@ for n, r in rows.items():
     ok = ok and abs(tok - r["tokens_per_s"]) <= 1e-6 * tok and r["ms_p10"] <= r["ms_per_step"] <= r["ms_p90"]
     ok = ok and 0 <= r["exposed_comm_ms"] <= r["ms_max"] and r["timed_steps"] == 4 and r["peak_mem_gib"] > 0
     ok = ok and r["zero_offload"] == "none" and r["zero_overlap"] is True and r["zero_symmetric_memory"] is True
+    # The exposure split by site (each site and the total are the largest rank's): no site above the total,
+    # the sites together not below it; one median step time per rank; the host's readback wait within a step.
+    sites, total, eps = r["exposed_comm_ms_by_site"], r["exposed_comm_ms"], 1e-9
+    ok = ok and sorted(sites) == ["gradients", "parameters", "staging", "statistics"] and min(sites.values()) >= 0
+    ok = ok and max(sites.values()) <= total + eps and total <= sum(sites.values()) + eps
+    ok = ok and (n == 1 or sites["gradients"] > 0)  # CPU ranks: every bucket collective is a host wait
+    ok = ok and len(r["ms_per_step_by_rank"]) == n and all(0 < m <= r["ms_max"] for m in r["ms_per_step_by_rank"])
+    ok = ok and 0 <= r["host_wait_ms"] <= r["ms_max"] and r["skip_bucket_comm"] is False
 eff = rows[2]["tokens_per_s"] / (2 * rows[1]["tokens_per_s"])
 ok = ok and rows[1]["efficiency"] == 1.0 and abs(rows[2]["efficiency"] - eff) < 1e-12
 md = open(os.path.join(d, "bench.md")).read().splitlines()
