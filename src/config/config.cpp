@@ -320,6 +320,7 @@ void read_rest(Reader& r, Config& c) {
   c.zero.bucket_mb = r.number("zero.bucket_mb", above(0));
   c.zero.overlap = r.boolean("zero.overlap");
   c.zero.symmetric_memory = r.boolean("zero.symmetric_memory");
+  c.zero.reorder_backward = r.boolean("zero.reorder_backward");
   c.zero.offload = r.choice("zero.offload", {"none", "cpu"});
 
   c.train.batch_size = r.integer<int>("train.batch_size", 1);

@@ -53,6 +53,11 @@ class GradSink {
   virtual void* grad(int i) = 0;
   // Parameter i's gradient for this micro-batch is complete (once per micro-batch: a second call throws).
   virtual void grad_ready(int i) = 0;
+  // True when a bucket completed by grad_ready is reduced at once, beside the rest of backward (several
+  // ranks, overlap on, the step's last micro-batch or ZeRO-2). Backward may then reorder independent work
+  // so that the bucket that would complete last completes earlier (Gpt2: block 0's weight gradients run
+  // after the embedding backward). Gradient values must not depend on it.
+  virtual bool reduces_during_backward() const { return false; }
 };
 
 }  // namespace mpt

@@ -208,30 +208,18 @@ void Gpt2::linear_forward(Linear& L, const void* x, void* y, int n, bool gelu, v
 }
 
 bool Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads,
-                           const void* gelu_z) {
+                           const void* gelu_z, std::vector<WeightGrad>* later, void* keep) {
   const bool cast = L.dt != md_;
   if (cast) {
     ops::cast(ex_, dy, md_, L.dy_cast.data(), L.dt, size_t(n) * size_t(L.out));
     dy = L.dy_cast.data();
     x = L.x_cast.data();  // saved by forward
+  } else if (later && keep) {
+    copy_device(dy, keep, ex_.device, nbytes(n, L.out, md_), ex_.stream);
+    dy = keep;
   }
-  GemmDesc gw;  // dW[in, out] += x^T dy
-  gw.trans_a = true;
-  gw.m = L.in;
-  gw.n = L.out;
-  gw.k = n;
-  gw.dtype = L.dt;
-  gw.a = x;
-  gw.lda = L.in;
-  gw.b = dy;
-  gw.ldb = L.out;
-  gw.c = grads.grad(L.w);
-  gw.ldc = L.out;
-  gw.beta = 1.f;
-  ops::gemm(ex_, gw);
-  grads.grad_ready(L.w);
-  ops::bias_grad(ex_, dy, L.dt, n, L.out, grads.grad(L.b), L.dt);
-  grads.grad_ready(L.b);
+  if (later) later->push_back(WeightGrad{&L, x, dy});
+  else weight_grads(WeightGrad{&L, x, dy}, n, grads);
   if (!dx) return false;
   GemmDesc gx;  // dx[n, in] = dy W^T
   gx.trans_b = true;
@@ -253,6 +241,38 @@ bool Gpt2::linear_backward(Linear& L, const void* x, const void* dy, void* dx, i
   ops::gemm(ex_, gx);
   if (cast) ops::cast(ex_, L.dx_cast.data(), L.dt, dx, md_, size_t(n) * size_t(L.in));
   return fused;
+}
+
+void Gpt2::weight_grads(const WeightGrad& w, int n, GradSink& grads) {
+  Linear& L = *w.L;
+  const void* x = w.x;
+  const void* dy = w.dy;
+  GemmDesc gw;  // dW[in, out] += x^T dy
+  gw.trans_a = true;
+  gw.m = L.in;
+  gw.n = L.out;
+  gw.k = n;
+  gw.dtype = L.dt;
+  gw.a = x;
+  gw.lda = L.in;
+  gw.b = dy;
+  gw.ldb = L.out;
+  gw.c = grads.grad(L.w);
+  gw.ldc = L.out;
+  gw.beta = 1.f;
+  ops::gemm(ex_, gw);
+  grads.grad_ready(L.w);
+  ops::bias_grad(ex_, dy, L.dt, n, L.out, grads.grad(L.b), L.dt);
+  grads.grad_ready(L.b);
+}
+
+void* Gpt2::defer_scratch() {
+  const size_t align = 256;
+  const size_t off = (attn_scratch_ == logits_.data() ? attn_scratch_bytes_ + align - 1 : 0) / align * align;
+  const size_t need = nbytes(size_t(B_) * size_t(T_), 6 * size_t(C_), md_);
+  if (off + need <= logits_.bytes()) return static_cast<char*>(logits_.data()) + off;
+  if (defer_own_.empty()) defer_own_ = Buffer(ex_.device, need);
+  return defer_own_.data();
 }
 
 void Gpt2::forward(const Batch& bt, int T) {
@@ -348,21 +368,37 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
                           lnf_rstd_.as<float>(), dres_.data(), grads.grad(ln_f_.w), grads.grad(ln_f_.b), N, C_);
   grads.grad_ready(ln_f_.w);
   grads.grad_ready(ln_f_.b);
+  // When buckets reduce during backward, block 0's four weight gradients run after the embedding
+  // backward: the tied embedding's bucket, the largest and otherwise the last to start, then reduces beside
+  // them instead of after all compute. Their dy are kept where later ops cannot overwrite them: the MLP's
+  // in its own [N, 4C] buffer (used instead of dbig_ in block 0), the residual gradients copied (keep);
+  // c_attn's dy stays in dbig_, which nothing writes after it. The gradients are the same bit for bit.
+  std::vector<WeightGrad> later;
+  std::vector<WeightGrad>* defer = nullptr;
+  char* keep = nullptr;
+  if (grads.reduces_during_backward()) {
+    later.reserve(4);
+    keep = static_cast<char*>(defer_scratch());
+  }
+  const size_t nc = nbytes(N, C_, md_);
   for (int l = L_ - 1; l >= 0; --l) {
     Block& b = blocks_[size_t(l)];
+    if (l == 0 && keep) defer = &later;
+    void* big = defer ? keep + 2 * nc : dbig_.data();
     // dres: gradient at x_{l+1} = a + mlp branch.
-    if (!linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), dbig_.data(), N, grads, b.fc_pre.data()))
-      ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), dbig_.data(), dbig_.data(), md_, size_t(N) * size_t(4 * C_));
-    linear_backward(b.c_fc, b.ln2_out.data(), dbig_.data(), dsmall_.data(), N, grads);
+    if (!linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), big, N, grads, b.fc_pre.data(), defer, keep))
+      ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), big, big, md_, size_t(N) * size_t(4 * C_));
+    linear_backward(b.c_fc, b.ln2_out.data(), big, dsmall_.data(), N, grads, nullptr, defer);
     ops::layernorm_backward(ex_, dsmall_.data(), b.a.data(), md_, param(b.ln2.w), b.ln2.dt, b.ln2_mean.as<float>(),
                             b.ln2_rstd.as<float>(), dres_.data(), grads.grad(b.ln2.w), grads.grad(b.ln2.b), N, C_, true);
     grads.grad_ready(b.ln2.w);
     grads.grad_ready(b.ln2.b);
     // dres: gradient at a = x + attention branch.
-    linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, grads);
+    linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, grads, nullptr, defer,
+                    keep ? keep + nc : nullptr);
     ops::attention_backward(ex_, dsmall_.data(), b.qkv.data(), b.att.data(), b.lse.as<float>(), delta_.as<float>(),
                             dbig_.data(), md_, n, T_, H_, C_ / H_, attn_scratch_, attn_scratch_bytes_);
-    linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, grads);
+    linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, grads, nullptr, defer);
     ops::layernorm_backward(ex_, dsmall_.data(), b.x.data(), md_, param(b.ln1.w), b.ln1.dt, b.ln1_mean.as<float>(),
                             b.ln1_rstd.as<float>(), dres_.data(), grads.grad(b.ln1.w), grads.grad(b.ln1.b), N, C_, true);
     grads.grad_ready(b.ln1.w);
@@ -373,6 +409,7 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
                           T_, C_);
   grads.grad_ready(wpe_);
   grads.grad_ready(wte_);
+  for (const WeightGrad& w : later) weight_grads(w, N, grads);
   if (loss_sum) {
     ops::sum(ex_, loss_rows_.as<float>(), N, loss_sum);
     return 0;

@@ -83,8 +83,18 @@ class Gpt2 : public Model {
   // GELU pre-activation that produced x; when given and the layer runs in the model dtype, dx becomes
   // gelu'(gelu_z) dy W^T in the GEMM's epilogue (one rounding) and true is returned; false means dx is
   // dy W^T and the caller applies the activation's backward.
+  // later: instead of computing dW and db now, record what they read (the layer, x and dy as the layer's
+  // dtype sees them) for weight_grads(); when dy is in the model dtype it is first copied to `keep`, since
+  // the caller's dy buffer is overwritten before then (the cast copy, L.dy_cast, is the layer's own).
+  struct WeightGrad { Linear* L; const void* x; const void* dy; };
   bool linear_backward(Linear& L, const void* x, const void* dy, void* dx, int n, GradSink& grads,
-                       const void* gelu_z = nullptr);
+                       const void* gelu_z = nullptr, std::vector<WeightGrad>* later = nullptr, void* keep = nullptr);
+  // dW += x^T dy and db += sum dy of one layer, then its grad_ready calls.
+  void weight_grads(const WeightGrad& w, int n, GradSink& grads);
+  // Scratch for block 0's deferred weight gradients (zero.reorder_backward): two [N, C] copies of the
+  // residual gradient and the MLP's [N, 4C] gradient, in the logits buffer past the attention backward's
+  // scratch when it fits (both are dead during the blocks' backward), else in defer_own_.
+  void* defer_scratch();
   // The specs in forward order; records each parameter's index in its layer (wte_, Linear::w, ...).
   void build_specs();
   // Parameter i for the compute stream, after its bucket's all-gather (ParamSource::param_ready).
@@ -109,7 +119,7 @@ class Gpt2 : public Model {
   Buffer proj_, dres_, dsmall_, dbig_, delta_, loss_rows_, pred_;
   // The attention backward's scratch (kernels/attention.h): the logits buffer, dead once the LM head's
   // backward has read dlogits, when it is large enough; else its own buffer (attn_own_).
-  Buffer attn_own_;
+  Buffer attn_own_, defer_own_;
   void* attn_scratch_ = nullptr;
   size_t attn_scratch_bytes_ = 0;
   Uploader up_;  // tokens, targets and the token groups of each micro-batch

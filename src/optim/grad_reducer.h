@@ -41,6 +41,11 @@ class GradReducer : public GradSink {
   // false (zero.overlap): the compute stream waits for each bucket's collective as soon as it is queued.
   void set_overlap(bool on) { overlap_ = on; }
   void set_skip_comm(bool on) { skip_comm_ = on; }  // debug.skip_bucket_comm (ShardedOptimizer::set_skip_comm)
+  // zero.reorder_backward (ShardedOptimizer::set_reorder_backward); reduces_during_backward() is false when off.
+  void set_reorder_backward(bool on) { reorder_ = on; }
+  bool reduces_during_backward() const override {
+    return reorder_ && overlap_ && world_ > 1 && (stage_ == 2 || last_micro_);
+  }
 
   // The reduced gradient of group g (model dtype): the flat buffer (stages 0/1, this rank's parts) or the
   // shard (stage 2), where the statistics and the update read it.
@@ -103,6 +108,7 @@ class GradReducer : public GradSink {
   bool last_micro_ = true;
   bool overlap_ = true;
   bool skip_comm_ = false;
+  bool reorder_ = true;
   bool inject_inf_ = false;
   bool host_copy_ = false;
   bool micro_active_ = false;        // stage 2: this micro-batch has asked for or readied a gradient

@@ -72,6 +72,8 @@ class ShardedOptimizer : public GradSink {
     reducer_.set_skip_comm(on);
     store_.set_skip_comm(on);
   }
+  // zero.reorder_backward: whether reduces_during_backward() may be true (the same values either way).
+  void set_reorder_backward(bool on) { reducer_.set_reorder_backward(on); }
   const StateFormat& state_format() const { return adam_.state_format(); }
   bool offloaded() const { return adam_.offloaded(); }
   ShardedOptimizer(const ShardedOptimizer&) = delete;
@@ -100,6 +102,7 @@ class ShardedOptimizer : public GradSink {
   void begin_micro_batch(bool is_last) { reducer_.begin_micro_batch(is_last); }
   void* grad(int i) override { return reducer_.grad(i); }
   void grad_ready(int i) override { reducer_.grad_ready(i); }
+  bool reduces_during_backward() const override { return reducer_.reduces_during_backward(); }
   void finish_reduction() { reducer_.finish(); }
   StepStats step(float loss_scale, const AdamWHyper& hyper, double clip_norm) {
     return adam_.step(loss_scale, hyper, clip_norm);

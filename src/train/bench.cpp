@@ -138,6 +138,7 @@ int bench_command(int argc, char** argv) {
         {"zero_offload", cfg.zero.offload},
         {"zero_overlap", cfg.zero.overlap},
         {"zero_symmetric_memory", cfg.zero.symmetric_memory},
+        {"zero_reorder_backward", cfg.zero.reorder_backward},
         {"batch_per_rank", cfg.train.batch_size},
         {"grad_accum", cfg.train.grad_accum},
         {"unit", lm ? "tokens" : "samples"},

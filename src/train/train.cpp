@@ -176,6 +176,7 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm, D
                                             state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
   opt_->set_skip_comm(cfg_.debug.skip_bucket_comm);
+  opt_->set_reorder_backward(cfg_.zero.reorder_backward);
   model_->bind(opt_->params());
   if (!cfg_.model.init_from.empty()) {
     std::vector<ParamSpec> specs;

@@ -106,6 +106,7 @@ void Trainer::switch_precision(DType to, const std::vector<LayerPrecision>& laye
                                             state_format_of(cfg_.optimizer), offload_options(cfg_, world_.local_size));
   opt_->set_overlap(cfg_.zero.overlap);
   opt_->set_skip_comm(cfg_.debug.skip_bucket_comm);
+  opt_->set_reorder_backward(cfg_.zero.reorder_backward);
   model_->bind(opt_->params());
   opt_->load_state(state);
   opt_->set_adam_step(adam_step);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -188,6 +189,85 @@ TEST(Gpt2, ZeroStagesBitwiseEqualAndLossGoesDown) {
       EXPECT_TRUE(all_ranks(diff == 0)) << mode << " ZeRO-" << stage << ": " << diff << " elements differ from ZeRO-0";
     }
   }
+}
+
+// Forwards to the optimizer's sink but says what reduces_during_backward() is, and records the order in
+// which backward completes the parameters.
+class OrderSink : public GradSink {
+ public:
+  OrderSink(GradSink& inner, bool reorder) : inner_(inner), reorder_(reorder) {}
+  void* grad(int i) override { return inner_.grad(i); }
+  void grad_ready(int i) override {
+    order.push_back(i);
+    inner_.grad_ready(i);
+  }
+  bool reduces_during_backward() const override { return reorder_; }
+  std::vector<int> order;
+
+ private:
+  GradSink& inner_;
+  bool reorder_;
+};
+
+// zero.reorder_backward: when buckets reduce during backward, block 0's weight gradients run after the
+// embedding backward, from copies of the dy buffers that later ops overwrite. The gradients must be those
+// of the plain order to the bit, every parameter completed once, and wte completed before block 0's
+// linears. Run with a vocabulary whose logits buffer holds the deferred scratch (300) and one whose does
+// not (50: the scratch gets its own buffer), in fp32 and in bf16 with block 0's MLP input layer in fp32
+// (its dy goes through the layer's own cast copy).
+TEST(Gpt2, ReorderedBackwardGivesTheSameGradientsAndCompletesTheEmbeddingFirst) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm self;
+  MPI_Comm_split(MPI_COMM_WORLD, rank, 0, &self);
+  for (int vocab : {300, 50})
+    for (const char* mode : {"fp32", "bf16"}) {
+      std::vector<std::string> extra = {"model.vocab=" + std::to_string(vocab)};
+      if (std::string(mode) == "bf16") extra.push_back(R"(precision.layers=[{"pattern":"h.0.mlp.c_fc","dtype":"fp32"}])");
+      Trainer t(gpt2_config(mode, 0, extra), mpi_init(nullptr, nullptr), self);
+      ShardedOptimizer& opt = t.optimizer();
+      const Batch b = t.train_batch(0, 4);
+      std::vector<float> g[2];
+      std::vector<int> order[2];
+      for (int reorder : {0, 1}) {
+        OrderSink sink(opt, reorder != 0);
+        opt.zero_grads();
+        opt.begin_micro_batch(true);
+        t.model().forward_backward(b, 1.f / 64.f, sink);
+        opt.finish_reduction();
+        g[reorder] = grads_fp32(t);
+        order[reorder] = sink.order;
+      }
+      const std::string what = std::string(mode) + ", vocab " + std::to_string(vocab);
+      size_t diff = 0, nonzero = 0;
+      for (size_t i = 0; i < g[0].size(); ++i) {
+        diff += std::memcmp(&g[0][i], &g[1][i], sizeof(float)) != 0;
+        nonzero += g[0][i] != 0.f;
+      }
+      EXPECT_EQ(diff, 0u) << what << ": gradient elements that differ between the two orders";
+      EXPECT_GT(nonzero, g[0].size() / 2) << what;
+      auto pos = [&](const std::vector<int>& o, const std::string& name) {
+        for (size_t k = 0; k < o.size(); ++k)
+          if (opt.spec(o[k]).name == name) return int(k);
+        return -1;
+      };
+      for (int r : {0, 1}) {
+        std::vector<int> sorted = order[r];
+        std::sort(sorted.begin(), sorted.end());
+        std::vector<int> all(size_t(opt.num_params()));
+        for (int i = 0; i < opt.num_params(); ++i) all[size_t(i)] = i;
+        EXPECT_EQ(sorted, all) << what << ", reorder " << r << ": every parameter completed exactly once";
+      }
+      const int wte0 = pos(order[0], "transformer.wte.weight"), wte1 = pos(order[1], "transformer.wte.weight");
+      for (const char* lin : {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
+        for (const char* suf : {".weight", ".bias"}) {
+          const std::string name = std::string("transformer.h.0.") + lin + suf;
+          EXPECT_LT(pos(order[0], name), wte0) << what << ": plain order, " << name;
+          EXPECT_GT(pos(order[1], name), wte1) << what << ": reordered, " << name;
+        }
+      EXPECT_LT(pos(order[1], "transformer.h.1.attn.c_attn.weight"), wte1) << what << ": only block 0 moves";
+    }
+  MPI_Comm_free(&self);
 }
 
 // Export with the Hugging Face names and shapes, import into a fresh model: the same loss on a batch.
