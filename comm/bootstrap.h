@@ -34,6 +34,12 @@ struct NcclOptions {
   // engines within a node and leave every SM to the compute they overlap. Off: alloc_window returns
   // nullptr and NCCL's defaults apply.
   bool symmetric = false;
+  // With symmetric: a reduce-scatter whose send buffer is window memory runs as an all-to-all into a
+  // window staging buffer (on the copy engines within a node, like the all-gather) followed by one
+  // local kernel that sums the blocks in rank order in FP32 and rounds once (kernels/accumulate.h
+  // sum_parts): no NCCL kernel sits on SMs for the exchange, and the result is the MPI communicator's,
+  // bit for bit. Off: NCCL's reduce-scatter (its symmetric kernels on windows).
+  bool copy_engine_reduce = true;
 };
 
 // Device-buffer communicator over NCCL among the ranks of `mpi` (world.rank / world.size describe them).

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "comm/comm_internal.h"
+#include "kernels/accumulate.h"
 
 namespace mpt {
 namespace {
@@ -72,6 +73,7 @@ class NcclCommunicator final : public Communicator {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
     symmetric_ = opt.symmetric && size_ > 1;
+    ce_reduce_ = symmetric_ && opt.copy_engine_reduce;
     if (symmetric_) cfg.CTAPolicy = NCCL_CTA_POLICY_ZERO;
 #else
     (void)opt;  // symmetric windows and the zero-CTA policy need NCCL 2.28: alloc_window returns nullptr
@@ -152,6 +154,24 @@ class NcclCommunicator final : public Communicator {
     if (recv_count == 0) return;
     check_window("reduce_scatter", send, recv_count * size_t(size_) * dtype_size(t), recv_count * dtype_size(t));
     check_window("reduce_scatter", recv, recv_count * dtype_size(t), recv_count * dtype_size(t));
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    if (ce_reduce_ && in_window(send)) {
+      // Every rank makes the same calls with the same counts, so the staging window (a collective
+      // allocation) grows at the same call everywhere.
+      const size_t bytes = recv_count * size_t(size_) * dtype_size(t);
+      if (stage_bytes_ < bytes) {
+        MPT_COMM_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));  // the old one may still be read
+        if (stage_) free_window(stage_);
+        stage_ = alloc_window(bytes);
+        stage_bytes_ = bytes;
+      }
+      begin(s);
+      MPT_NCCL_CHECK(ncclAlltoAll(send, stage_, recv_count, nccl_type(t), comm_, comm_stream_));
+      cuda::sum_parts(stage_, recv, t, recv_count, size_, comm_stream_);
+      end(s);
+      return;
+    }
+#endif
     begin(s);
     MPT_NCCL_CHECK(ncclReduceScatter(send, recv, recv_count, nccl_type(t), ncclSum, comm_, comm_stream_));
     end(s);
@@ -229,6 +249,16 @@ class NcclCommunicator final : public Communicator {
   // offsets that were not 128-byte aligned, while ZeRO's bucket parts (multiples of 64 elements, 128-byte
   // aligned) were exact. Such a call is refused here rather than risked; ordinary memory takes any size.
   static constexpr size_t kWindowAlign = 128;
+  bool in_window(const void* p) const {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    const auto* q = static_cast<const uint8_t*>(p);
+    for (const Window& w : windows_)
+      if (q >= static_cast<const uint8_t*>(w.base) && q < static_cast<const uint8_t*>(w.base) + w.bytes) return true;
+#else
+    (void)p;
+#endif
+    return false;
+  }
   void check_window(const char* op, const void* p, size_t bytes, size_t piece) const {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
     const auto* q = static_cast<const uint8_t*>(p);
@@ -268,6 +298,9 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t before_ = nullptr, after_ = nullptr;
   void* tail_ = nullptr;
   bool symmetric_ = false;
+  bool ce_reduce_ = false;
+  void* stage_ = nullptr;  // copy_engine_reduce: the all-to-all's receive window
+  size_t stage_bytes_ = 0;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
   struct Window {
     void* base;

@@ -11,7 +11,8 @@
 #              the baseline that shows what overlap hides), "nosym" with zero.symmetric_memory=false (NCCL's
 #              ordinary kernels for every collective), "nocomm" with debug.skip_bucket_comm=true (timing only:
 #              no bucket collectives; the difference to the plain series is what communication costs a step,
-#              contention included), "noreorder" with zero.reorder_backward=false (block 0's weight gradients
+#              contention included), "ncclrs" with zero.copy_engine_reduce=false (NCCL's reduce-scatter kernels
+#              instead of the copy-engine all-to-all and a local sum), "noreorder" with zero.reorder_backward=false (block 0's weight gradients
 #              in the plain backward order, before the embedding's), "offload" with zero.offload=cpu (master weights and
 #              AdamW state in host memory, the update on host threads)
 #   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
@@ -68,9 +69,10 @@ for m in $MODES; do
     nooverlap) tag="$tag no overlap"; EXTRA=(--set zero.overlap=false) ;;
     nosym) tag="$tag no symmetric memory"; EXTRA=(--set zero.symmetric_memory=false) ;;
     nocomm) tag="$tag no comm"; EXTRA=(--set debug.skip_bucket_comm=true) ;;
+    ncclrs) tag="$tag NCCL reduce-scatter"; EXTRA=(--set zero.copy_engine_reduce=false) ;;
     noreorder) tag="$tag plain backward order"; EXTRA=(--set zero.reorder_backward=false) ;;
     offload) tag="$tag offload"; EXTRA=(--set 'zero.offload="cpu"') ;;
-    *) echo "bench: unknown mode flag '$flag' in --modes $m (known: nooverlap, nosym, nocomm, noreorder, offload)" >&2; exit 2 ;;
+    *) echo "bench: unknown mode flag '$flag' in --modes $m (known: nooverlap, nosym, nocomm, ncclrs, noreorder, offload)" >&2; exit 2 ;;
   esac
   for np in $SIZES; do one "$np" "$mode" "$stage" "$tag"; done
 done

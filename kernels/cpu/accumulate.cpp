@@ -28,4 +28,23 @@ void accumulate(const void* src, void* dst, DType t, size_t n) {
   }
 }
 
+void sum_parts(const void* parts, void* dst, DType t, size_t n, int p) {
+  if (n == 0) return;
+  if (!parts || !dst) kernel_arg_error("sum_parts", "null pointer");
+  if (p < 1) kernel_arg_error("sum_parts", "needs at least one block");
+  constexpr size_t kChunk = 2048;
+  float acc[kChunk], b[kChunk];
+  const size_t es = dtype_size(t);
+  const char* src = static_cast<const char*>(parts);
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const size_t len = std::min(kChunk, n - i0);
+    to_float_n(src + i0 * es, t, acc, len);
+    for (int r = 1; r < p; ++r) {
+      to_float_n(src + (size_t(r) * n + i0) * es, t, b, len);
+      for (size_t i = 0; i < len; ++i) acc[i] += b[i];
+    }
+    from_float_n(acc, static_cast<char*>(dst) + i0 * es, t, len);
+  }
+}
+
 }  // namespace mpt::cpu

@@ -321,6 +321,7 @@ void read_rest(Reader& r, Config& c) {
   c.zero.overlap = r.boolean("zero.overlap");
   c.zero.symmetric_memory = r.boolean("zero.symmetric_memory");
   c.zero.reorder_backward = r.boolean("zero.reorder_backward");
+  c.zero.copy_engine_reduce = r.boolean("zero.copy_engine_reduce");
   c.zero.offload = r.choice("zero.offload", {"none", "cpu"});
 
   c.train.batch_size = r.integer<int>("train.batch_size", 1);

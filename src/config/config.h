@@ -96,6 +96,8 @@ struct ZeroConfig {
                                        // compute stream waits for each one at once; a baseline for bench)
   bool symmetric_memory = true;        // GPUs, 2+ ranks: parameters and gradients in NCCL symmetric windows
                                        // (comm/bootstrap.h NcclOptions): copy-engine all-gathers
+  bool copy_engine_reduce = true;      // with symmetric_memory: reduce-scatter = copy-engine all-to-all + one
+                                       // local sum kernel (comm/bootstrap.h NcclOptions)
   bool reorder_backward = true;        // 2+ ranks, overlap on: backward moves independent work so that the
                                        // last bucket completes earlier (GradSink::reduces_during_backward)
 };

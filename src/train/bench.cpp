@@ -139,6 +139,7 @@ int bench_command(int argc, char** argv) {
         {"zero_overlap", cfg.zero.overlap},
         {"zero_symmetric_memory", cfg.zero.symmetric_memory},
         {"zero_reorder_backward", cfg.zero.reorder_backward},
+        {"zero_copy_engine_reduce", cfg.zero.copy_engine_reduce},
         {"batch_per_rank", cfg.train.batch_size},
         {"grad_accum", cfg.train.grad_accum},
         {"unit", lm ? "tokens" : "samples"},

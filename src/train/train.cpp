@@ -167,7 +167,8 @@ Trainer::Trainer(const Config& cfg, const WorldInfo& world, MPI_Comm mpi_comm, D
   check_same_data(cfg_, data_->source_key(), *host_, train_count_, eval_count_);
 
   comm_ = ex_.cuda() ? make_nccl_communicator(world_, dev_->comm_stream(), mpi_comm_,
-                                              NcclOptions{.symmetric = cfg_.zero.symmetric_memory})
+                                              NcclOptions{.symmetric = cfg_.zero.symmetric_memory,
+                                                          .copy_engine_reduce = cfg_.zero.copy_engine_reduce})
                      : make_mpi_communicator(mpi_comm_);
   max_batch_ = data_->max_batch(cfg_.train.batch_size);
   model_ = make_model(cfg_.model, cfg_.precision, prec_.model, ex_, max_batch_);

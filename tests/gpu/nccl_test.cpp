@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "comm/comm_internal.h"
+#include "kernels/accumulate.h"
 #include "tests/mpi/collective_util.h"
 
 namespace mpt {
@@ -325,6 +326,48 @@ TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
   bad += mismatches(download(buf.get(), 4099 * es, compute_stream_).data(), t, sums.data(), 4099);
   if (w) sym_->free_window(w);
   EXPECT_EQ(global_sum(bad), 0) << "rank " << rank << ":" << where;
+}
+
+// NcclOptions::copy_engine_reduce (on by default with symmetric): a reduce-scatter from window memory is an
+// all-to-all into a staging window plus kernels/accumulate.h sum_parts, i.e. the FP32 sum in rank order
+// rounded once. With values that are not exact in any order (fresh normals, so partial sums round), the
+// result must be the CPU twin's over every rank's block bit for bit, and the MPI communicator's
+// reduce-scatter of the same host values (the CPU ranks' result) too. With two ranks NCCL's own kernels
+// give the same bits (one addition); with three or more a per-hop rounding would not.
+TEST_P(NcclWindows, CopyEngineReduceScatterIsTheRankOrderFp32Sum) {
+  if (size < 2) GTEST_SKIP() << "no windows on one rank";
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  const size_t n = 64 * (1 + size_t(test::shared_rng().below(3000)));  // per rank, whole 64-element units
+  const size_t total = n * size_t(size);
+  auto* w = static_cast<uint8_t*>(sym_->alloc_window(total * es));
+  ASSERT_NE(w, nullptr);
+  Rng rng = test::shared_rng();
+  std::vector<float> rows(size_t(size) * total);
+  for (float& x : rows) x = round_to(t, rng.normal() * std::ldexp(1.f, int(rng.below(8)) - 4));
+  const std::vector<uint8_t> mine_in = to_bytes(rows.data() + size_t(rank) * total, t, total);
+  const std::unique_ptr<Communicator> mpi = make_mpi_communicator(MPI_COMM_WORLD);
+  long bad = 0;
+  for (Stream s : streams()) {
+    late_upload(w, mine_in, s);
+    uint8_t* mine = w + size_t(rank) * n * es;
+    sym_->reduce_scatter(w, mine, n, t, s);
+    const std::vector<uint8_t> got = download(mine, n * es, s);
+    // CPU twin: block j is rank j's slice for this rank.
+    std::vector<float> parts(total);
+    for (int j = 0; j < size; ++j)
+      for (size_t i = 0; i < n; ++i) parts[size_t(j) * n + i] = rows[size_t(j) * total + size_t(rank) * n + i];
+    const std::vector<uint8_t> pb = to_bytes(parts.data(), t, total);
+    std::vector<uint8_t> want(n * es);
+    cpu::sum_parts(pb.data(), want.data(), t, n, size);
+    bad += long(std::memcmp(got.data(), want.data(), n * es) != 0);
+    // The MPI communicator on the same host values.
+    std::vector<uint8_t> host = mine_in, host_out(n * es);
+    mpi->reduce_scatter(host.data(), host_out.data(), n, t, nullptr);
+    bad += long(std::memcmp(got.data(), host_out.data(), n * es) != 0);
+  }
+  sym_->free_window(w);
+  EXPECT_EQ(global_sum(bad), 0) << "rank " << rank << ", " << n << " elements per rank";
 }
 
 // A piece that is not a whole number of 128-byte units, or an offset in the window that is not 128-byte

@@ -25,7 +25,7 @@ namespace {
 
 // Keys in default_config_json(). Adding a key means extending expect_same_config() and the wiring
 // table below; this count makes a forgotten one fail loudly instead of going untested.
-constexpr size_t kLeafKeys = 92;
+constexpr size_t kLeafKeys = 93;
 
 class TempDir {
  public:
@@ -288,6 +288,7 @@ TEST(ConfigDefaults, EveryKeyReachesItsField) {
       KEY("zero.overlap", false, zero.overlap),
       KEY("zero.symmetric_memory", false, zero.symmetric_memory),
       KEY("zero.reorder_backward", false, zero.reorder_backward),
+      KEY("zero.copy_engine_reduce", false, zero.copy_engine_reduce),
       KEY("zero.offload", "cpu", zero.offload),
       KEY("train.batch_size", n(65, 4096), train.batch_size),
       KEY("train.grad_accum", n(2, 64), train.grad_accum),
