@@ -269,7 +269,7 @@ void Gpt2::weight_grads(const WeightGrad& w, int n, GradSink& grads) {
 void* Gpt2::defer_scratch() {
   const size_t align = 256;
   const size_t off = (attn_scratch_ == logits_.data() ? attn_scratch_bytes_ + align - 1 : 0) / align * align;
-  const size_t need = nbytes(size_t(B_) * size_t(T_), 6 * size_t(C_), md_);
+  const size_t need = nbytes(size_t(B_) * size_t(T_), 9 * size_t(C_) * size_t(deferred_blocks()), md_);
   if (off + need <= logits_.bytes()) return static_cast<char*>(logits_.data()) + off;
   if (defer_own_.empty()) defer_own_ = Buffer(ex_.device, need);
   return defer_own_.data();
@@ -368,23 +368,25 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
                           lnf_rstd_.as<float>(), dres_.data(), grads.grad(ln_f_.w), grads.grad(ln_f_.b), N, C_);
   grads.grad_ready(ln_f_.w);
   grads.grad_ready(ln_f_.b);
-  // When buckets reduce during backward, block 0's four weight gradients run after the embedding
-  // backward: the tied embedding's bucket, the largest and otherwise the last to start, then reduces beside
-  // them instead of after all compute. Their dy are kept where later ops cannot overwrite them: the MLP's
-  // in its own [N, 4C] buffer (used instead of dbig_ in block 0), the residual gradients copied (keep);
-  // c_attn's dy stays in dbig_, which nothing writes after it. The gradients are the same bit for bit.
+  // When buckets reduce during backward, the weight gradients of the first deferred_blocks() blocks run
+  // after the embedding backward (block 1's before block 0's): the tied embedding's bucket, the largest and
+  // otherwise the last to start, then reduces beside them instead of after all compute. Their dy are kept
+  // where later ops cannot overwrite them, per deferred block in its own part of the scratch: the two
+  // residual gradients copied (keep), the MLP's [N, 4C] and the attention's [N, 3C] gradient written there
+  // instead of into dbig_. The gradients are the same bit for bit.
   std::vector<WeightGrad> later;
-  std::vector<WeightGrad>* defer = nullptr;
-  char* keep = nullptr;
+  char* scratch = nullptr;
   if (grads.reduces_during_backward()) {
-    later.reserve(4);
-    keep = static_cast<char*>(defer_scratch());
+    later.reserve(size_t(4 * deferred_blocks()));
+    scratch = static_cast<char*>(defer_scratch());
   }
   const size_t nc = nbytes(N, C_, md_);
   for (int l = L_ - 1; l >= 0; --l) {
     Block& b = blocks_[size_t(l)];
-    if (l == 0 && keep) defer = &later;
+    std::vector<WeightGrad>* defer = scratch && l < deferred_blocks() ? &later : nullptr;
+    char* keep = defer ? scratch + size_t(l) * 9 * nc : nullptr;
     void* big = defer ? keep + 2 * nc : dbig_.data();
+    void* dqkv = defer ? keep + 6 * nc : dbig_.data();
     // dres: gradient at x_{l+1} = a + mlp branch.
     if (!linear_backward(b.fc_proj, b.fc_act.data(), dres_.data(), big, N, grads, b.fc_pre.data(), defer, keep))
       ops::act_backward(ex_, Act::Gelu, b.fc_pre.data(), big, big, md_, size_t(N) * size_t(4 * C_));
@@ -397,8 +399,8 @@ double Gpt2::forward_backward(const Batch& bt, float grad_scale, GradSink& grads
     linear_backward(b.c_proj, b.att.data(), dres_.data(), dsmall_.data(), N, grads, nullptr, defer,
                     keep ? keep + nc : nullptr);
     ops::attention_backward(ex_, dsmall_.data(), b.qkv.data(), b.att.data(), b.lse.as<float>(), delta_.as<float>(),
-                            dbig_.data(), md_, n, T_, H_, C_ / H_, attn_scratch_, attn_scratch_bytes_);
-    linear_backward(b.c_attn, b.ln1_out.data(), dbig_.data(), dsmall_.data(), N, grads, nullptr, defer);
+                            dqkv, md_, n, T_, H_, C_ / H_, attn_scratch_, attn_scratch_bytes_);
+    linear_backward(b.c_attn, b.ln1_out.data(), dqkv, dsmall_.data(), N, grads, nullptr, defer);
     ops::layernorm_backward(ex_, dsmall_.data(), b.x.data(), md_, param(b.ln1.w), b.ln1.dt, b.ln1_mean.as<float>(),
                             b.ln1_rstd.as<float>(), dres_.data(), grads.grad(b.ln1.w), grads.grad(b.ln1.b), N, C_, true);
     grads.grad_ready(b.ln1.w);

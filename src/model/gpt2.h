@@ -91,9 +91,12 @@ class Gpt2 : public Model {
                        const void* gelu_z = nullptr, std::vector<WeightGrad>* later = nullptr, void* keep = nullptr);
   // dW += x^T dy and db += sum dy of one layer, then its grad_ready calls.
   void weight_grads(const WeightGrad& w, int n, GradSink& grads);
-  // Scratch for block 0's deferred weight gradients (zero.reorder_backward): two [N, C] copies of the
-  // residual gradient and the MLP's [N, 4C] gradient, in the logits buffer past the attention backward's
-  // scratch when it fits (both are dead during the blocks' backward), else in defer_own_.
+  // Blocks whose weight gradients backward defers when buckets reduce during backward (zero.reorder_backward).
+  int deferred_blocks() const { return L_ < 2 ? L_ : 2; }
+  // Scratch for the deferred weight gradients, 9 [N, C] per deferred block: two copies of the residual
+  // gradient, the MLP's [N, 4C] and the attention's [N, 3C] gradient; in the logits buffer past the
+  // attention backward's scratch when it fits (both are dead during the blocks' backward), else in
+  // defer_own_.
   void* defer_scratch();
   // The specs in forward order; records each parameter's index in its layer (wte_, Linear::w, ...).
   void build_specs();

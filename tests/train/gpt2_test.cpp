@@ -209,20 +209,21 @@ class OrderSink : public GradSink {
   bool reorder_;
 };
 
-// zero.reorder_backward: when buckets reduce during backward, block 0's weight gradients run after the
-// embedding backward, from copies of the dy buffers that later ops overwrite. The gradients must be those
-// of the plain order to the bit, every parameter completed once, and wte completed before block 0's
-// linears. Run with a vocabulary whose logits buffer holds the deferred scratch (300) and one whose does
-// not (50: the scratch gets its own buffer), in fp32 and in bf16 with block 0's MLP input layer in fp32
-// (its dy goes through the layer's own cast copy).
+// zero.reorder_backward: when buckets reduce during backward, the weight gradients of blocks 1 and 0 run
+// after the embedding backward (block 1's first), from copies of the dy buffers that later ops overwrite.
+// The gradients must be those of the plain order to the bit, every parameter completed once, wte completed
+// before the linears of blocks 0 and 1 and after block 2's (a 3-layer model). Run with a vocabulary whose
+// logits buffer holds the deferred scratch (700) and one whose does not (50: the scratch gets its own
+// buffer), in fp32 and in bf16 with block 0's MLP input layer in fp32 (its dy goes through the layer's own
+// cast copy).
 TEST(Gpt2, ReorderedBackwardGivesTheSameGradientsAndCompletesTheEmbeddingFirst) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm self;
   MPI_Comm_split(MPI_COMM_WORLD, rank, 0, &self);
-  for (int vocab : {300, 50})
+  for (int vocab : {700, 50})
     for (const char* mode : {"fp32", "bf16"}) {
-      std::vector<std::string> extra = {"model.vocab=" + std::to_string(vocab)};
+      std::vector<std::string> extra = {"model.vocab=" + std::to_string(vocab), "model.n_layer=3"};
       if (std::string(mode) == "bf16") extra.push_back(R"(precision.layers=[{"pattern":"h.0.mlp.c_fc","dtype":"fp32"}])");
       Trainer t(gpt2_config(mode, 0, extra), mpi_init(nullptr, nullptr), self);
       ShardedOptimizer& opt = t.optimizer();
@@ -259,13 +260,16 @@ TEST(Gpt2, ReorderedBackwardGivesTheSameGradientsAndCompletesTheEmbeddingFirst) 
         EXPECT_EQ(sorted, all) << what << ", reorder " << r << ": every parameter completed exactly once";
       }
       const int wte0 = pos(order[0], "transformer.wte.weight"), wte1 = pos(order[1], "transformer.wte.weight");
-      for (const char* lin : {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
-        for (const char* suf : {".weight", ".bias"}) {
-          const std::string name = std::string("transformer.h.0.") + lin + suf;
-          EXPECT_LT(pos(order[0], name), wte0) << what << ": plain order, " << name;
-          EXPECT_GT(pos(order[1], name), wte1) << what << ": reordered, " << name;
-        }
-      EXPECT_LT(pos(order[1], "transformer.h.1.attn.c_attn.weight"), wte1) << what << ": only block 0 moves";
+      for (const char* block : {"0", "1"})
+        for (const char* lin : {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
+          for (const char* suf : {".weight", ".bias"}) {
+            const std::string name = std::string("transformer.h.") + block + "." + lin + suf;
+            EXPECT_LT(pos(order[0], name), wte0) << what << ": plain order, " << name;
+            EXPECT_GT(pos(order[1], name), wte1) << what << ": reordered, " << name;
+          }
+      EXPECT_LT(pos(order[1], "transformer.h.1.attn.c_attn.weight"), pos(order[1], "transformer.h.0.mlp.c_proj.weight"))
+          << what << ": block 1's deferred gradients before block 0's";
+      EXPECT_LT(pos(order[1], "transformer.h.2.attn.c_attn.weight"), wte1) << what << ": block 2 is not deferred";
     }
   MPI_Comm_free(&self);
 }
