@@ -34,8 +34,9 @@
 #              (OFFLOAD_WIDTHS_INT8, with and without offload); OFFLOAD_BENCH= skips the bench
 #   features   the automatic precision policy on a GPU (mptrain analyze and train with precision.layers "auto"),
 #              and gpt2-124m for 500 steps with fp32, int8 and bf16 AdamW states (loss and optimizer memory)
-#   windows    zero.symmetric_memory on and off on all GPUs: gpt2-124m bf16 ZeRO 0/1/2 for 12 steps with the
-#              cross-rank parameter checksum every step; losses and gradient norms must be bitwise equal
+#   windows    zero.symmetric_memory on (with and without zero.copy_engine_reduce) and off on all GPUs: gpt2-124m
+#              bf16 ZeRO 0/1/2 for 12 steps with the cross-rank parameter checksum every step; losses and
+#              gradient norms must be bitwise equal
 #   peer       the PyTorch peer (tests/reference/peer_gpt2.py: torch.compile, autocast, SDPA, fused AdamW) and
 #              mptrain, gpt2-124m at B=16 T=1024 on one GPU, bf16 and fp16, in this call: ms/step, tokens/s,
 #              peak memory, ratio; PEER_UNTUNED=1 also runs mptrain with MPT_GEMM_TUNE=0 (the GEMM tuning's gain)
@@ -323,24 +324,32 @@ if want offload; then
 fi
 
 if want windows && [ "$NGPU" -ge 2 ]; then
-  echo "== symmetric memory on gpt2-124m: $NGPU GPUs, bf16, ZeRO 0/1/2, 12 steps with and without zero.symmetric_memory"
-  # Full-size buckets (the copy-engine all-gather and symmetric reduce-scatter run at these sizes) with the
-  # parameter checksum compared across ranks every step; a sum over 2 ranks is one addition on any path, so
-  # the losses and gradient norms must be bitwise those of NCCL's ordinary kernels.
+  echo "== symmetric memory on gpt2-124m: $NGPU GPUs, bf16, ZeRO 0/1/2, 12 steps: windows with the copy-engine reduce-scatter, windows with NCCL's, no windows"
+  # Full-size buckets (the copy-engine all-gather, all-to-all and symmetric reduce-scatter run at these sizes)
+  # with the parameter checksum compared across ranks every step; a sum over 2 ranks is one addition on any
+  # path, so the losses and gradient norms must be bitwise those of NCCL's ordinary kernels.
   for z in 0 1 2; do
-    for sym in true false; do
+    for v in ce ncclrs plain; do
+      case $v in
+        ce) sets=(--set zero.symmetric_memory=true --set zero.copy_engine_reduce=true) ;;
+        ncclrs) sets=(--set zero.symmetric_memory=true --set zero.copy_engine_reduce=false) ;;
+        plain) sets=(--set zero.symmetric_memory=false) ;;
+      esac
       timeout 120 $RUN -np "$NGPU" "$MPT" train configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 \
         --set zero.stage=$z --set train.steps=12 --set train.eval_every=0 --set debug.check_consistency=true \
-        --set zero.symmetric_memory=$sym --set log.metrics="\"$OUT/windows-z$z-$sym.jsonl\"" > "$OUT/windows-z$z-$sym.log" 2>&1 || status=1
+        "${sets[@]}" --set log.metrics="\"$OUT/windows-z$z-$v.jsonl\"" > "$OUT/windows-z$z-$v.log" 2>&1 || status=1
     done
-    python3 - "$OUT/windows-z$z-true.jsonl" "$OUT/windows-z$z-false.jsonl" "$z" <<'PY' || status=1
+    python3 - "$OUT/windows-z$z-ce.jsonl" "$OUT/windows-z$z-ncclrs.jsonl" "$OUT/windows-z$z-plain.jsonl" "$z" <<'PY' || status=1
 import json, sys
 def steps(p):
-    return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if r.get("type") == "step"]
-a, b = steps(sys.argv[1]), steps(sys.argv[2])
-ok = len(a) == 12 and a == b
-print(f"windows ZeRO-{sys.argv[3]}: {'identical' if ok else 'DIFFERENT'} losses and norms over {len(a)} steps "
-      f"(last loss {a[-1][1] if a else 'n/a'})")
+    try:
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if r.get("type") == "step"]
+    except OSError:
+        return []
+a, b, c = steps(sys.argv[1]), steps(sys.argv[2]), steps(sys.argv[3])
+ok = len(a) == 12 and a == b == c
+print(f"windows ZeRO-{sys.argv[4]}: {'identical' if ok else 'DIFFERENT'} losses and norms over {len(a)} steps "
+      f"(copy-engine reduce-scatter, NCCL's on windows, no windows; last loss {a[-1][1] if a else 'n/a'})")
 sys.exit(0 if ok else 1)
 PY
   done

@@ -1,4 +1,4 @@
-// cuda::accumulate against cpu::accumulate. Both read the operands exactly into FP32, add once and round
+// cuda::accumulate and cuda::sum_parts against their CPU twins. Both read the operands exactly into FP32, add once and round
 // once to nearest even, so the results must be bit-identical; only NaN payloads may differ (any NaN
 // matches any NaN). The CPU twin itself is checked against a float64 reference in tests/kernels.
 #include <algorithm>
@@ -63,6 +63,30 @@ TEST_P(AccumulateGpu, BitIdenticalToCpu) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, AccumulateGpu, ::testing::Values(DType::F32, DType::F16, DType::BF16),
                          dtype_param_name);
 
+// cuda::sum_parts against cpu::sum_parts (itself checked against a float64 reference in tests/kernels):
+// the same block-order FP32 adds and one rounding, so bit-identical.
+TEST_P(AccumulateGpu, SumPartsBitIdenticalToCpu) {
+  const DType t = GetParam();
+  const size_t es = dtype_size(t);
+  Rng r = fresh_rng();
+  for (int p : {2, 3, 4})
+    for (size_t n : kSizes) {
+      SCOPED_TRACE("p=" + std::to_string(p) + " n=" + std::to_string(n));
+      const std::vector<uint8_t> parts = operands(r, t, size_t(p) * n);
+      std::vector<uint8_t> dst = operands(r, t, n + kGuard);
+      const std::vector<uint8_t> dst_before = dst;
+      DeviceBuffer dparts = to_device(parts), ddst = to_device(dst);
+      cpu::sum_parts(parts.data(), dst.data(), t, n, p);
+      cuda::sum_parts(dparts.get(), ddst.get(), t, n, p, stream());
+      const std::vector<uint8_t> got = to_host<uint8_t>(ddst, (n + kGuard) * es);
+      EXPECT_TRUE(same_bits("sum_parts", std::vector<uint8_t>(got.begin(), got.begin() + std::ptrdiff_t(n * es)),
+                            std::vector<uint8_t>(dst.begin(), dst.begin() + std::ptrdiff_t(n * es)), t));
+      EXPECT_TRUE(std::equal(got.begin() + std::ptrdiff_t(n * es), got.end(), dst_before.begin() + std::ptrdiff_t(n * es)))
+          << "wrote past n";
+      EXPECT_EQ(to_host<uint8_t>(dparts, size_t(p) * n * es), parts) << "the blocks were modified";
+    }
+}
+
 class AccumulateGpuArgs : public GpuTest {};
 
 TEST_F(AccumulateGpuArgs, NullPointerThrowsAndEmptyIsANoOp) {
@@ -70,6 +94,8 @@ TEST_F(AccumulateGpuArgs, NullPointerThrowsAndEmptyIsANoOp) {
   EXPECT_THROW(cuda::accumulate(nullptr, b.get(), DType::F16, 4, stream()), std::invalid_argument);
   EXPECT_THROW(cuda::accumulate(b.get(), nullptr, DType::F16, 4, stream()), std::invalid_argument);
   EXPECT_NO_THROW(cuda::accumulate(nullptr, nullptr, DType::F16, 0, stream()));
+  EXPECT_THROW(cuda::sum_parts(nullptr, b.get(), DType::F16, 4, 2, stream()), std::invalid_argument);
+  EXPECT_THROW(cuda::sum_parts(b.get(), b.get(), DType::F16, 2, 0, stream()), std::invalid_argument);
 }
 
 }  // namespace

@@ -254,7 +254,8 @@ INSTANTIATE_TEST_SUITE_P(AllDTypes, NcclCollectives, ::testing::Values(DType::F3
 // A communicator made with NcclOptions::symmetric (zero.symmetric_memory): windows from alloc_window on two
 // or more ranks, and the bucket collectives of ZeRO (reduce-scatter into the rank's part in place,
 // all-gather from it in place, at an offset that is the same on every rank) on window memory, where NCCL
-// runs its copy-engine all-gather and symmetric reduce-scatter. Same exactness standard as above, with
+// runs its copy-engine all-gather, and the reduce-scatter runs as the copy-engine all-to-all plus
+// sum_parts (copy_engine_reduce, the default) or, on a second communicator, on NCCL's symmetric kernels. Same exactness standard as above, with
 // pieces of whole 64-element units as ZeRO's buckets have (from one unit to a count large enough for the
 // copy engines); pieces that are not (1001 or 4099 elements came back wrong from NCCL here) are refused.
 // Ordinary buffers keep working on the same communicator.
@@ -262,16 +263,23 @@ class NcclWindows : public NcclFixture, public ::testing::WithParamInterface<DTy
  public:
   static void SetUpTestSuite() {
     NcclFixture::SetUpTestSuite();
-    if (usable_) sym_ = make_nccl_communicator(world_, comm_stream_, MPI_COMM_WORLD, NcclOptions{.symmetric = true}).release();
+    if (usable_) {
+      sym_ = make_nccl_communicator(world_, comm_stream_, MPI_COMM_WORLD, NcclOptions{.symmetric = true}).release();
+      sym_nccl_rs_ = make_nccl_communicator(world_, comm_stream_, MPI_COMM_WORLD,
+                                            NcclOptions{.symmetric = true, .copy_engine_reduce = false})
+                         .release();
+    }
   }
   static void TearDownTestSuite() {
+    delete sym_nccl_rs_;
     delete sym_;
-    sym_ = nullptr;
+    sym_ = sym_nccl_rs_ = nullptr;
     NcclFixture::TearDownTestSuite();
   }
 
  protected:
   inline static Communicator* sym_ = nullptr;
+  inline static Communicator* sym_nccl_rs_ = nullptr;  // windows, but NCCL's reduce-scatter kernels
 };
 
 TEST_F(NcclWindows, OfferedWithTwoOrMoreRanksOnly) {
@@ -285,47 +293,50 @@ TEST_F(NcclWindows, OfferedWithTwoOrMoreRanksOnly) {
 }
 
 TEST_P(NcclWindows, BucketCollectivesOnWindowsAreExact) {
-  const DType t = GetParam();
-  const size_t es = dtype_size(t);
-  const size_t most = 400000, off = 4096 + 64;  // elements; the offset is the same on every rank
-  const size_t bytes = (off + most * size_t(size)) * es;
-  void* w = sym_->alloc_window(bytes);
-  DeviceBuffer plain(size > 1 ? 0 : bytes);  // one rank: no windows, the same calls on ordinary memory
-  uint8_t* base = (w ? static_cast<uint8_t*>(w) : plain.get()) + off * es;
-  long bad = 0;
-  std::string where;  // which collective, count and stream went wrong (this rank)
-  const std::vector<size_t> counts = {64, 448, 4160, most};  // whole 64-element units (ZeRO's kAlign)
-  for (size_t n : counts)
-    for (Stream s : streams()) {
-      const std::string at = " n=" + std::to_string(n) + (s == comm_stream_ ? " comm-stream" : " other-stream");
-      const size_t total = n * size_t(size);
-      Rng rng = test::shared_rng();
-      const auto rows = exact_inputs(rng, t, size, total);
-      const auto sums = test::column_sums(rows, size, total);
-      late_upload(base, to_bytes(rows.data() + size_t(rank) * total, t, total), s);
-      uint8_t* mine = base + size_t(rank) * n * es;
-      sym_->reduce_scatter(base, mine, n, t, s);
-      const long rs_bad = mismatches(download(mine, n * es, s).data(), t, sums.data() + size_t(rank) * n, n);
-      if (rs_bad) where += " reduce_scatter" + at + ": " + std::to_string(rs_bad) + ";";
-      bad += rs_bad;
-      // The reduced parts, gathered back in place: every rank ends with all the sums.
-      poison(base, size_t(rank) * n * es, s);
-      poison(mine + n * es, (total - size_t(rank + 1) * n) * es, s);
-      sym_->all_gather(mine, base, n, t, s);
-      const long ag_bad = mismatches(download(base, total * es, s).data(), t, sums.data(), total);
-      if (ag_bad) where += " all_gather" + at + ": " + std::to_string(ag_bad) + ";";
-      bad += ag_bad;
-    }
-  // An ordinary buffer on the same communicator.
-  DeviceBuffer buf(size_t(4099) * es);
-  Rng rng = test::shared_rng();
-  const auto rows = exact_inputs(rng, t, size, 4099);
-  const auto sums = test::column_sums(rows, size, 4099);
-  late_upload(buf.get(), to_bytes(rows.data() + size_t(rank) * 4099, t, 4099), compute_stream_);
-  sym_->all_reduce(buf.get(), buf.get(), 4099, t, ReduceOp::Sum, compute_stream_);
-  bad += mismatches(download(buf.get(), 4099 * es, compute_stream_).data(), t, sums.data(), 4099);
-  if (w) sym_->free_window(w);
-  EXPECT_EQ(global_sum(bad), 0) << "rank " << rank << ":" << where;
+  for (Communicator* c : {sym_, sym_nccl_rs_}) {
+    SCOPED_TRACE(c == sym_ ? "copy-engine reduce-scatter" : "NCCL's reduce-scatter");
+    const DType t = GetParam();
+    const size_t es = dtype_size(t);
+    const size_t most = 400000, off = 4096 + 64;  // elements; the offset is the same on every rank
+    const size_t bytes = (off + most * size_t(size)) * es;
+    void* w = c->alloc_window(bytes);
+    DeviceBuffer plain(size > 1 ? 0 : bytes);  // one rank: no windows, the same calls on ordinary memory
+    uint8_t* base = (w ? static_cast<uint8_t*>(w) : plain.get()) + off * es;
+    long bad = 0;
+    std::string where;  // which collective, count and stream went wrong (this rank)
+    const std::vector<size_t> counts = {64, 448, 4160, most};  // whole 64-element units (ZeRO's kAlign)
+    for (size_t n : counts)
+      for (Stream s : streams()) {
+        const std::string at = " n=" + std::to_string(n) + (s == comm_stream_ ? " comm-stream" : " other-stream");
+        const size_t total = n * size_t(size);
+        Rng rng = test::shared_rng();
+        const auto rows = exact_inputs(rng, t, size, total);
+        const auto sums = test::column_sums(rows, size, total);
+        late_upload(base, to_bytes(rows.data() + size_t(rank) * total, t, total), s);
+        uint8_t* mine = base + size_t(rank) * n * es;
+        c->reduce_scatter(base, mine, n, t, s);
+        const long rs_bad = mismatches(download(mine, n * es, s).data(), t, sums.data() + size_t(rank) * n, n);
+        if (rs_bad) where += " reduce_scatter" + at + ": " + std::to_string(rs_bad) + ";";
+        bad += rs_bad;
+        // The reduced parts, gathered back in place: every rank ends with all the sums.
+        poison(base, size_t(rank) * n * es, s);
+        poison(mine + n * es, (total - size_t(rank + 1) * n) * es, s);
+        c->all_gather(mine, base, n, t, s);
+        const long ag_bad = mismatches(download(base, total * es, s).data(), t, sums.data(), total);
+        if (ag_bad) where += " all_gather" + at + ": " + std::to_string(ag_bad) + ";";
+        bad += ag_bad;
+      }
+    // An ordinary buffer on the same communicator.
+    DeviceBuffer buf(size_t(4099) * es);
+    Rng rng = test::shared_rng();
+    const auto rows = exact_inputs(rng, t, size, 4099);
+    const auto sums = test::column_sums(rows, size, 4099);
+    late_upload(buf.get(), to_bytes(rows.data() + size_t(rank) * 4099, t, 4099), compute_stream_);
+    c->all_reduce(buf.get(), buf.get(), 4099, t, ReduceOp::Sum, compute_stream_);
+    bad += mismatches(download(buf.get(), 4099 * es, compute_stream_).data(), t, sums.data(), 4099);
+    if (w) c->free_window(w);
+    EXPECT_EQ(global_sum(bad), 0) << "rank " << rank << ":" << where;
+  }
 }
 
 // NcclOptions::copy_engine_reduce (on by default with symmetric): a reduce-scatter from window memory is an

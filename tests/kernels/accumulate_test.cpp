@@ -1,4 +1,5 @@
-// mpt::cpu::accumulate against a float64 reference: dst[i] = dst[i] + src[i] rounded once to the dtype.
+// mpt::cpu::accumulate against a float64 reference: dst[i] = dst[i] + src[i] rounded once to the dtype;
+// mpt::cpu::sum_parts likewise (its test below).
 //
 // The reference adds in double and rounds to the dtype with its own round-half-to-even (scaling by the
 // dtype's spacing and nearbyint), independent of src/core/dtype.h. The sum of two fp16 values is exact in
@@ -179,6 +180,43 @@ TEST(Accumulate, TouchesOnlyNElementsAndChecksArguments) {
   EXPECT_THROW(cpu::accumulate(nullptr, b.data(), DType::F32, 4), std::invalid_argument);
   EXPECT_THROW(cpu::accumulate(b.data(), nullptr, DType::F32, 4), std::invalid_argument);
   EXPECT_NO_THROW(cpu::accumulate(nullptr, nullptr, DType::F32, 0));
+}
+
+// sum_parts: p blocks summed in FP32 in block order, rounded once to the dtype. The reference forms each
+// FP32 partial sum as the double sum of two floats rounded to float (the correctly rounded FP32 add, since
+// double has more than 2 * 24 + 2 bits) and rounds the last one with round_ref. Block counts of 1 (a copy),
+// 2 and more: with three or more blocks of mixed magnitudes, rounding a partial sum to the half dtype (or
+// adding in another order) changes results, so those mutations fail here.
+TEST_P(AccumulateTest, SumPartsIsTheBlockOrderFp32SumRoundedOnce) {
+  const DType t = GetParam();
+  Rng rng = test::fresh_rng();
+  for (int p : {1, 2, 3, 5})
+    for (size_t n : {size_t(1), size_t(37), size_t(5003)}) {
+      std::vector<uint8_t> parts(size_t(p) * n * dtype_size(t));
+      for (size_t i = 0; i < size_t(p) * n; ++i) {
+        const int r = int(rng.below(8));
+        const float v = r == 0 ? 0.f : r == 1 ? -0.f : rng.normal() * std::ldexp(1.f, int(rng.below(20)) - 10);
+        store_elem(parts.data(), t, i, round_to(t, v));
+      }
+      const std::vector<uint8_t> before = parts;
+      std::vector<uint8_t> dst(n * dtype_size(t) + 8, 0x5a);
+      cpu::sum_parts(parts.data(), dst.data(), t, n, p);
+      size_t bad = 0;
+      for (size_t i = 0; i < n; ++i) {
+        double acc = load_elem(parts.data(), t, i);
+        for (int b = 1; b < p; ++b) acc = double(float(acc + double(load_elem(parts.data(), t, size_t(b) * n + i))));
+        const double want = round_ref(acc, t);
+        const float got = load_elem(dst.data(), t, i);
+        if (!same_value(got, float(want)) && ++bad <= 5)
+          ADD_FAILURE() << dtype_name(t) << " p=" << p << " n=" << n << " [" << i << "] got " << got << " want " << want;
+      }
+      EXPECT_EQ(bad, 0u) << dtype_name(t) << " p=" << p << " n=" << n;
+      EXPECT_EQ(parts, before) << "the blocks were modified";
+      EXPECT_TRUE(std::all_of(dst.end() - 8, dst.end(), [](uint8_t c) { return c == 0x5a; })) << "wrote past n";
+    }
+  std::vector<float> b(4, 1.f);
+  EXPECT_THROW(cpu::sum_parts(nullptr, b.data(), DType::F32, 2, 2), std::invalid_argument);
+  EXPECT_THROW(cpu::sum_parts(b.data(), b.data() + 2, DType::F32, 2, 0), std::invalid_argument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, AccumulateTest, ::testing::Values(DType::F32, DType::F16, DType::BF16),

@@ -134,10 +134,11 @@ TEST(Train, OverlapOffReachesTheSameParametersAndLosses) {
 }
 
 // zero.symmetric_memory puts the parameter and gradient buffers in NCCL symmetric windows: on two or more
-// GPUs the parameter all-gather then runs on the copy engines and the reduce-scatter on NCCL's symmetric
-// kernels. A copy and a sum of two ranks (one addition) are the same bits on any path, so with 2 ranks the
-// parameters, the gathered model-dtype copies and the losses must be bitwise those of NCCL's ordinary
-// kernels. On CPU ranks and on one GPU there are no windows and the switch must change nothing. (The
+// GPUs the parameter all-gather then runs on the copy engines, and the reduce-scatter as a copy-engine
+// all-to-all plus sum_parts (zero.copy_engine_reduce) or on NCCL's symmetric kernels (copy_engine_reduce
+// off). A copy and a sum of two ranks (one addition) are the same bits on any path, so with 2 ranks the
+// parameters, the gathered model-dtype copies and the losses of all three must be bitwise those of NCCL's
+// ordinary kernels. On CPU ranks and on one GPU there are no windows and the switch must change nothing. (The
 // bucket-by-bucket update ahead of each bucket's all-gather is the same in both runs; a gather that
 // overtook its bucket's update would leave ranks with different parameters, which
 // RanksHoldIdenticalParametersAndScaleEveryStep and DataParallelMatchesOneRankWithTheGlobalBatch catch.)
@@ -146,20 +147,23 @@ TEST(Train, SymmetricMemoryOffReachesTheSameParametersAndLosses) {
     std::vector<float> ref;
     std::vector<double> ref_loss;
     uint64_t ref_hash = 0;
-    for (bool sym : {true, false}) {
-      Trainer t(small_config("bf16", stage, 16, {std::string("zero.symmetric_memory=") + (sym ? "true" : "false")}),
+    for (int run = 0; run < 3; ++run) {
+      const bool sym = run < 2;
+      Trainer t(small_config("bf16", stage, 16, {std::string("zero.symmetric_memory=") + (sym ? "true" : "false"),
+                                                 std::string("zero.copy_engine_reduce=") + (run == 0 ? "true" : "false")}),
                 g_world);
       std::vector<double> loss;
       for (int s = 0; s < 8; ++s) loss.push_back(t.train_step().loss);
       const std::vector<float> m = t.optimizer().gather_master();
       // The gathered model-dtype parameters (what the all-gather wrote), as one hash per rank.
       const uint64_t hash = t.optimizer().param_hash();
-      if (sym) { ref = m; ref_loss = loss; ref_hash = hash; continue; }
+      if (run == 0) { ref = m; ref_loss = loss; ref_hash = hash; continue; }
+      const std::string what = "ZeRO-" + std::to_string(stage) + (sym ? ", NCCL's reduce-scatter on windows" : ", no windows");
       double maxd = 0;
       const size_t bad = count_different(m, ref, 0, 0, &maxd);
-      EXPECT_TRUE(all_true(bad == 0)) << "ZeRO-" << stage << ": " << bad << " elements differ, max " << maxd;
-      EXPECT_EQ(loss, ref_loss) << "ZeRO-" << stage;
-      EXPECT_TRUE(all_true(hash == ref_hash)) << "ZeRO-" << stage << ": gathered parameters differ";
+      EXPECT_TRUE(all_true(bad == 0)) << what << ": " << bad << " elements differ, max " << maxd;
+      EXPECT_EQ(loss, ref_loss) << what;
+      EXPECT_TRUE(all_true(hash == ref_hash)) << what << ": gathered parameters differ";
     }
   }
 }
