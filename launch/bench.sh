@@ -3,7 +3,7 @@
 # sizes in the same call, and the report: bench.json (rows + weak-scaling efficiency), bench.md (a table)
 # and scaling.png (launch/plot.py; needs python3-matplotlib).
 #   bash launch/bench.sh CONFIG [--gpus 1,2,...] [--cpu] [--ranks 1,2] [--modes "bf16:1 fp16:2"]
-#        [--steps 20] [--warmup 5] [--peer] [--net] [--out DIR] [--set key=value ...]
+#        [--steps 20] [--warmup 5] [--peer | --no-peer] [--net] [--out DIR] [--set key=value ...]
 #   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
 #   --cpu      CPU ranks instead (world sizes from --ranks, default 1,2): what CI runs
 #   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1"); a third
@@ -17,7 +17,8 @@
 #              AdamW state in host memory, the update on host threads)
 #   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
 #              (same model shape, batch and sequence length as CONFIG; needs PyTorch): the peer rows and the
-#              mptrain / PyTorch ratio
+#              mptrain / PyTorch ratio. On GPUs this is the default when python3 can import torch and
+#              torchrun is on the PATH (otherwise a note says the peer rows are left out); --no-peer skips it
 #   --net      also the largest GPU count again, first mode, with NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: the
 #              ranks talk through the network transport (sockets here), the nearest stand-in for two nodes
 set -uo pipefail
@@ -29,7 +30,7 @@ MPT="${MPTRAIN:-build/mptrain}"
 CONFIG=$1; shift
 [ -f "$CONFIG" ] || { echo "bench: $CONFIG: no such config file" >&2; exit 2; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-SIZES=""; CPU=0; MODES=""; STEPS=20; WARMUP=5; PEER=0; NET=0; OUTDIR=""; SETS=()
+SIZES=""; CPU=0; MODES=""; STEPS=20; WARMUP=5; PEER=auto; NET=0; OUTDIR=""; SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpus|--ranks) SIZES=$(echo "$2" | tr ',' ' '); shift 2 ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
     --steps) STEPS=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --peer) PEER=1; shift ;;
+    --no-peer) PEER=0; shift ;;
     --net) NET=1; shift ;;
     --out) OUTDIR=$2; shift 2 ;;
     --set) SETS+=(--set "$2"); shift 2 ;;
@@ -82,6 +84,10 @@ if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
   big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
   IFS=: read -r mode stage _ <<< "$first_mode"
   [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1
+fi
+if [ "$PEER" = auto ] && [ "$CPU" = 0 ]; then
+  if command -v torchrun > /dev/null && python3 -c "import torch" 2> /dev/null; then PEER=1
+  else PEER=0; echo "bench: no PyTorch (python3 -c 'import torch', torchrun) here: the peer rows are left out"; fi
 fi
 if [ "$PEER" = 1 ] && [ "$CPU" = 0 ]; then
   # The peer runs the shape of CONFIG (after --set): read it back from the first mptrain row.
