@@ -30,4 +30,21 @@ size_t device_memory_used();
 size_t peak_device_memory();
 void reset_peak_device_memory();
 
+// The device's power and clock state, from NVML (the driver's management library, opened at run time, so
+// that nothing links against it): what a power-capped GPU's step time follows. ok = false where NVML or the
+// device is missing (CPU machines); each field is 0 where the device does not report it.
+struct PowerSample {
+  bool ok = false;
+  unsigned sm_mhz = 0;              // SM clock now
+  unsigned sm_max_mhz = 0;          // the SM clock's ceiling (boost)
+  double watts = 0;                 // board power now (the driver's averaged reading)
+  double limit_watts = 0;           // the enforced power limit
+  unsigned temperature_c = 0;
+  unsigned long long reasons = 0;   // NVML clock-event reason bits now (see clock_reason_names)
+  double energy_joules = 0;         // the device's energy counter since the driver loaded (Volta+), for means
+};
+PowerSample sample_power(int index);
+// Names of the reason bits that lower clocks ("power cap", "thermal", ...); the idle bit is left out.
+std::string clock_reason_names(unsigned long long reasons);
+
 }  // namespace mpt

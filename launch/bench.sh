@@ -3,7 +3,7 @@
 # sizes in the same call, and the report: bench.json (rows + weak-scaling efficiency), bench.md (a table)
 # and scaling.png (launch/plot.py; needs python3-matplotlib).
 #   bash launch/bench.sh CONFIG [--gpus 1,2,...] [--cpu] [--ranks 1,2] [--modes "bf16:1 fp16:2"]
-#        [--steps 20] [--warmup 5] [--peer | --no-peer] [--net] [--out DIR] [--set key=value ...]
+#        [--steps N] [--warmup 5] [--warmup-seconds S] [--peer | --no-peer] [--net] [--out DIR] [--set key=value ...]
 #   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
 #   --cpu      CPU ranks instead (world sizes from --ranks, default 1,2): what CI runs
 #   --modes    precision:ZeRO-stage pairs, one series each (default "bf16:1"; on CPU "fp32:1"); a third
@@ -15,6 +15,10 @@
 #              instead of the copy-engine all-to-all and a local sum), "noreorder" with zero.reorder_backward=false (block 0's weight gradients
 #              in the plain backward order, before the embedding's), "offload" with zero.offload=cpu (master weights and
 #              AdamW state in host memory, the update on host threads)
+#   --steps    timed steps per row (default 100 on GPUs: several periods of a power-capped GPU's clock swings;
+#              20 on CPU ranks)
+#   --warmup-seconds  warm-up time after the --warmup steps (default 5 on GPUs, which a power-capped GPU needs
+#              to settle its clocks after the load starts; 0 on CPU ranks); the peer warms up as long
 #   --peer     also tests/reference/peer_gpt2.py under torchrun at each GPU count, in the first mode's precision
 #              (same model shape, batch and sequence length as CONFIG; needs PyTorch): the peer rows and the
 #              mptrain / PyTorch ratio. On GPUs this is the default when python3 can import torch and
@@ -30,7 +34,7 @@ MPT="${MPTRAIN:-build/mptrain}"
 CONFIG=$1; shift
 [ -f "$CONFIG" ] || { echo "bench: $CONFIG: no such config file" >&2; exit 2; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-SIZES=""; CPU=0; MODES=""; STEPS=20; WARMUP=5; PEER=auto; NET=0; OUTDIR=""; SETS=()
+SIZES=""; CPU=0; MODES=""; STEPS=""; WARMUP=5; WSECS=""; PEER=auto; NET=0; OUTDIR=""; SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpus|--ranks) SIZES=$(echo "$2" | tr ',' ' '); shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
+    --warmup-seconds) WSECS=$2; shift 2 ;;
     --peer) PEER=1; shift ;;
     --no-peer) PEER=0; shift ;;
     --net) NET=1; shift ;;
@@ -47,8 +52,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$CPU" = 0 ] && [ "$NGPU" -lt 1 ]; then echo "bench: no GPU here; --cpu benchmarks CPU ranks" >&2; exit 2; fi
-if [ "$CPU" = 1 ]; then DEV=cpu; SIZES=${SIZES:-"1 2"}; MODES=${MODES:-"fp32:1"}
-else DEV=cuda; SIZES=${SIZES:-$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')}; MODES=${MODES:-"bf16:1"}; fi
+if [ "$CPU" = 1 ]; then DEV=cpu; SIZES=${SIZES:-"1 2"}; MODES=${MODES:-"fp32:1"}; STEPS=${STEPS:-20}; WSECS=${WSECS:-0}
+else DEV=cuda; SIZES=${SIZES:-$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')}; MODES=${MODES:-"bf16:1"}; STEPS=${STEPS:-100}; WSECS=${WSECS:-5}; fi
 OUTDIR=${OUTDIR:-runs/bench/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUTDIR/rows"
 export OMPI_MCA_rmaps_base_oversubscribe=1 NCCL_NVLS_ENABLE=0
@@ -58,7 +63,7 @@ status=0
 one() {  # np mode stage tag [mpirun args...]
   local np=$1 mode=$2 stage=$3 tag=$4; shift 4
   "${RUN[@]}" "$@" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
-    --set zero.stage="$stage" "${SETS[@]}" "${EXTRA[@]}" --warmup "$WARMUP" --steps "$STEPS" --label "$tag" \
+    --set zero.stage="$stage" "${SETS[@]}" "${EXTRA[@]}" --warmup "$WARMUP" --warmup-seconds "$WSECS" --steps "$STEPS" --label "$tag" \
     --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
   grep "^bench:" "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" || tail -5 "$OUTDIR/rows/mptrain-$np-${tag// /_}.log"
 }
@@ -101,7 +106,7 @@ print(m['n_layer'], m['n_head'], m['n_embd'], m['vocab'], m['seq_len'], c['train
     mode=${m%%:*}
     for np in $SIZES; do
       timeout 600 torchrun --standalone --nproc-per-node "$np" tests/reference/peer_gpt2.py --dtype "$mode" \
-        --layers "$L" --heads "$H" --embd "$C" --vocab "$V" --seq "$T" --batch "$B" --steps $((STEPS + 10)) --warmup 10 \
+        --layers "$L" --heads "$H" --embd "$C" --vocab "$V" --seq "$T" --batch "$B" --steps $((STEPS + 10)) --warmup 10 --warmup-seconds "$WSECS" \
         ${shard:+--data "$shard"} --out "$OUTDIR/rows/pytorch-$np-$mode.json" > "$OUTDIR/rows/pytorch-$np-$mode.log" 2>&1 || status=1
       grep "^peer:" "$OUTDIR/rows/pytorch-$np-$mode.log" || tail -5 "$OUTDIR/rows/pytorch-$np-$mode.log"
     done

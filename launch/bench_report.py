@@ -78,11 +78,22 @@ def main():
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
+
+    def power(r):  # each GPU's median SM clock and mean power over the timed steps (NVML), "-" without
+        mhz, watts = r.get("sm_clock_mhz_by_rank") or [], r.get("power_w_by_rank") or []
+        if not mhz or any(m is None for m in mhz) or len(watts) != len(mhz):
+            return "-"
+        return " ".join(f"{m:.0f}/{w:.0f}" for m, w in zip(mhz, watts))
     unit = mrow.get("unit", "tokens")
-    lines = [f"{doc['model']} | {doc['machine']} | {doc['date']} | commit {commit} | {a.config}", "",
+    head = f"{doc['model']} | {doc['machine']} | {doc['date']} | commit {commit} | {a.config}"
+    if mrow.get("power_limit_w"):
+        limits = sorted({x for r in rows for x in (r.get("clock_limited_by") or "").split(", ") if x})
+        head += (f" | power limit {mrow['power_limit_w']:.0f} W, SM clock ceiling {mrow.get('sm_clock_max_mhz') or 0:.0f} MHz"
+                 f", clocks limited by: {', '.join(limits) or 'nothing'}")
+    lines = [head, "",
              f"| system | series | GPUs/ranks | ms/step (p10-p90) | {unit}/s | per GPU | efficiency | exposed comm | "
-             "peak mem | MFU | vs PyTorch |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "peak mem | MFU | vs PyTorch | SM MHz / W per GPU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         spread = f" ({fmt(r.get('ms_p10'), '.1f')}-{fmt(r.get('ms_p90'), '.1f')})" if r.get("ms_p10") is not None else ""
         exposed = "-" if r.get("exposed_comm_ms") is None else f"{r['exposed_comm_ms']:.2f} ms ({r['exposed_comm_pct']:.1f}%)"
@@ -90,7 +101,7 @@ def main():
         mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"| {r['system']} | {r['label']} | {r['ranks']} | {r['ms_per_step']:.2f}{spread} | "
                      f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | {eff} | {exposed} | "
-                     f"{fmt(r.get('peak_mem_gib'), '.2f')} GiB | {mfu} | {fmt(r['vs_pytorch'], '.3f')} |")
+                     f"{fmt(r.get('peak_mem_gib'), '.2f')} GiB | {mfu} | {fmt(r['vs_pytorch'], '.3f')} | {power(r)} |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.dir, "bench.md"), "w") as f:
         f.write(md)

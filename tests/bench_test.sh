@@ -34,6 +34,9 @@ for n, r in rows.items():
     ok = ok and (n == 1 or sites["gradients"] > 0)  # CPU ranks: every bucket collective is a host wait
     ok = ok and len(r["ms_per_step_by_rank"]) == n and all(0 < m <= r["ms_max"] for m in r["ms_per_step_by_rank"])
     ok = ok and 0 <= r["host_wait_ms"] <= r["ms_max"] and r["skip_bucket_comm"] is False
+    # CPU ranks: no warm-up time added by default, and no GPU clocks or power to report.
+    ok = ok and r["warmup_steps"] == 2 and r["warmup_seconds"] > 0 and r["sm_clock_mhz_by_rank"] == [None] * n
+    ok = ok and r["power_w_by_rank"] == [None] * n and r["power_limit_w"] is None and r["clock_limited_by"] is None
 eff = rows[2]["tokens_per_s"] / (2 * rows[1]["tokens_per_s"])
 ok = ok and rows[1]["efficiency"] == 1.0 and abs(rows[2]["efficiency"] - eff) < 1e-12
 md = open(os.path.join(d, "bench.md")).read().splitlines()
@@ -48,6 +51,28 @@ if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; 
 else
   echo "scaling.png not checked: python3-matplotlib or launch/plot.py missing"
 fi
+# --warmup-seconds adds steps until that time has passed after the --warmup steps (every rank the same
+# number), and --steps-out holds every rank's per-step times: the row's median is the median over steps of
+# the slowest rank, and each readback wait lies within its step.
+ws=0.$((3 + RANDOM % 5))
+timeout 300 mpirun -np 2 "$MPTRAIN" bench "$SRC/configs/gpt2-tiny.json" --warmup 1 --warmup-seconds $ws --steps 5 \
+  --steps-out "$tmp/steps.json" --out "$tmp/row.json" --set data.train_shards="[\"$tmp/train.bin\"]" \
+  --set data.val_shards="[\"$tmp/train.bin\"]" > "$tmp/steps.out" 2>&1 || { echo "FAIL: bench --steps-out"; cat "$tmp/steps.out"; fail=1; }
+python3 - "$tmp/steps.json" "$tmp/row.json" "$ws" <<'PY' || fail=1
+import json, statistics, sys
+st, row, ws = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), float(sys.argv[3])
+steps, waits, ends = st["step_ms"], st["stats_wait_ms"], st["end_unix_s"]
+ok = len(steps) == len(waits) == 2 and all(len(x) == 5 for x in steps + waits) and len(ends) == 5
+ok = ok and all(0 <= w <= s for ss, ww in zip(steps, waits) for s, w in zip(ss, ww))
+ok = ok and all(b > a for a, b in zip(ends, ends[1:]))
+slowest = [max(a, b) for a, b in zip(*steps)]
+ok = ok and abs(statistics.median(slowest) - row["ms_per_step"]) < 1e-9 * row["ms_per_step"]
+# The warm-up: one step, then at least ws seconds more of steps.
+ok = ok and row["warmup_steps"] >= 2 and row["warmup_seconds"] >= ws
+if not ok:
+    print("FAIL: --steps-out / --warmup-seconds", json.dumps(st)[:1500], {k: row[k] for k in ("ms_per_step", "warmup_steps", "warmup_seconds")})
+sys.exit(0 if ok else 1)
+PY
 # The collectives' fits on 2 CPU ranks and the projection from them and the bench above: every collective
 # fitted (alpha >= 0, bandwidth > 0), the measured 2-rank run checked, 3 models x 4 sizes x 2 stages x
 # overlap on/off projected, overlap never worse, ZeRO-1 and ZeRO-2 equal (the same bytes), efficiencies in (0, 1].
@@ -76,5 +101,5 @@ if not ok:
     print("FAIL: bench-comm / projection", json.dumps(comm)[:1500], json.dumps(proj)[:1500])
 sys.exit(0 if ok else 1)
 PY
-[ "$fail" = 0 ] && echo "ok: bench rows, bench.json, bench.md, bench-comm fits, projection"
+[ "$fail" = 0 ] && echo "ok: bench rows, bench.json, bench.md, --steps-out, --warmup-seconds, bench-comm fits, projection"
 exit $fail

@@ -5,6 +5,7 @@
 // MFU. One JSON row per run (--out), one line on stdout.
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -56,11 +57,11 @@ nlohmann::json versions() {
 
 int bench_command(int argc, char** argv) {
   CommandArgs a;
-  if (!parse_command_args(argc, argv, {"warmup", "steps", "out", "label", "peak-tflops"}, {}, &a)) return kExitBadInput;
+  if (!parse_command_args(argc, argv, {"warmup", "warmup-seconds", "steps", "out", "label", "peak-tflops", "steps-out"}, {}, &a)) return kExitBadInput;
   int warmup = 0, timed = 0;
-  double peak_opt = 0;
+  double peak_opt = 0, warmup_s_opt = -1;
   if (!int_option(a, "warmup", 5, 1, &warmup) || !int_option(a, "steps", 20, 2, &timed) ||
-      !double_option(a, "peak-tflops", 0, &peak_opt))
+      !double_option(a, "peak-tflops", 0, &peak_opt) || !double_option(a, "warmup-seconds", -1, &warmup_s_opt, true))
     return kExitBadInput;
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
@@ -70,18 +71,64 @@ int bench_command(int argc, char** argv) {
     cfg.train.steps = warmup + timed;
     Trainer t(cfg, world);
     t.optimizer().exposure().enable(t.exec());
+    // Warm-up: --warmup steps, then more for --warmup-seconds (default 5 s on GPUs, none on CPU ranks). A GPU
+    // at its power limit runs its first second or so of load at boost clocks, then its power controller pulls
+    // the clocks down (with an overshoot) and settles after a few seconds: steps timed before that are faster
+    // than training's.
+    const double warmup_s = warmup_s_opt >= 0 ? warmup_s_opt : (t.exec().cuda() ? 5.0 : 0.0);
+    const auto wall0 = std::chrono::steady_clock::now();
     for (int i = 0; i < warmup; ++i) t.train_step();
+    const auto w0 = std::chrono::steady_clock::now();
+    auto since_w0 = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(); };
+    // Rank 0's clock decides, so that every rank runs the same number of steps.
+    while (warmup_s > 0) {
+      int more = world.rank == 0 && since_w0() < warmup_s ? 1 : 0;
+      MPT_MPI_CHECK(MPI_Bcast(&more, 1, MPI_INT, 0, MPI_COMM_WORLD));
+      if (!more) break;
+      t.train_step();
+      ++warmup;
+    }
+    const double warmup_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
     t.optimizer().exposure().take_ms();
     // Exposure is read once after the timed steps: reading it per step would synchronize the device between
     // steps, which a training step no longer does (the update overlaps the next step's host work).
-    std::vector<double> step_s(static_cast<size_t>(timed)), wait_s(static_cast<size_t>(timed));
+    std::vector<double> step_s(static_cast<size_t>(timed)), wait_s(static_cast<size_t>(timed)), end_s(static_cast<size_t>(timed));
     int skipped = 0;
+    // The GPU's SM clock after each step and its energy counter around the timed steps (NVML; none on CPU).
+    const int dev_index = t.exec().cuda() ? world.local_rank : -1;
+    std::vector<double> mhz;
+    unsigned long long reasons = 0;
+    const PowerSample p0 = sample_power(dev_index);
+    const auto timed0 = std::chrono::steady_clock::now();
     for (int i = 0; i < timed; ++i) {
       const StepRecord r = t.train_step();
+      if (p0.ok) {
+        const PowerSample p = sample_power(dev_index);
+        mhz.push_back(p.sm_mhz);
+        reasons |= p.reasons;
+      }
+      end_s[size_t(i)] = 1e-6 * double(std::chrono::duration_cast<std::chrono::microseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch()).count());
       step_s[size_t(i)] = r.seconds;
       wait_s[size_t(i)] = r.stats_seconds;
       skipped += r.skipped ? 1 : 0;
     }
+    const double timed_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - timed0).count();
+    // Per rank: median SM clock, mean board power over the timed steps (energy counter; else the last
+    // reading), the power limit and the clock ceiling; -1 where NVML has nothing.
+    std::array<double, 4> power_mine{-1, -1, -1, -1};
+    if (p0.ok) {
+      const PowerSample p1 = sample_power(dev_index);
+      power_mine[0] = quantile(mhz, 0.5);
+      power_mine[1] = p1.energy_joules > p0.energy_joules && timed_took > 0
+                          ? (p1.energy_joules - p0.energy_joules) / timed_took : p1.watts;
+      power_mine[2] = p1.limit_watts;
+      power_mine[3] = p1.sm_max_mhz;
+    }
+    std::vector<double> power_all(4 * size_t(world.size));
+    MPT_MPI_CHECK(MPI_Gather(power_mine.data(), 4, MPI_DOUBLE, power_all.data(), 4, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    unsigned long long reasons_all = 0;
+    MPT_MPI_CHECK(MPI_Reduce(&reasons, &reasons_all, 1, MPI_UNSIGNED_LONG_LONG, MPI_BOR, 0, MPI_COMM_WORLD));
     // Per step, the slowest rank: a step ends for the job when its last rank is done.
     std::array<double, kExposureSites> by_site{}, site_max{};
     const double exposed_mean = t.optimizer().exposure().take_ms(&by_site) / timed;
@@ -98,6 +145,15 @@ int bench_command(int argc, char** argv) {
     const double own_wait = quantile(wait_s, 0.5);
     double wait_min = 0;
     MPT_MPI_CHECK(MPI_Allreduce(&own_wait, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
+    // --steps-out: every rank's host time per step and its wait in the statistics readback, for the spread's
+    // causes (a rank's jitter the other ranks wait for shows as their readback wait).
+    std::vector<double> all_step, all_wait;
+    if (a.opts.count("steps-out")) {
+      all_step.resize(size_t(world.size) * size_t(timed));
+      all_wait.resize(all_step.size());
+      MPT_MPI_CHECK(MPI_Gather(step_s.data(), timed, MPI_DOUBLE, all_step.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+      MPT_MPI_CHECK(MPI_Gather(wait_s.data(), timed, MPI_DOUBLE, all_wait.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    }
     std::vector<double> rank_median(size_t(world.size));
     MPT_MPI_CHECK(MPI_Allgather(&own_median, 1, MPI_DOUBLE, rank_median.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
     unsigned long long peak_local = peak_allocated_bytes(t.exec().device) + t.exec().workspace_bytes, peak_max = 0;
@@ -125,6 +181,16 @@ int bench_command(int argc, char** argv) {
     nlohmann::json by_site_json = nlohmann::json::object(), rank_ms = nlohmann::json::array();
     for (int k = 0; k < kExposureSites; ++k) by_site_json[kExposureSiteNames[k]] = site_max[size_t(k)];
     for (double x : rank_median) rank_ms.push_back(1e3 * x);
+    // The GPUs' clocks and power: a power-capped GPU's step time follows its SM clock.
+    nlohmann::json mhz_by_rank = nlohmann::json::array(), watts_by_rank = nlohmann::json::array();
+    bool have_power = true;
+    for (int r = 0; r < world.size; ++r) {
+      const double* q = &power_all[4 * size_t(r)];
+      have_power = have_power && q[0] >= 0;
+      mhz_by_rank.push_back(q[0] >= 0 ? nlohmann::json(q[0]) : nlohmann::json(nullptr));
+      watts_by_rank.push_back(q[1] >= 0 ? nlohmann::json(q[1]) : nlohmann::json(nullptr));
+    }
+    const nlohmann::json none(nullptr);
     nlohmann::json row = {
         {"system", "mptrain"},
         {"label", a.opts.count("label") ? a.opts.at("label")
@@ -159,6 +225,12 @@ int bench_command(int argc, char** argv) {
         {"ms_per_step_by_rank", rank_ms},            // each rank's own median step time
         {"host_wait_ms", 1e3 * wait_min},            // median host wait in the statistics readback (smallest rank)
         {"skip_bucket_comm", cfg.debug.skip_bucket_comm},
+        {"warmup_seconds", warmup_took},              // the warm-up as run (all --warmup steps and any added)
+        {"sm_clock_mhz_by_rank", mhz_by_rank},        // median SM clock over the timed steps (NVML)
+        {"power_w_by_rank", watts_by_rank},           // mean board power over the timed steps
+        {"power_limit_w", have_power ? nlohmann::json(power_all[2]) : none},
+        {"sm_clock_max_mhz", have_power ? nlohmann::json(power_all[3]) : none},
+        {"clock_limited_by", have_power ? nlohmann::json(clock_reason_names(reasons_all)) : none},
         {"peak_mem_gib", double(peak_max) / double(1ull << 30)},
         {"device_used_gib", double(used_max) / double(1ull << 30)},
         {"params", int64_t(n_params)},
@@ -182,6 +254,13 @@ int bench_command(int argc, char** argv) {
     std::printf(" | each rank's median ms/step:");
     for (double x : rank_median) std::printf(" %.2f", 1e3 * x);
     std::printf(" | host wait in the readback %.2f ms", 1e3 * wait_min);
+    std::printf(" | warm-up %d steps, %.1f s", warmup, warmup_took);
+    if (have_power) {
+      std::printf(" | SM clock (MHz of %.0f) and power (W of %.0f) by rank:", power_all[3], power_all[2]);
+      for (int r = 0; r < world.size; ++r) std::printf(" %.0f/%.0f", power_all[4 * size_t(r)], power_all[4 * size_t(r) + 1]);
+      const std::string why = clock_reason_names(reasons_all);
+      std::printf("; clocks limited by: %s", why.empty() ? "nothing" : why.c_str());
+    }
     std::printf("\n");
     std::fflush(stdout);
     if (a.opts.count("out")) {
@@ -189,6 +268,23 @@ int bench_command(int argc, char** argv) {
       std::ofstream f(path);
       f << row.dump(2) << "\n";
       if (!f) throw InputError(path, "--out", "cannot be written");
+    }
+    if (a.opts.count("steps-out")) {
+      nlohmann::json steps = nlohmann::json::array(), waits = nlohmann::json::array();
+      for (int r = 0; r < world.size; ++r) {
+        nlohmann::json s1 = nlohmann::json::array(), w1 = nlohmann::json::array();
+        for (int i = 0; i < timed; ++i) {
+          s1.push_back(1e3 * all_step[size_t(r) * size_t(timed) + size_t(i)]);
+          w1.push_back(1e3 * all_wait[size_t(r) * size_t(timed) + size_t(i)]);
+        }
+        steps.push_back(s1);
+        waits.push_back(w1);
+      }
+      const std::string path = a.opts.at("steps-out");
+      std::ofstream f(path);
+      // Rank 0's wall-clock end of each step (Unix seconds), to line the steps up with outside samples.
+      f << nlohmann::json{{"step_ms", steps}, {"stats_wait_ms", waits}, {"end_unix_s", end_s}}.dump() << "\n";
+      if (!f) throw InputError(path, "--steps-out", "cannot be written");
     }
   });
 }

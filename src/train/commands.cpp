@@ -101,14 +101,15 @@ bool int_option(const CommandArgs& a, const std::string& name, int def, int lo, 
   return true;
 }
 
-bool double_option(const CommandArgs& a, const std::string& name, double def, double* out) {
+bool double_option(const CommandArgs& a, const std::string& name, double def, double* out, bool allow_zero) {
   *out = def;
   auto it = a.opts.find(name);
   if (it == a.opts.end()) return true;
   char* end = nullptr;
   const double v = std::strtod(it->second.c_str(), &end);
-  if (it->second.empty() || *end || !(v > 0) || !std::isfinite(v)) {
-    print_arg_error("mptrain: --%s: '%s' is not a positive number\n", name.c_str(), it->second.c_str());
+  if (it->second.empty() || *end || !(allow_zero ? v >= 0 : v > 0) || !std::isfinite(v)) {
+    print_arg_error(allow_zero ? "mptrain: --%s: '%s' is not a number >= 0\n" : "mptrain: --%s: '%s' is not a positive number\n",
+                    name.c_str(), it->second.c_str());
     return false;
   }
   *out = v;

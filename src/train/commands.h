@@ -31,7 +31,7 @@ void print_arg_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)))
 
 // --name as an integer >= lo (default when absent) or a double; false after printing the problem.
 bool int_option(const CommandArgs& a, const std::string& name, int def, int lo, int* out);
-bool double_option(const CommandArgs& a, const std::string& name, double def, double* out);
+bool double_option(const CommandArgs& a, const std::string& name, double def, double* out, bool allow_zero = false);
 
 struct Config;
 struct WorldInfo;

@@ -30,7 +30,7 @@ const char* kUsage =
     "                                            per-layer precision sensitivity and recommended overrides\n"
     "  profile CONFIG [--warmup N] [--steps N] [--out FILE.json]\n"
     "                                            per-op times of one steady-state step, against the device's peaks\n"
-    "  bench CONFIG [--warmup 5] [--steps 20] [--out FILE.json] [--label TEXT]\n"
+    "  bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json] [--label TEXT]\n"
     "                                            step time, tokens/s, exposed communication, memory and MFU at this\n"
     "                                            world size (launch/bench.sh runs it at each GPU count)\n"
     "  bench-comm [--device auto|cuda|cpu] [--dtype bf16] [--min-bytes B] [--max-bytes B] [--out FILE.json]\n"
@@ -103,13 +103,17 @@ const CommandHelp kCommandHelp[] = {
      "Per-op times of one steady-state training step (after N warm-up steps, default 3; the median of N timed\n"
      "steps, default 5), each op's rate against the device's peaks.\n"},
     {"bench",
-     "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--steps 20] [--out FILE.json] [--label TEXT]\n"
-     "                                   [--peak-tflops X] [--set key.path=value ...]\n"
+     "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json]\n"
+     "                                   [--label TEXT] [--peak-tflops X] [--steps-out FILE.json]\n"
+     "                                   [--set key.path=value ...]\n"
      "\n"
-     "The scaling benchmark's row at this world size: after the warm-up steps, the median and spread of the\n"
-     "step time (the slowest rank's, per step) over the timed steps, tokens/s in all and per GPU, the exposed\n"
-     "communication per step, peak memory per GPU and MFU (data-sheet peak, or --peak-tflops). One line on\n"
-     "stdout, one JSON row with --out. launch/bench.sh runs it at each world size and writes the report.\n"},
+     "The scaling benchmark's row at this world size: after the warm-up (--warmup steps, then more for\n"
+     "--warmup-seconds: default 5 on GPUs, which a power-capped GPU needs to settle its clocks, 0 on CPU ranks),\n"
+     "the median and spread of the step time (the slowest rank's, per step) over the timed steps, tokens/s in\n"
+     "all and per GPU, the exposed communication per step, peak memory per GPU, MFU (data-sheet peak, or\n"
+     "--peak-tflops), and each GPU's median SM clock and mean power (NVML). One line on stdout, one JSON row\n"
+     "with --out; --steps-out writes every rank's time and readback wait per step. launch/bench.sh runs it at\n"
+     "each world size and writes the report.\n"},
     {"bench-comm",
      "usage: mpirun -np N mptrain bench-comm [--device auto|cuda|cpu] [--dtype bf16|fp16|fp32] [--min-bytes 4096]\n"
      "                                   [--max-bytes 268435456] [--iters 20] [--out FILE.json]\n"

@@ -8,10 +8,11 @@ weight decay 0.1 on 2-D weights), global-norm clipping at 1.0. Several GPUs: tor
 Batches are windows of T + 1 tokens from an mptrain token shard (--data), or uniform random tokens.
 
 Timing: host wall clock around each step with a device synchronisation; the first --warmup steps (compilation,
-autotuning) are excluded; median and spread of the rest. Memory: torch.cuda.max_memory_allocated.
+autotuning), then more for --warmup-seconds (a power-capped GPU settles its clocks in its first seconds of
+load; rank 0's clock decides), are excluded; median and spread of the next --steps minus --warmup steps. Memory: torch.cuda.max_memory_allocated.
 
 usage: [torchrun --nproc-per-node N] peer_gpt2.py [--dtype bf16|fp16] [--batch 16] [--seq 1024]
-          [--layers 12 --heads 12 --embd 768 --vocab 50257] [--steps 30] [--warmup 10] [--data SHARD] [--out F.json]
+          [--layers 12 --heads 12 --embd 768 --vocab 50257] [--steps 30] [--warmup 10] [--warmup-seconds 0] [--data SHARD] [--out F.json]
 """
 import argparse
 import json
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--warmup-seconds", type=float, default=0.0)
     ap.add_argument("--data")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out")
@@ -134,7 +136,9 @@ def main():
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     times, losses = [], []
-    for step in range(a.steps):
+    timed_steps = max(1, a.steps - a.warmup)
+    warm, warm_steps, t_warm = True, 0, time.perf_counter()
+    while len(times) < timed_steps:
         idx, tgt = batch()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -149,8 +153,18 @@ def main():
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         losses.append(loss.item())
-        if step >= a.warmup:
+        if not warm:
             times.append(dt)
+        else:
+            warm_steps += 1
+            if warm_steps <= a.warmup:
+                t_warm = time.perf_counter()
+            more = warm_steps < a.warmup or time.perf_counter() - t_warm < a.warmup_seconds
+            if world > 1:  # rank 0 decides: every rank runs the same steps
+                flag = torch.tensor([1 if more else 0], device="cuda")
+                torch.distributed.broadcast(flag, 0)
+                more = bool(flag.item())
+            warm = more
     med = statistics.median(times)
     tok_s = B * T * world / med
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -160,7 +174,8 @@ def main():
            "p10_step_ms": 1e3 * float(np.quantile(times, 0.1)), "p90_step_ms": 1e3 * float(np.quantile(times, 0.9)),
            "peak_gib": peak, "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
            "device_used_gib": (total - free) / 2**30, "first_loss": losses[0], "last_loss": losses[-1], "torch": torch.__version__,
-           "device": torch.cuda.get_device_name()}
+           "device": torch.cuda.get_device_name(),
+           "warmup_steps": warm_steps, "timed_steps": len(times)}
     if rank == 0:
         print(f"peer: PyTorch {torch.__version__} {res['impl']} {a.dtype} on {world} GPU(s), B={B} T={T}: "
               f"{1e3 * med:.1f} ms/step (spread {res['spread_ms']:.1f}) {tok_s:,.0f} tokens/s, "
