@@ -92,15 +92,20 @@ def main():
                  f", clocks limited by: {', '.join(limits) or 'nothing'}")
     lines = [head, "",
              f"| system | series | GPUs/ranks | ms/step (p10-p90) | {unit}/s | per GPU | efficiency | exposed comm | "
+             "least exposed rank | "
              "peak mem | MFU | vs PyTorch | SM MHz / W per GPU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         spread = f" ({fmt(r.get('ms_p10'), '.1f')}-{fmt(r.get('ms_p90'), '.1f')})" if r.get("ms_p10") is not None else ""
         exposed = "-" if r.get("exposed_comm_ms") is None else f"{r['exposed_comm_ms']:.2f} ms ({r['exposed_comm_pct']:.1f}%)"
+        # Per step the rank that waited least at the collectives (the last to arrive) waits for communication
+        # alone; the other ranks' extra wait is for a slower rank.
+        least = r.get("exposed_comm_ms_min_rank")
+        least = "-" if least is None or r["ranks"] < 2 else f"{least:.2f} ms ({100 * least / r['ms_per_step']:.1f}%)"
         eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f}%"
         mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"| {r['system']} | {r['label']} | {r['ranks']} | {r['ms_per_step']:.2f}{spread} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | {eff} | {exposed} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | {eff} | {exposed} | {least} | "
                      f"{fmt(r.get('peak_mem_gib'), '.2f')} GiB | {mfu} | {fmt(r['vs_pytorch'], '.3f')} | {power(r)} |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.dir, "bench.md"), "w") as f:

@@ -67,10 +67,20 @@ ok = ok and all(0 <= w <= s for ss, ww in zip(steps, waits) for s, w in zip(ss, 
 ok = ok and all(b > a for a, b in zip(ends, ends[1:]))
 slowest = [max(a, b) for a, b in zip(*steps)]
 ok = ok and abs(statistics.median(slowest) - row["ms_per_step"]) < 1e-9 * row["ms_per_step"]
+# Per-step exposure: each rank's steps add up to its mean, the largest of which is the row's exposure; the
+# split into the least exposed rank per step and the rest (waiting for a slower rank) adds up to the mean of
+# the per-step largest.
+ex = st["exposed_ms"]
+ok = ok and len(ex) == 2 and all(len(e) == 5 and min(e) >= 0 for e in ex)
+close = lambda a, b: abs(a - b) <= 1e-9 * max(1.0, abs(b))
+ok = ok and close(max(sum(e) / 5 for e in ex), row["exposed_comm_ms"])
+ok = ok and close(sum(min(a, b) for a, b in zip(*ex)) / 5, row["exposed_comm_ms_min_rank"])
+ok = ok and close(sum(abs(a - b) for a, b in zip(*ex)) / 5, row["peer_wait_ms"])
+ok = ok and row["exposed_comm_ms_min_rank"] + row["peer_wait_ms"] >= row["exposed_comm_ms"] - 1e-9
 # The warm-up: one step, then at least ws seconds more of steps.
 ok = ok and row["warmup_steps"] >= 2 and row["warmup_seconds"] >= ws
 if not ok:
-    print("FAIL: --steps-out / --warmup-seconds", json.dumps(st)[:1500], {k: row[k] for k in ("ms_per_step", "warmup_steps", "warmup_seconds")})
+    print("FAIL: --steps-out / --warmup-seconds", json.dumps(st)[:1500], {k: row[k] for k in ("ms_per_step", "warmup_steps", "warmup_seconds", "exposed_comm_ms", "exposed_comm_ms_min_rank", "peer_wait_ms")})
 sys.exit(0 if ok else 1)
 PY
 # The collectives' fits on 2 CPU ranks and the projection from them and the bench above: every collective

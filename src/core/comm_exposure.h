@@ -42,9 +42,12 @@ class ExposureProbe {
   // A wait of the host for other ranks (CPU ranks: every collective; GPUs: host-side collectives).
   void host_begin(ExposureSite site);
   void host_end();
+  // Marks the end of a training step (between steps, on the host): take_ms can then split its time by step.
+  void end_step();
   // Exposed milliseconds since the last take (synchronizes the compute stream), then starts over;
-  // by_site (optional) gets the same time split by site.
-  double take_ms(std::array<double, kExposureSites>* by_site = nullptr);
+  // by_site (optional) gets the same time split by site, per_step (optional) split by the steps that
+  // end_step closed since the last take (time after the last end_step is left out of per_step).
+  double take_ms(std::array<double, kExposureSites>* by_site = nullptr, std::vector<double>* per_step = nullptr);
 
  private:
   bool on_ = false;
@@ -57,6 +60,8 @@ class ExposureProbe {
   ExposureSite host_site_ = ExposureSite::Gradients;
   std::chrono::steady_clock::time_point host_t0_;
   int host_depth_ = 0;
+  double host_total_ = 0;                               // host_ms_ summed, since the last take
+  std::vector<std::pair<size_t, double>> step_ends_;    // at each end_step: used_ and host_total_
 };
 
 }  // namespace mpt

@@ -102,6 +102,7 @@ int bench_command(int argc, char** argv) {
     const auto timed0 = std::chrono::steady_clock::now();
     for (int i = 0; i < timed; ++i) {
       const StepRecord r = t.train_step();
+      t.optimizer().exposure().end_step();
       if (p0.ok) {
         const PowerSample p = sample_power(dev_index);
         mhz.push_back(p.sm_mhz);
@@ -131,7 +132,25 @@ int bench_command(int argc, char** argv) {
     MPT_MPI_CHECK(MPI_Reduce(&reasons, &reasons_all, 1, MPI_UNSIGNED_LONG_LONG, MPI_BOR, 0, MPI_COMM_WORLD));
     // Per step, the slowest rank: a step ends for the job when its last rank is done.
     std::array<double, kExposureSites> by_site{}, site_max{};
-    const double exposed_mean = t.optimizer().exposure().take_ms(&by_site) / timed;
+    std::vector<double> exposed_step;
+    const double exposed_mean = t.optimizer().exposure().take_ms(&by_site, &exposed_step) / timed;
+    // Per step, every rank's exposure: at a collective the rank that arrives last waits only for the
+    // collective itself, the others also for it. The smallest rank's exposure in a step is communication
+    // that no rank hid; the largest minus the smallest is time spent waiting for a slower rank (jitter
+    // between GPUs, not communication).
+    std::vector<double> exposed_all(size_t(world.size) * size_t(timed));
+    exposed_step.resize(size_t(timed));
+    MPT_MPI_CHECK(MPI_Gather(exposed_step.data(), timed, MPI_DOUBLE, exposed_all.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    double exposed_min_rank = 0, peer_wait = 0;
+    for (int i = 0; i < timed; ++i) {
+      double lo = exposed_all[size_t(i)], hi = lo;
+      for (int r = 1; r < world.size; ++r) {
+        lo = std::min(lo, exposed_all[size_t(r) * size_t(timed) + size_t(i)]);
+        hi = std::max(hi, exposed_all[size_t(r) * size_t(timed) + size_t(i)]);
+      }
+      exposed_min_rank += lo / timed;
+      peer_wait += (hi - lo) / timed;
+    }
     for (double& x : by_site) x /= timed;
     std::vector<double> step_max(step_s.size());
     double exp_max = 0;
@@ -222,6 +241,8 @@ int bench_command(int argc, char** argv) {
         {"exposed_comm_ms", exp_ms},
         {"exposed_comm_pct", 100.0 * exp_ms / ms},
         {"exposed_comm_ms_by_site", by_site_json},   // each site's mean per step, the largest rank's
+        {"exposed_comm_ms_min_rank", exposed_min_rank},  // mean over steps of the step's smallest rank's exposure
+        {"peer_wait_ms", peer_wait},                  // mean over steps of largest minus smallest rank's
         {"ms_per_step_by_rank", rank_ms},            // each rank's own median step time
         {"host_wait_ms", 1e3 * wait_min},            // median host wait in the statistics readback (smallest rank)
         {"skip_bucket_comm", cfg.debug.skip_bucket_comm},
@@ -254,6 +275,9 @@ int bench_command(int argc, char** argv) {
     std::printf(" | each rank's median ms/step:");
     for (double x : rank_median) std::printf(" %.2f", 1e3 * x);
     std::printf(" | host wait in the readback %.2f ms", 1e3 * wait_min);
+    if (world.size > 1)
+      std::printf(" | per step, the least exposed rank %.3f ms, the most exposed rank's extra %.3f ms (waiting for a "
+                  "slower rank)", exposed_min_rank, peer_wait);
     std::printf(" | warm-up %d steps, %.1f s", warmup, warmup_took);
     if (have_power) {
       std::printf(" | SM clock (MHz of %.0f) and power (W of %.0f) by rank:", power_all[3], power_all[2]);
@@ -271,19 +295,23 @@ int bench_command(int argc, char** argv) {
     }
     if (a.opts.count("steps-out")) {
       nlohmann::json steps = nlohmann::json::array(), waits = nlohmann::json::array();
+      nlohmann::json exposed = nlohmann::json::array();
       for (int r = 0; r < world.size; ++r) {
-        nlohmann::json s1 = nlohmann::json::array(), w1 = nlohmann::json::array();
+        nlohmann::json s1 = nlohmann::json::array(), w1 = nlohmann::json::array(), e1 = nlohmann::json::array();
         for (int i = 0; i < timed; ++i) {
-          s1.push_back(1e3 * all_step[size_t(r) * size_t(timed) + size_t(i)]);
-          w1.push_back(1e3 * all_wait[size_t(r) * size_t(timed) + size_t(i)]);
+          const size_t k = size_t(r) * size_t(timed) + size_t(i);
+          s1.push_back(1e3 * all_step[k]);
+          w1.push_back(1e3 * all_wait[k]);
+          e1.push_back(exposed_all[k]);
         }
         steps.push_back(s1);
         waits.push_back(w1);
+        exposed.push_back(e1);
       }
       const std::string path = a.opts.at("steps-out");
       std::ofstream f(path);
       // Rank 0's wall-clock end of each step (Unix seconds), to line the steps up with outside samples.
-      f << nlohmann::json{{"step_ms", steps}, {"stats_wait_ms", waits}, {"end_unix_s", end_s}}.dump() << "\n";
+      f << nlohmann::json{{"step_ms", steps}, {"stats_wait_ms", waits}, {"exposed_ms", exposed}, {"end_unix_s", end_s}}.dump() << "\n";
       if (!f) throw InputError(path, "--steps-out", "cannot be written");
     }
   });
