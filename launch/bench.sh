@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The scaling benchmark: `mptrain bench` at each world size on this node, the PyTorch peer (DDP) at the same
 # sizes in the same call, and the report: bench.json (rows + weak-scaling efficiency), bench.md (a table)
-# and scaling.png (launch/plot.py; needs python3-matplotlib).
+# and scaling.png (launch/plot.py; needs python3-matplotlib); steps/ holds every rank's time, readback wait and
+# exposure per step for each mptrain row (`mptrain bench --steps-out`).
 #   bash launch/bench.sh CONFIG [--gpus 1,2,...] [--cpu] [--ranks 1,2] [--modes "bf16:1 fp16:2"]
 #        [--steps N] [--warmup 5] [--warmup-seconds S] [--peer | --no-peer] [--net] [--out DIR] [--set key=value ...]
 #   --gpus     world sizes on GPUs (default: 1 and every GPU of the node)
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 MPT="${MPTRAIN:-build/mptrain}"
 [ -n "${MPT_BUILD_DIR:-}" ] && MPT="$MPT_BUILD_DIR/mptrain"
 [ -x "$MPT" ] || { echo "bench: $MPT not found (run launch/build.sh, or set MPTRAIN)" >&2; exit 2; }
-[ $# -ge 1 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 CONFIG=$1; shift
 [ -f "$CONFIG" ] || { echo "bench: $CONFIG: no such config file" >&2; exit 2; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
@@ -55,7 +56,7 @@ if [ "$CPU" = 0 ] && [ "$NGPU" -lt 1 ]; then echo "bench: no GPU here; --cpu ben
 if [ "$CPU" = 1 ]; then DEV=cpu; SIZES=${SIZES:-"1 2"}; MODES=${MODES:-"fp32:1"}; STEPS=${STEPS:-20}; WSECS=${WSECS:-0}
 else DEV=cuda; SIZES=${SIZES:-$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')}; MODES=${MODES:-"bf16:1"}; STEPS=${STEPS:-100}; WSECS=${WSECS:-5}; fi
 OUTDIR=${OUTDIR:-runs/bench/$(date -u +%Y%m%d-%H%M%S)}
-mkdir -p "$OUTDIR/rows"
+mkdir -p "$OUTDIR/rows" "$OUTDIR/steps"
 export OMPI_MCA_rmaps_base_oversubscribe=1 NCCL_NVLS_ENABLE=0
 RUN=(mpirun --bind-to none -x NCCL_NVLS_ENABLE)
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -64,7 +65,8 @@ one() {  # np mode stage tag [mpirun args...]
   local np=$1 mode=$2 stage=$3 tag=$4; shift 4
   "${RUN[@]}" "$@" -np "$np" "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" \
     --set zero.stage="$stage" "${SETS[@]}" "${EXTRA[@]}" --warmup "$WARMUP" --warmup-seconds "$WSECS" --steps "$STEPS" --label "$tag" \
-    --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
+    --out "$OUTDIR/rows/mptrain-$np-${tag// /_}.json" --steps-out "$OUTDIR/steps/mptrain-$np-${tag// /_}.json" \
+    > "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" 2>&1 || status=1
   grep "^bench:" "$OUTDIR/rows/mptrain-$np-${tag// /_}.log" || tail -5 "$OUTDIR/rows/mptrain-$np-${tag// /_}.log"
 }
 EXTRA=()

@@ -37,6 +37,10 @@ for n, r in rows.items():
     # CPU ranks: no warm-up time added by default, and no GPU clocks or power to report.
     ok = ok and r["warmup_steps"] == 2 and r["warmup_seconds"] > 0 and r["sm_clock_mhz_by_rank"] == [None] * n
     ok = ok and r["power_w_by_rank"] == [None] * n and r["power_limit_w"] is None and r["clock_limited_by"] is None
+# steps/: each row's per-step times, one list per rank, as many as the row timed.
+for n in (1, 2):
+    st = json.load(open(os.path.join(d, "steps", f"mptrain-{n}-fp32_ZeRO-1.json")))
+    ok = ok and len(st["step_ms"]) == n and all(len(x) == 4 for x in st["step_ms"])
 eff = rows[2]["tokens_per_s"] / (2 * rows[1]["tokens_per_s"])
 ok = ok and rows[1]["efficiency"] == 1.0 and abs(rows[2]["efficiency"] - eff) < 1e-12
 md = open(os.path.join(d, "bench.md")).read().splitlines()
