@@ -230,7 +230,7 @@ if want scaling; then
     grep "fit" "$OUT/comm-net.log" | sed 's/^/net: /'
   fi
   MPTRAIN="$MPT" timeout 500 bash launch/bench.sh configs/gpt2-124m.json --modes "${BENCH_MODES:-bf16:1 bf16:2 fp16:1}" \
-    --steps "${BENCH_STEPS:-20}" $([ -n "${BENCH_PEER-x}" ] && echo --peer || echo --no-peer) ${BENCH_NET---net} --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
+    --steps "${BENCH_STEPS:-100}" $([ -n "${BENCH_PEER-x}" ] && echo --peer || echo --no-peer) ${BENCH_NET---net} --out "$OUT/bench" --set train.batch_size=16 2>&1 | tail -30 || status=1
   [ "${SCALING_COMM:-1}" = 1 ] && { python3 launch/project.py --bench "$OUT/bench/bench.json" --comm "$OUT/comm-nvlink.json" \
     --comm-net "$OUT/comm-net.json" --out "$OUT/projection" 2>&1 | tail -40 || status=1; }
 fi
