@@ -69,6 +69,7 @@ steps, waits, ends = st["step_ms"], st["stats_wait_ms"], st["end_unix_s"]
 ok = len(steps) == len(waits) == 2 and all(len(x) == 5 for x in steps + waits) and len(ends) == 5
 ok = ok and all(0 <= w <= s for ss, ww in zip(steps, waits) for s, w in zip(ss, ww))
 ok = ok and all(b > a for a, b in zip(ends, ends[1:]))
+ok = ok and st["sm_mhz"] == [[0] * 5, [0] * 5]  # CPU ranks: no GPU clock
 slowest = [max(a, b) for a, b in zip(*steps)]
 ok = ok and abs(statistics.median(slowest) - row["ms_per_step"]) < 1e-9 * row["ms_per_step"]
 # Per-step exposure: each rank's steps add up to its mean, the largest of which is the row's exposure; the

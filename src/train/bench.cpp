@@ -164,12 +164,16 @@ int bench_command(int argc, char** argv) {
     const double own_wait = quantile(wait_s, 0.5);
     double wait_min = 0;
     MPT_MPI_CHECK(MPI_Allreduce(&own_wait, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
-    // --steps-out: every rank's host time per step and its wait in the statistics readback, for the spread's
-    // causes (a rank's jitter the other ranks wait for shows as their readback wait).
-    std::vector<double> all_step, all_wait;
+    // --steps-out: every rank's host time per step, its wait in the statistics readback, its exposure and its
+    // GPU's SM clock after the step (0 without NVML), for the spread's causes.
+    std::vector<double> all_step, all_wait, all_mhz;
     if (a.opts.count("steps-out")) {
       all_step.resize(size_t(world.size) * size_t(timed));
       all_wait.resize(all_step.size());
+      all_mhz.resize(all_step.size());
+      std::vector<double> mine = mhz;
+      mine.resize(size_t(timed), 0.0);  // 0: no NVML
+      MPT_MPI_CHECK(MPI_Gather(mine.data(), timed, MPI_DOUBLE, all_mhz.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
       MPT_MPI_CHECK(MPI_Gather(step_s.data(), timed, MPI_DOUBLE, all_step.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
       MPT_MPI_CHECK(MPI_Gather(wait_s.data(), timed, MPI_DOUBLE, all_wait.data(), timed, MPI_DOUBLE, 0, MPI_COMM_WORLD));
     }
@@ -295,23 +299,26 @@ int bench_command(int argc, char** argv) {
     }
     if (a.opts.count("steps-out")) {
       nlohmann::json steps = nlohmann::json::array(), waits = nlohmann::json::array();
-      nlohmann::json exposed = nlohmann::json::array();
+      nlohmann::json exposed = nlohmann::json::array(), clocks = nlohmann::json::array();
       for (int r = 0; r < world.size; ++r) {
-        nlohmann::json s1 = nlohmann::json::array(), w1 = nlohmann::json::array(), e1 = nlohmann::json::array();
+        nlohmann::json s1 = nlohmann::json::array(), w1 = nlohmann::json::array(), e1 = nlohmann::json::array(),
+                       c1 = nlohmann::json::array();
         for (int i = 0; i < timed; ++i) {
           const size_t k = size_t(r) * size_t(timed) + size_t(i);
           s1.push_back(1e3 * all_step[k]);
           w1.push_back(1e3 * all_wait[k]);
           e1.push_back(exposed_all[k]);
+          c1.push_back(all_mhz[k]);
         }
         steps.push_back(s1);
         waits.push_back(w1);
         exposed.push_back(e1);
+        clocks.push_back(c1);
       }
       const std::string path = a.opts.at("steps-out");
       std::ofstream f(path);
       // Rank 0's wall-clock end of each step (Unix seconds), to line the steps up with outside samples.
-      f << nlohmann::json{{"step_ms", steps}, {"stats_wait_ms", waits}, {"exposed_ms", exposed}, {"end_unix_s", end_s}}.dump() << "\n";
+      f << nlohmann::json{{"step_ms", steps}, {"stats_wait_ms", waits}, {"exposed_ms", exposed}, {"sm_mhz", clocks}, {"end_unix_s", end_s}}.dump() << "\n";
       if (!f) throw InputError(path, "--steps-out", "cannot be written");
     }
   });
