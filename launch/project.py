@@ -21,9 +21,11 @@ The model (every assumption is printed in the report):
             hides. Without overlap all of both is exposed.
   spread    every step ends with a collective, so it ends when the slowest GPU is done: each GPU's step time
             varies from step to step on its own (a power-capped GPU's clock wanders), taken as independent
-            normal with the relative standard deviation of the measured one-GPU row ((p90 - p10) / 2.563 /
-            median; the same at every model size, --no-spread drops it), which adds E[max of N] =
-            e_N x sd (e_2 = 0.56, e_8 = 1.42, e_64 = 2.34, e_512 = 3.04, e_4096 = 3.63).
+            normal with the standard deviation of the measured one-GPU row ((p90 - p10) / 2.563), which adds
+            E[max of N] = e_N x sd (e_2 = 0.56, e_8 = 1.42, e_64 = 2.34, e_512 = 3.04, e_4096 = 3.63). A longer
+            step averages the fluctuations: sd grows as the square root of the step (independent
+            fluctuations from one measured step's length to the next), so a model of compute t_c has
+            sd = sd_measured x sqrt(t_c / t_c measured). --no-spread drops the term.
   step      t_c + exposed + the statistics all-reduce (alpha only) + spread; efficiency = t_c / step.
 
 usage: project.py --bench bench.json --comm nvlink.json [--comm-net net.json] [--series "bf16 ZeRO-1"]
@@ -67,8 +69,9 @@ def expected_max_normal(N):
     return total
 
 
-def project(t_c_ms, P, N, fits, a, overlap, net_fits=None, spread_rel=0.0):
+def project(t_c_ms, P, N, fits, a, overlap, net_fits=None, spread_rel=0.0, t_c_ref_ms=None):
     S = 2.0 * P
+    t_c_ref_ms = t_c_ms if t_c_ref_ms is None else t_c_ref_ms  # the measured compute the spread was taken at
     bucket = a.bucket_mb * 2**20
     nb = max(1, math.ceil(S / bucket))
     f = fits if (N <= a.gpus_per_node or net_fits is None) else net_fits
@@ -85,7 +88,7 @@ def project(t_c_ms, P, N, fits, a, overlap, net_fits=None, spread_rel=0.0):
     else:
         exposed = rs + ag
     exposed = min(exposed, rs + ag)
-    spread = expected_max_normal(N) * spread_rel * t_c_ms
+    spread = expected_max_normal(N) * spread_rel * math.sqrt(t_c_ms * t_c_ref_ms)
     step = t_c_ms + exposed + stats + spread
     return {"rs_ms": rs, "ag_ms": ag, "exposed_ms": exposed + stats, "spread_ms": spread, "step_ms": step,
             "efficiency": t_c_ms / step}
@@ -154,7 +157,7 @@ def main():
         for N in (8, 64, 512, 4096):
             for stage in (1, 2):
                 for overlap in (True, False):
-                    p = project(t_c, P, N, fits, a, overlap, net["fits"] if net else None, spread_rel)
+                    p = project(t_c, P, N, fits, a, overlap, net["fits"] if net else None, spread_rel, t_c0)
                     table.append({"model": name, "params": P, "gpus": N, "zero": stage, "overlap": overlap,
                                   "compute_ms": t_c, **p})
     doc = {"assumptions": {k: v for k, v in vars(a).items() if k not in ("bench", "comm", "comm_net", "out")},

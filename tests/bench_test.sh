@@ -111,13 +111,14 @@ for r in rows:
     ok = ok and (r["efficiency"] >= twin["efficiency"] if r["overlap"] else True)
     ok = ok and abs(r["efficiency"] - other["efficiency"]) < 1e-12
     ok = ok and abs(r["step_ms"] - r["compute_ms"] - r["exposed_ms"] - r["spread_ms"]) < 1e-9 * r["step_ms"]
-# The spread term: the one-GPU row's relative sd times E[max of N standard normals] (0.5642 at 2, 1.4236 at
-# 8, 3.6261 at 4096) times the compute time.
+# The spread term: E[max of N standard normals] (0.5642 at 2, 1.4236 at 8, 3.6261 at 4096) times the one-GPU
+# row's sd, scaled by the square root of the projected compute over the measured one.
 sr = proj["spread_rel"]
 ok = ok and sr > 0
 for r in rows:
     e = {8: 1.4236, 64: 2.3437, 512: 3.0439, 4096: 3.6261}[r["gpus"]]
-    ok = ok and abs(r["spread_ms"] - e * sr * r["compute_ms"]) < 2e-4 * r["spread_ms"]
+    tc0 = proj["measured_compute_ms"]
+    ok = ok and abs(r["spread_ms"] - e * sr * tc0 * (r["compute_ms"] / tc0) ** 0.5) < 2e-4 * r["spread_ms"]
 ok = ok and abs(proj["checks"][0]["predicted_spread_ms"] - 0.5642 * sr * proj["measured_compute_ms"]) < 2e-4 * proj["checks"][0]["predicted_spread_ms"]
 ok = ok and len(proj["checks"]) == 1 and proj["checks"][0]["gpus"] == 2
 if not ok:
