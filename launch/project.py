@@ -134,7 +134,7 @@ def main():
     # Check against what was measured: the 2-GPU rows (NVLink, and the network-transport run).
     checks = []
     for r in rows:
-        if r["ranks"] < 2 or not r["label"].startswith(a.series):
+        if r["ranks"] < 2 or r["label"] not in (a.series, a.series + " net"):  # the series and its network run
             continue
         use_net = r["label"].endswith(" net")
         f = net["fits"] if (use_net and net) else fits
