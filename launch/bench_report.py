@@ -19,6 +19,24 @@ import subprocess
 import sys
 
 
+def source_commit():
+    """The commit the measured tree came from: MPTRAIN_COMMIT when the caller knows better (a copy of the
+    tree whose .git is not its own), else git's HEAD, with "-dirty" when tracked files differ from it."""
+    env = os.environ.get("MPTRAIN_COMMIT", "").strip()
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here).stdout.strip()
+        if not head:
+            return "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, cwd=here).stdout.strip()
+        return head + ("-dirty" if changed else "")
+    except OSError:
+        return "unknown"
+
 def peer_row(p):
     world = p["world"]
     return {"system": "pytorch", "label": f"{p['dtype']} DDP", "gpus": world, "ranks": world, "device": p["device"],
@@ -59,11 +77,7 @@ def main():
         p = peer.get((r["ranks"], r["precision"])) if r["system"] == "mptrain" and not r["label"].endswith(" net") else None
         r["vs_pytorch"] = r["tokens_per_s"] / p if p else None
     rows.sort(key=lambda r: (r["system"] != "mptrain", r["label"], r["ranks"]))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = source_commit()
     mrow = next((r for r in rows if r["system"] == "mptrain"), rows[0])
     versions = dict(mrow.get("versions") or {})
     for r in rows:

@@ -49,6 +49,16 @@ if not ok:
     print("FAIL: bench.json / bench.md", json.dumps(doc, indent=1)[:3000])
 sys.exit(0 if ok else 1)
 PY
+# The commit in bench.json: git's HEAD of the source tree (with -dirty when tracked files differ), or
+# MPTRAIN_COMMIT where the caller knows better (a copy of the tree whose .git is stale).
+want=$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ "$want" != unknown ] && [ -n "$(git -C "$SRC" status --porcelain --untracked-files=no)" ] && want="$want-dirty"
+got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["git_commit"])' "$tmp/b/bench.json")
+[ "$got" = "$want" ] && echo "ok: commit $got" || { echo "FAIL: bench.json commit $got, git says $want"; fail=1; }
+tag="c$RANDOM$RANDOM"
+MPTRAIN_COMMIT=$tag python3 "$SRC/launch/bench_report.py" "$tmp/b" --config "$SRC/configs/gpt2-tiny.json" > /dev/null 2>&1
+got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["git_commit"])' "$tmp/b/bench.json")
+[ "$got" = "$tag" ] && echo "ok: MPTRAIN_COMMIT" || { echo "FAIL: MPTRAIN_COMMIT=$tag gave $got"; fail=1; }
 if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; } 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
   if [ "$(head -c 8 "$tmp/b/scaling.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] \
      && [ "$(stat -c %s "$tmp/b/scaling.png")" -gt 5000 ]; then echo "ok: scaling.png"; else echo "FAIL: scaling.png"; fail=1; fi
