@@ -26,6 +26,12 @@
 #              torchrun is on the PATH (otherwise a note says the peer rows are left out); --no-peer skips it
 #   --net      also the largest GPU count again, first mode, with NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: the
 #              ranks talk through the network transport (sockets here), the nearest stand-in for two nodes
+#   --independent / --no-independent  also the first mode as N independent one-rank runs at once, one per GPU
+#              (N = the largest world size; CUDA_VISIBLE_DEVICES picks each run's GPU): the series "... independent",
+#              every GPU loaded as in the N-GPU run but with no collective and no step in lockstep. Its efficiency
+#              against the one-GPU row is what the node's GPUs give with nothing shared; below it, the "nocomm"
+#              series adds the ranks meeting every step, the plain series adds communication. Default on GPUs
+#              when the largest world size is above 1; on CPU ranks only with --independent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MPT="${MPTRAIN:-build/mptrain}"
@@ -35,7 +41,7 @@ MPT="${MPTRAIN:-build/mptrain}"
 CONFIG=$1; shift
 [ -f "$CONFIG" ] || { echo "bench: $CONFIG: no such config file" >&2; exit 2; }
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-SIZES=""; CPU=0; MODES=""; STEPS=""; WARMUP=5; WSECS=""; PEER=auto; NET=0; OUTDIR=""; SETS=()
+SIZES=""; CPU=0; MODES=""; STEPS=""; WARMUP=5; WSECS=""; PEER=auto; NET=0; INDEP=auto; OUTDIR=""; SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --gpus|--ranks) SIZES=$(echo "$2" | tr ',' ' '); shift 2 ;;
@@ -47,6 +53,8 @@ while [ $# -gt 0 ]; do
     --peer) PEER=1; shift ;;
     --no-peer) PEER=0; shift ;;
     --net) NET=1; shift ;;
+    --independent) INDEP=1; shift ;;
+    --no-independent) INDEP=0; shift ;;
     --out) OUTDIR=$2; shift 2 ;;
     --set) SETS+=(--set "$2"); shift 2 ;;
     *) echo "bench: unknown option $1" >&2; exit 2 ;;
@@ -56,7 +64,7 @@ if [ "$CPU" = 0 ] && [ "$NGPU" -lt 1 ]; then echo "bench: no GPU here; --cpu ben
 if [ "$CPU" = 1 ]; then DEV=cpu; SIZES=${SIZES:-"1 2"}; MODES=${MODES:-"fp32:1"}; STEPS=${STEPS:-20}; WSECS=${WSECS:-0}
 else DEV=cuda; SIZES=${SIZES:-$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')}; MODES=${MODES:-"bf16:1"}; STEPS=${STEPS:-100}; WSECS=${WSECS:-5}; fi
 OUTDIR=${OUTDIR:-runs/bench/$(date -u +%Y%m%d-%H%M%S)}
-mkdir -p "$OUTDIR/rows" "$OUTDIR/steps"
+mkdir -p "$OUTDIR/rows" "$OUTDIR/steps" "$OUTDIR/independent"
 export OMPI_MCA_rmaps_base_oversubscribe=1 NCCL_NVLS_ENABLE=0
 RUN=(mpirun --bind-to none -x NCCL_NVLS_ENABLE)
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -91,6 +99,33 @@ if [ "$NET" = 1 ] && [ "$CPU" = 0 ]; then
   big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
   IFS=: read -r mode stage _ <<< "$first_mode"
   [ "$big" -gt 1 ] && one "$big" "$mode" "$stage" "$mode ZeRO-$stage net" -x NCCL_P2P_DISABLE=1 -x NCCL_SHM_DISABLE=1
+fi
+big=$(echo $SIZES | tr ' ' '\n' | sort -n | tail -1)
+[ "$INDEP" = auto ] && { [ "$CPU" = 0 ] && [ "$big" -gt 1 ] && INDEP=1 || INDEP=0; }
+if [ "$INDEP" = 1 ] && [ "$big" -gt 1 ]; then
+  # `big` one-rank runs at once, one per GPU; launch/bench_report.py joins their rows into one.
+  devs=()  # the GPUs the runs take: CUDA_VISIBLE_DEVICES's list when set, else every GPU of the node
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -ra devs <<< "$CUDA_VISIBLE_DEVICES"
+  else for ((k = 0; k < NGPU; k++)); do devs+=("$k"); done; fi
+  if [ "$CPU" = 0 ] && [ "$big" -gt "${#devs[@]}" ]; then
+    echo "bench: --independent needs $big GPUs, ${#devs[@]} are visible" >&2; status=1
+  else
+    IFS=: read -r mode stage _ <<< "$first_mode"
+    tag="$mode ZeRO-$stage"; pids=()
+    for ((k = 0; k < big; k++)); do
+      f="$OUTDIR/independent/mptrain-$big-$k-${tag// /_}"
+      vis=(); [ "$CPU" = 0 ] && vis=("CUDA_VISIBLE_DEVICES=${devs[$k]}")
+      env "${vis[@]}" "${RUN[@]}" -np 1 "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" --set zero.stage="$stage" \
+        "${SETS[@]}" --warmup "$WARMUP" --warmup-seconds "$WSECS" --steps "$STEPS" --label "$tag" \
+        --out "$f.json" --steps-out "$f.steps.json" > "$f.log" 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || status=1; done
+    for ((k = 0; k < big; k++)); do
+      f="$OUTDIR/independent/mptrain-$big-$k-${tag// /_}"
+      grep "^bench:" "$f.log" | head -1 | sed "s/^bench:/bench: independent run $k of $big:/" || tail -5 "$f.log"
+    done
+  fi
 fi
 if [ "$PEER" = auto ] && [ "$CPU" = 0 ]; then
   if command -v torchrun > /dev/null && python3 -c "import torch" 2> /dev/null; then PEER=1

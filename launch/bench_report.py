@@ -3,8 +3,9 @@
 
 Rows: `mptrain bench --out` (system "mptrain") and tests/reference/peer_gpt2.py --out (system "pytorch").
 Weak-scaling efficiency of a row: its tokens/s / (its GPU count x tokens/s of the same series on one GPU);
-a series is (system, label), and a row labelled "... net" (the network-transport run) is measured against
-its series without " net". The ratio column: mptrain tokens/s / PyTorch tokens/s at the same GPU count and
+a series is (system, label), and a row labelled "... net" (the network-transport run) or "... independent"
+(one-rank runs at once, one per GPU, joined here from DIR/independent) is measured against its series
+without the suffix. The ratio column: mptrain tokens/s / PyTorch tokens/s at the same GPU count and
 precision, from the same call.
 
 usage: bench_report.py DIR [--config CONFIG]
@@ -48,7 +49,57 @@ def peer_row(p):
 
 
 def series_base(label):
-    return label[:-4] if label.endswith(" net") else label
+    """The series a row is measured against: "... net" and "... independent" against their plain series."""
+    for suffix in (" net", " independent"):
+        if label.endswith(suffix):
+            return label[:-len(suffix)]
+    return label
+
+
+def independent_rows(d):
+    """Joins the one-rank runs that launch/bench.sh --independent ran at once, one per GPU
+    (DIR/independent/mptrain-N-K-LABEL.json, K = 0..N-1), into one row per (N, label): tokens/s the sum of
+    the runs', ms/step the one that gives it (the harmonic mean of their medians), the spread from the
+    fastest run's p10 to the slowest's p90, and each run's median, clock and power in the by-rank fields."""
+    groups = {}
+    for f in sorted(glob.glob(os.path.join(d, "independent", "mptrain-*.json"))):
+        if f.endswith(".steps.json"):
+            continue
+        r = json.load(open(f))
+        groups.setdefault(os.path.basename(f).split("-", 2)[1] + "|" + r["label"], []).append(r)
+    rows = []
+    for key, runs in sorted(groups.items()):
+        n = int(key.split("|")[0])
+        if len(runs) != n:
+            raise ValueError(f"{d}/independent: {len(runs)} runs of '{runs[0]['label']}', expected {n}")
+        first = runs[0]
+        tps = sum(r["tokens_per_s"] for r in runs)
+        ms = n / sum(1.0 / r["ms_per_step"] for r in runs)
+        exposed = max(r["exposed_comm_ms"] for r in runs)
+        row = dict(first)
+        row.update({
+            "label": first["label"] + " independent", "ranks": n, "gpus": n if first.get("gpus") else 0,
+            "independent_runs": n, "ms_per_step": ms, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / n,
+            "ms_p10": min(r["ms_p10"] for r in runs), "ms_p90": max(r["ms_p90"] for r in runs),
+            "ms_min": min(r["ms_min"] for r in runs), "ms_max": max(r["ms_max"] for r in runs),
+            "ms_per_step_by_rank": [r["ms_per_step"] for r in runs],
+            "exposed_comm_ms": exposed, "exposed_comm_pct": 100 * exposed / ms,
+            "exposed_comm_ms_by_site": {k: max(r["exposed_comm_ms_by_site"][k] for r in runs)
+                                        for k in first["exposed_comm_ms_by_site"]},
+            "exposed_comm_ms_min_rank": None, "peer_wait_ms": None,
+            "host_wait_ms": max(r["host_wait_ms"] for r in runs),
+            "peak_mem_gib": max(r["peak_mem_gib"] for r in runs),
+            "mfu": sum(r["mfu"] for r in runs) / n if first.get("mfu") is not None else None,
+            "achieved_tflops_per_gpu": (sum(r["achieved_tflops_per_gpu"] for r in runs) / n
+                                        if first.get("achieved_tflops_per_gpu") is not None else None),
+            "sm_clock_mhz_by_rank": [x for r in runs for x in r["sm_clock_mhz_by_rank"]],
+            "power_w_by_rank": [x for r in runs for x in r["power_w_by_rank"]],
+            "warmup_steps": max(r["warmup_steps"] for r in runs),
+            "warmup_seconds": max(r["warmup_seconds"] for r in runs),
+            "skipped_steps": max(r["skipped_steps"] for r in runs),
+        })
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -64,6 +115,11 @@ def main():
             print(f"bench_report: {f}: not a JSON row ({e})", file=sys.stderr)
             return 2
         rows.append(peer_row(r) if "median_step_ms" in r else r)
+    try:
+        rows += independent_rows(a.dir)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"bench_report: {a.dir}/independent: {e}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"bench_report: {a.dir}/rows holds no rows", file=sys.stderr)
         return 2
@@ -74,7 +130,7 @@ def main():
         r["efficiency"] = r["tokens_per_s"] / (r["ranks"] * base) if base else None
     peer = {(r["ranks"], r["precision"]): r["tokens_per_s"] for r in rows if r["system"] == "pytorch"}
     for r in rows:
-        p = peer.get((r["ranks"], r["precision"])) if r["system"] == "mptrain" and not r["label"].endswith(" net") else None
+        p = peer.get((r["ranks"], r["precision"])) if r["system"] == "mptrain" and r["label"] == series_base(r["label"]) else None
         r["vs_pytorch"] = r["tokens_per_s"] / p if p else None
     rows.sort(key=lambda r: (r["system"] != "mptrain", r["label"], r["ranks"]))
     commit = source_commit()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The scaling benchmark on CPU ranks (gpt2-tiny, 1 and 2 ranks, synthetic tokens): launch/bench.sh writes
-# one row per world size, bench.json with the weak-scaling efficiency, bench.md with the table and, where
+# one row per world size (and one for two independent one-rank runs at once), bench.json with the weak-scaling efficiency, bench.md with the table and, where
 # python3-matplotlib is installed, scaling.png; the numbers in them agree with each other.
 set -u
 MPTRAIN=$1; SRC=$2
@@ -18,8 +18,8 @@ import json, os, sys
 d = sys.argv[1]
 doc = json.load(open(os.path.join(d, "bench.json")))
 ok = doc["schema"] == "mptrain-bench/1" and doc["git_commit"] and doc["date"]
-rows = {r["ranks"]: r for r in doc["rows"]}
-ok = ok and sorted(rows) == [1, 2] and all(r["system"] == "mptrain" and r["unit"] == "tokens" for r in rows.values())
+rows = {r["ranks"]: r for r in doc["rows"] if r["label"] == "fp32 ZeRO-1"}
+ok = ok and len(doc["rows"]) == 2 and sorted(rows) == [1, 2] and all(r["system"] == "mptrain" and r["unit"] == "tokens" for r in rows.values())
 for n, r in rows.items():
     # tokens/s follows from the step time, the batch and the world size; the spread brackets the median.
     tok = r["batch_per_rank"] * 64 * n / (r["ms_per_step"] * 1e-3)
@@ -59,6 +59,43 @@ tag="c$RANDOM$RANDOM"
 MPTRAIN_COMMIT=$tag python3 "$SRC/launch/bench_report.py" "$tmp/b" --config "$SRC/configs/gpt2-tiny.json" > /dev/null 2>&1
 got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["git_commit"])' "$tmp/b/bench.json")
 [ "$got" = "$tag" ] && echo "ok: MPTRAIN_COMMIT" || { echo "FAIL: MPTRAIN_COMMIT=$tag gave $got"; fail=1; }
+# --independent: two one-rank runs at once (half a second of warm-up each, so that they overlap however
+# their starts stagger), joined into one row of the series "... independent": tokens/s the sum of the runs'
+# (and consistent with its ms/step), each run's median kept, the efficiency against the one-rank row of the
+# plain series, no peer ratio, and the two runs alive at the same time.
+MPTRAIN="$MPTRAIN" timeout 600 bash "$SRC/launch/bench.sh" "$SRC/configs/gpt2-tiny.json" --cpu --ranks 1,2 --steps 4 \
+  --warmup 2 --warmup-seconds 0.5 --independent --out "$tmp/i" --set data.train_shards="[\"$tmp/train.bin\"]" \
+  --set data.val_shards="[\"$tmp/train.bin\"]" > "$tmp/i.out" 2>&1 || { echo "FAIL: bench.sh --independent"; cat "$tmp/i.out"; fail=1; }
+python3 - "$tmp/i" <<'PY' || fail=1
+import json, os, sys
+d = sys.argv[1]
+doc = json.load(open(os.path.join(d, "bench.json")))
+one = [r for r in doc["rows"] if r["label"] == "fp32 ZeRO-1" and r["ranks"] == 1]
+ind = [r for r in doc["rows"] if r["label"] == "fp32 ZeRO-1 independent"]
+ok = len(doc["rows"]) == 3 and len(one) == 1 and len(ind) == 1
+if ok:
+    ir = ind[0]
+    name = lambda k, ext: os.path.join(d, "independent", f"mptrain-2-{k}-fp32_ZeRO-1{ext}")
+    runs = [json.load(open(name(k, ".json"))) for k in (0, 1)]
+    st = [json.load(open(name(k, ".steps.json"))) for k in (0, 1)]
+    tps = sum(r["tokens_per_s"] for r in runs)
+    ok = ok and ir["ranks"] == 2 and ir["independent_runs"] == 2 and abs(ir["tokens_per_s"] - tps) <= 1e-9 * tps
+    ok = ok and abs(ir["batch_per_rank"] * 64 * 2 / (ir["ms_per_step"] * 1e-3) - tps) <= 1e-6 * tps
+    ok = ok and ir["ms_per_step_by_rank"] == [r["ms_per_step"] for r in runs] and all(r["ranks"] == 1 for r in runs)
+    ok = ok and min(r["ms_p10"] for r in runs) == ir["ms_p10"] <= ir["ms_per_step"] <= ir["ms_p90"]
+    ok = ok and abs(ir["efficiency"] - tps / (2 * one[0]["tokens_per_s"])) < 1e-12 and ir["vs_pytorch"] is None
+    ok = ok and all(r["warmup_seconds"] >= 0.5 for r in runs)
+    ok = ok and all(len(s["step_ms"]) == 1 and len(s["step_ms"][0]) == 4 for s in st)
+    # Each run from the start of its warm-up to its last step; the two spans overlap.
+    (a0, a1), (b0, b1) = [(s["end_unix_s"][0] - s["step_ms"][0][0] / 1e3 - r["warmup_seconds"], s["end_unix_s"][-1])
+                          for s, r in zip(st, runs)]
+    ok = ok and a0 < b1 and b0 < a1
+md = open(os.path.join(d, "bench.md")).read().splitlines()
+ok = ok and sum(1 for l in md if l.startswith("| mptrain |")) == 3
+if not ok:
+    print("FAIL: bench.sh --independent", json.dumps(doc, indent=1)[:3000])
+sys.exit(0 if ok else 1)
+PY
 if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; } 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
   if [ "$(head -c 8 "$tmp/b/scaling.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] \
      && [ "$(stat -c %s "$tmp/b/scaling.png")" -gt 5000 ]; then echo "ok: scaling.png"; else echo "FAIL: scaling.png"; fail=1; fi
