@@ -19,7 +19,8 @@
 #              memcheck over the GPU tests (SANITIZE_FILTER narrows them) and a short gpt2-tiny run on one GPU
 #   scaling    mptrain bench-comm on all GPUs over NVLink and over the network transport (NCCL_P2P_DISABLE=1
 #              NCCL_SHM_DISABLE=1), launch/bench.sh gpt2-124m at B=16 on 1 and all GPUs (bf16 ZeRO-1/2, fp16
-#              ZeRO-1, the network-transport run, the PyTorch DDP peer) and launch/project.py's projection;
+#              ZeRO-1, the network-transport run, one-rank runs on every GPU at once, the PyTorch DDP peer) and
+#              launch/project.py's projection;
 #              BENCH_MODES, BENCH_STEPS, BENCH_PEER= (no peer), BENCH_NET= (no network run), SCALING_COMM=0
 #              (no bench-comm and no projection)
 #   sample     gpt2-tiny trained on one GPU, then mptrain sample from its checkpoint (twice: the same text);
