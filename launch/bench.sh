@@ -112,12 +112,15 @@ if [ "$INDEP" = 1 ] && [ "$big" -gt 1 ]; then
   else
     IFS=: read -r mode stage _ <<< "$first_mode"
     tag="$mode ZeRO-$stage"; pids=()
+    # The runs meet after their warm-up (mptrain bench --rendezvous), so that their timed steps overlap.
+    rv="$OUTDIR/independent/rendezvous-$big-${tag// /_}"
+    rm -rf "$rv"; mkdir -p "$rv"
     for ((k = 0; k < big; k++)); do
       f="$OUTDIR/independent/mptrain-$big-$k-${tag// /_}"
       vis=(); [ "$CPU" = 0 ] && vis=("CUDA_VISIBLE_DEVICES=${devs[$k]}")
       env "${vis[@]}" "${RUN[@]}" -np 1 "$MPT" bench "$CONFIG" --set device=$DEV --set precision.mode="$mode" --set zero.stage="$stage" \
         "${SETS[@]}" --warmup "$WARMUP" --warmup-seconds "$WSECS" --steps "$STEPS" --label "$tag" \
-        --out "$f.json" --steps-out "$f.steps.json" > "$f.log" 2>&1 &
+        --rendezvous "$rv" --rendezvous-count "$big" --out "$f.json" --steps-out "$f.steps.json" > "$f.log" 2>&1 &
       pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || status=1; done

@@ -97,6 +97,8 @@ def independent_rows(d):
             "warmup_steps": max(r["warmup_steps"] for r in runs),
             "warmup_seconds": max(r["warmup_seconds"] for r in runs),
             "skipped_steps": max(r["skipped_steps"] for r in runs),
+            "rendezvous_met": all(r.get("rendezvous_met") for r in runs),
+            "rendezvous_wait_s": max(r.get("rendezvous_wait_s") or 0 for r in runs),
         })
         rows.append(row)
     return rows

@@ -59,12 +59,12 @@ tag="c$RANDOM$RANDOM"
 MPTRAIN_COMMIT=$tag python3 "$SRC/launch/bench_report.py" "$tmp/b" --config "$SRC/configs/gpt2-tiny.json" > /dev/null 2>&1
 got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["git_commit"])' "$tmp/b/bench.json")
 [ "$got" = "$tag" ] && echo "ok: MPTRAIN_COMMIT" || { echo "FAIL: MPTRAIN_COMMIT=$tag gave $got"; fail=1; }
-# --independent: two one-rank runs at once (half a second of warm-up each, so that they overlap however
-# their starts stagger), joined into one row of the series "... independent": tokens/s the sum of the runs'
-# (and consistent with its ms/step), each run's median kept, the efficiency against the one-rank row of the
-# plain series, no peer ratio, and the two runs alive at the same time.
+# --independent: two one-rank runs at once, which meet after their warm-up (--rendezvous) so that their
+# timed steps run at the same time, joined into one row of the series "... independent": tokens/s the sum of
+# the runs' (and consistent with its ms/step), each run's median kept, the efficiency against the one-rank row
+# of the plain series, no peer ratio.
 MPTRAIN="$MPTRAIN" timeout 600 bash "$SRC/launch/bench.sh" "$SRC/configs/gpt2-tiny.json" --cpu --ranks 1,2 --steps 4 \
-  --warmup 2 --warmup-seconds 0.5 --independent --out "$tmp/i" --set data.train_shards="[\"$tmp/train.bin\"]" \
+  --warmup 2 --independent --out "$tmp/i" --set data.train_shards="[\"$tmp/train.bin\"]" \
   --set data.val_shards="[\"$tmp/train.bin\"]" > "$tmp/i.out" 2>&1 || { echo "FAIL: bench.sh --independent"; cat "$tmp/i.out"; fail=1; }
 python3 - "$tmp/i" <<'PY' || fail=1
 import json, os, sys
@@ -84,11 +84,10 @@ if ok:
     ok = ok and ir["ms_per_step_by_rank"] == [r["ms_per_step"] for r in runs] and all(r["ranks"] == 1 for r in runs)
     ok = ok and min(r["ms_p10"] for r in runs) == ir["ms_p10"] <= ir["ms_per_step"] <= ir["ms_p90"]
     ok = ok and abs(ir["efficiency"] - tps / (2 * one[0]["tokens_per_s"])) < 1e-12 and ir["vs_pytorch"] is None
-    ok = ok and all(r["warmup_seconds"] >= 0.5 for r in runs)
+    ok = ok and all(r["rendezvous_met"] is True and r["rendezvous_wait_s"] >= 0 for r in runs) and ir["rendezvous_met"]
     ok = ok and all(len(s["step_ms"]) == 1 and len(s["step_ms"][0]) == 4 for s in st)
-    # Each run from the start of its warm-up to its last step; the two spans overlap.
-    (a0, a1), (b0, b1) = [(s["end_unix_s"][0] - s["step_ms"][0][0] / 1e3 - r["warmup_seconds"], s["end_unix_s"][-1])
-                          for s, r in zip(st, runs)]
+    # The timed steps of the two runs overlap in time.
+    (a0, a1), (b0, b1) = [(s["end_unix_s"][0] - s["step_ms"][0][0] / 1e3, s["end_unix_s"][-1]) for s in st]
     ok = ok and a0 < b1 and b0 < a1
 md = open(os.path.join(d, "bench.md")).read().splitlines()
 ok = ok and sum(1 for l in md if l.startswith("| mptrain |")) == 3
@@ -96,6 +95,23 @@ if not ok:
     print("FAIL: bench.sh --independent", json.dumps(doc, indent=1)[:3000])
 sys.exit(0 if ok else 1)
 PY
+# --rendezvous alone (the other run never comes): it times alone after the timeout and says so; half an
+# option is bad input.
+timeout 120 mpirun -np 1 "$MPTRAIN" bench "$SRC/configs/gpt2-tiny.json" --warmup 1 --steps 2 --rendezvous "$tmp/rv1" \
+  --rendezvous-count 2 --out "$tmp/rv.json" --set data.train_shards="[\"$tmp/train.bin\"]" \
+  --set data.val_shards="[\"$tmp/train.bin\"]" > "$tmp/rv.out" 2>&1 && rc=0 || rc=$?
+[ "$rc" = 2 ] && grep -q "rv1: not a directory" "$tmp/rv.out" && echo "ok: --rendezvous missing dir" \
+  || { echo "FAIL: --rendezvous on a missing directory: exit $rc"; cat "$tmp/rv.out"; fail=1; }
+mkdir -p "$tmp/rv1"
+timeout 120 mpirun -np 1 "$MPTRAIN" bench "$SRC/configs/gpt2-tiny.json" --warmup 1 --steps 2 --rendezvous "$tmp/rv1" \
+  --rendezvous-count 2 --rendezvous-timeout 0.4 --out "$tmp/rv.json" --set data.train_shards="[\"$tmp/train.bin\"]" \
+  --set data.val_shards="[\"$tmp/train.bin\"]" > "$tmp/rv.out" 2>&1 && rc=0 || rc=$?
+if [ "$rc" = 0 ] && grep -q "1 of 2 runs ready after 0.4 s; timing without the rest" "$tmp/rv.out" && ls "$tmp/rv1"/ready.* > /dev/null \
+   && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["rendezvous_met"] is False and r["rendezvous_wait_s"] >= 0.4 else 1)' "$tmp/rv.json"
+then echo "ok: --rendezvous timeout"; else echo "FAIL: --rendezvous timeout: exit $rc"; cat "$tmp/rv.out"; fail=1; fi
+timeout 60 mpirun -np 1 "$MPTRAIN" bench "$SRC/configs/gpt2-tiny.json" --rendezvous "$tmp/rv1" > "$tmp/rv.out" 2>&1 && rc=0 || rc=$?
+[ "$rc" = 2 ] && grep -q "go together" "$tmp/rv.out" && echo "ok: --rendezvous without a count" \
+  || { echo "FAIL: --rendezvous without --rendezvous-count: exit $rc"; cat "$tmp/rv.out"; fail=1; }
 if { python3 -c "import matplotlib" || /usr/bin/python3 -c "import matplotlib"; } 2> /dev/null && [ -f "$SRC/launch/plot.py" ]; then
   if [ "$(head -c 8 "$tmp/b/scaling.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] \
      && [ "$(stat -c %s "$tmp/b/scaling.png")" -gt 5000 ]; then echo "ok: scaling.png"; else echo "FAIL: scaling.png"; fail=1; fi

@@ -9,9 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -53,16 +56,38 @@ nlohmann::json versions() {
   return v;
 }
 
+// --rendezvous DIR: independent runs (launch/bench.sh --independent) start timing together. Each run, once
+// warmed up, leaves a file "ready.<host>.<pid>" in DIR; this counts them.
+int rendezvous_ready(const std::string& dir) {
+  std::error_code ec;
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.path().filename().string().rfind("ready.", 0) == 0) ++n;
+  return n;
+}
+
 }  // namespace
 
 int bench_command(int argc, char** argv) {
   CommandArgs a;
-  if (!parse_command_args(argc, argv, {"warmup", "warmup-seconds", "steps", "out", "label", "peak-tflops", "steps-out"}, {}, &a)) return kExitBadInput;
-  int warmup = 0, timed = 0;
-  double peak_opt = 0, warmup_s_opt = -1;
-  if (!int_option(a, "warmup", 5, 1, &warmup) || !int_option(a, "steps", 20, 2, &timed) ||
-      !double_option(a, "peak-tflops", 0, &peak_opt) || !double_option(a, "warmup-seconds", -1, &warmup_s_opt, true))
+  if (!parse_command_args(argc, argv, {"warmup", "warmup-seconds", "steps", "out", "label", "peak-tflops", "steps-out",
+                                       "rendezvous", "rendezvous-count", "rendezvous-timeout"}, {}, &a))
     return kExitBadInput;
+  int warmup = 0, timed = 0, rv_count = 0;
+  double peak_opt = 0, warmup_s_opt = -1, rv_timeout = 0;
+  if (!int_option(a, "warmup", 5, 1, &warmup) || !int_option(a, "steps", 20, 2, &timed) ||
+      !double_option(a, "peak-tflops", 0, &peak_opt) || !double_option(a, "warmup-seconds", -1, &warmup_s_opt, true) ||
+      !int_option(a, "rendezvous-count", 1, 1, &rv_count) || !double_option(a, "rendezvous-timeout", 120, &rv_timeout))
+    return kExitBadInput;
+  const std::string rv_dir = a.opts.count("rendezvous") ? a.opts.at("rendezvous") : "";
+  if (rv_dir.empty() != !a.opts.count("rendezvous-count")) {
+    std::fprintf(stderr, "mptrain bench: --rendezvous DIR and --rendezvous-count N go together\n");
+    return kExitBadInput;
+  }
+  if (!rv_dir.empty() && !std::filesystem::is_directory(rv_dir)) {
+    std::fprintf(stderr, "mptrain bench: --rendezvous %s: not a directory\n", rv_dir.c_str());
+    return kExitBadInput;
+  }
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
     cfg.log.metrics = "";
@@ -87,6 +112,36 @@ int bench_command(int argc, char** argv) {
       if (!more) break;
       t.train_step();
       ++warmup;
+    }
+    // --rendezvous: keep warming up until all --rendezvous-count runs are warmed up (each leaves its file),
+    // so that their timed steps run at the same time; after --rendezvous-timeout seconds time alone, and say so.
+    double rv_wait = 0;
+    bool rv_met = true;
+    if (!rv_dir.empty()) {
+      agree(MPI_COMM_WORLD, [&] {  // a failure on rank 0 ends every rank with it
+        if (world.rank != 0) return;
+        char host[256] = {0};
+        gethostname(host, sizeof host - 1);
+        const std::string mine = rv_dir + "/ready." + host + "." + std::to_string(getpid());
+        if (!std::ofstream(mine)) throw InputError(rv_dir, "--rendezvous", "cannot be written");
+      });
+      const auto r0 = std::chrono::steady_clock::now();
+      auto since_r0 = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(); };
+      for (;;) {
+        int state = 0;  // 0: all ready, 1: wait on, 2: timed out
+        if (world.rank == 0) state = rendezvous_ready(rv_dir) >= rv_count ? 0 : since_r0() < rv_timeout ? 1 : 2;
+        MPT_MPI_CHECK(MPI_Bcast(&state, 1, MPI_INT, 0, MPI_COMM_WORLD));
+        if (state != 1) {
+          rv_met = state == 0;
+          break;
+        }
+        t.train_step();
+        ++warmup;
+      }
+      rv_wait = since_r0();
+      if (!rv_met && world.rank == 0)
+        std::fprintf(stderr, "mptrain bench: --rendezvous %s: %d of %d runs ready after %.1f s; timing without the rest\n",
+                     rv_dir.c_str(), rendezvous_ready(rv_dir), rv_count, rv_timeout);
     }
     const double warmup_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
     t.optimizer().exposure().take_ms();
@@ -250,6 +305,8 @@ int bench_command(int argc, char** argv) {
         {"ms_per_step_by_rank", rank_ms},            // each rank's own median step time
         {"host_wait_ms", 1e3 * wait_min},            // median host wait in the statistics readback (smallest rank)
         {"skip_bucket_comm", cfg.debug.skip_bucket_comm},
+        {"rendezvous_wait_s", rv_dir.empty() ? nlohmann::json(nullptr) : nlohmann::json(rv_wait)},
+        {"rendezvous_met", rv_dir.empty() ? nlohmann::json(nullptr) : nlohmann::json(rv_met)},
         {"warmup_seconds", warmup_took},              // the warm-up as run (all --warmup steps and any added)
         {"sm_clock_mhz_by_rank", mhz_by_rank},        // median SM clock over the timed steps (NVML)
         {"power_w_by_rank", watts_by_rank},           // mean board power over the timed steps

@@ -105,6 +105,7 @@ const CommandHelp kCommandHelp[] = {
     {"bench",
      "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json]\n"
      "                                   [--label TEXT] [--peak-tflops X] [--steps-out FILE.json]\n"
+     "                                   [--rendezvous DIR --rendezvous-count N [--rendezvous-timeout 120]]\n"
      "                                   [--set key.path=value ...]\n"
      "\n"
      "The scaling benchmark's row at this world size: after the warm-up (--warmup steps, then more for\n"
@@ -112,8 +113,10 @@ const CommandHelp kCommandHelp[] = {
      "the median and spread of the step time (the slowest rank's, per step) over the timed steps, tokens/s in\n"
      "all and per GPU, the exposed communication per step, peak memory per GPU, MFU (data-sheet peak, or\n"
      "--peak-tflops), and each GPU's median SM clock and mean power (NVML). One line on stdout, one JSON row\n"
-     "with --out; --steps-out writes every rank's time and readback wait per step. launch/bench.sh runs it at\n"
-     "each world size and writes the report.\n"},
+     "with --out; --steps-out writes every rank's time and readback wait per step. --rendezvous: N separate\n"
+     "runs time their steps together (each, once warmed up, leaves a file in DIR and warms up on until N files\n"
+     "are there, or times alone after the timeout). launch/bench.sh runs it at each world size and writes the\n"
+     "report.\n"},
     {"bench-comm",
      "usage: mpirun -np N mptrain bench-comm [--device auto|cuda|cpu] [--dtype bf16|fp16|fp32] [--min-bytes 4096]\n"
      "                                   [--max-bytes 268435456] [--iters 20] [--out FILE.json]\n"
