@@ -5,6 +5,7 @@
 // MFU. One JSON row per run (--out), one line on stdout.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -149,27 +152,69 @@ int bench_command(int argc, char** argv) {
     // steps, which a training step no longer does (the update overlaps the next step's host work).
     std::vector<double> step_s(static_cast<size_t>(timed)), wait_s(static_cast<size_t>(timed)), end_s(static_cast<size_t>(timed));
     int skipped = 0;
-    // The GPU's SM clock after each step and its energy counter around the timed steps (NVML; none on CPU).
+    // The GPU's SM clock during each step and its energy counter around the timed steps (NVML; none on CPU).
+    // The clock is sampled every 10 ms by a thread of its own, never between steps: an NVML query can hold
+    // its caller for milliseconds, and a rank held between steps makes every other rank wait for it at the
+    // next collective, which would show up as lockstep loss that training does not have.
     const int dev_index = t.exec().cuda() ? world.local_rank : -1;
-    std::vector<double> mhz;
     unsigned long long reasons = 0;
     const PowerSample p0 = sample_power(dev_index);
+    auto unix_now = [] {
+      return 1e-6 * double(std::chrono::duration_cast<std::chrono::microseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count());
+    };
+    std::vector<std::pair<double, double>> clock_log;  // (unix time, SM MHz), written by the sampler alone
+    std::atomic<bool> sampling{p0.ok};
+    std::thread sampler;
+    if (p0.ok)
+      sampler = std::thread([&] {
+        while (sampling.load()) {
+          const PowerSample p = sample_power(dev_index);
+          if (p.ok) {
+            clock_log.emplace_back(unix_now(), double(p.sm_mhz));
+            reasons |= p.reasons;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      });
     const auto timed0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < timed; ++i) {
-      const StepRecord r = t.train_step();
-      t.optimizer().exposure().end_step();
-      if (p0.ok) {
-        const PowerSample p = sample_power(dev_index);
-        mhz.push_back(p.sm_mhz);
-        reasons |= p.reasons;
+    const double timed0_unix = unix_now();
+    try {
+      for (int i = 0; i < timed; ++i) {
+        const StepRecord r = t.train_step();
+        t.optimizer().exposure().end_step();
+        end_s[size_t(i)] = unix_now();
+        step_s[size_t(i)] = r.seconds;
+        wait_s[size_t(i)] = r.stats_seconds;
+        skipped += r.skipped ? 1 : 0;
       }
-      end_s[size_t(i)] = 1e-6 * double(std::chrono::duration_cast<std::chrono::microseconds>(
-                                          std::chrono::system_clock::now().time_since_epoch()).count());
-      step_s[size_t(i)] = r.seconds;
-      wait_s[size_t(i)] = r.stats_seconds;
-      skipped += r.skipped ? 1 : 0;
+    } catch (...) {
+      sampling = false;
+      if (sampler.joinable()) sampler.join();
+      throw;
     }
     const double timed_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - timed0).count();
+    sampling = false;
+    if (sampler.joinable()) sampler.join();
+    // Each step's clock: the mean of the samples taken during it, else the sample nearest its end.
+    std::vector<double> mhz;
+    if (p0.ok && !clock_log.empty()) {
+      size_t k = 0;
+      for (int i = 0; i < timed; ++i) {
+        const double lo = i == 0 ? timed0_unix : end_s[size_t(i) - 1], hi = end_s[size_t(i)];
+        while (k < clock_log.size() && clock_log[k].first <= lo) ++k;
+        double sum = 0;
+        int n = 0;
+        size_t j = k;
+        for (; j < clock_log.size() && clock_log[j].first <= hi; ++j, ++n) sum += clock_log[j].second;
+        if (n == 0) {
+          const size_t near = std::min(j, clock_log.size() - 1);
+          sum = clock_log[near].second;
+          n = 1;
+        }
+        mhz.push_back(sum / n);
+      }
+    }
     // Per rank: median SM clock, mean board power over the timed steps (energy counter; else the last
     // reading), the power limit and the clock ceiling; -1 where NVML has nothing.
     std::array<double, 4> power_mine{-1, -1, -1, -1};
@@ -220,7 +265,7 @@ int bench_command(int argc, char** argv) {
     double wait_min = 0;
     MPT_MPI_CHECK(MPI_Allreduce(&own_wait, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
     // --steps-out: every rank's host time per step, its wait in the statistics readback, its exposure and its
-    // GPU's SM clock after the step (0 without NVML), for the spread's causes.
+    // GPU's mean SM clock during the step (0 without NVML), for the spread's causes.
     std::vector<double> all_step, all_wait, all_mhz;
     if (a.opts.count("steps-out")) {
       all_step.resize(size_t(world.size) * size_t(timed));
