@@ -14,6 +14,9 @@
 #   profile    mptrain profile of gpt2-124m at B=16 on one GPU, bf16 and fp16 (per-op tables); with
 #              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels);
 #              PROFILE_MODES="bf16" profiles that precision only
+#   commcost   mptrain profile --without-comm of gpt2-124m bf16 ZeRO-1 at B=16 on all GPUs: every op's time with
+#              and without the bucket collectives, on every rank (where communication slows the step);
+#              COMMCOST_SETS adds --set options (e.g. "zero.copy_engine_reduce=false")
 #   reliability  the watchdog on all GPUs (one rank SIGSTOPped: the job must end within watchdog.timeout_s
 #              plus a margin, naming the wait; one rank killed: the job must end), and compute-sanitizer
 #              memcheck over the GPU tests (SANITIZE_FILTER narrows them) and a short gpt2-tiny run on one GPU
@@ -57,7 +60,7 @@ DATA="${MPT_DATA_DIR:-/usr/share/datasets/fashion-mnist}"
 export MPT_FASHION_MNIST_DIR="$DATA"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 NPS=$( (echo 1; echo "$NGPU") | sort -un | tr '\n' ' ')  # 1 rank, and all GPUs when there are more
-PARTS="${*:-build tests reference gpt2 smoke precision attention profile reliability scaling windows sample peer}"
+PARTS="${*:-build tests reference gpt2 smoke precision attention profile commcost reliability scaling windows sample peer}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 MPT=build-gpu/mptrain
 RUN="mpirun --bind-to none -x NCCL_NVLS_ENABLE"
@@ -174,6 +177,16 @@ if want profile; then
   }
   [ "${PROFILE_SIMT:-0}" = 1 ] && prof bf16-simt bf16 MPT_ATTENTION=simt
   for m in ${PROFILE_MODES:-bf16 fp16}; do prof "$m" "$m"; done
+fi
+
+if want commcost; then
+  echo "== commcost: gpt2-124m bf16 ZeRO-1, B=16, on $NGPU GPU(s), with and without the bucket collectives"
+  sets=(); for kv in ${COMMCOST_SETS:-}; do sets+=(--set "$kv"); done
+  # 150 warm-up steps (~5 s): a power-capped GPU settles its clocks first (see README, steady state).
+  timeout 300 $RUN -np "$NGPU" "$MPT" profile configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 \
+    --set zero.stage=1 --set train.batch_size=16 "${sets[@]}" --warmup 150 --steps 40 --profiled-steps 20 --without-comm \
+    --out "$OUT/commcost.json" > "$OUT/commcost.log" 2>&1 || status=1
+  sed -n "/^by rank/p;/^communication's cost/,\$p" "$OUT/commcost.log" | head -40
 fi
 
 if want reliability; then

@@ -218,6 +218,42 @@ if not ok:
 sys.exit(0 if ok else 1)
 PY
   then echo "ok: profile table adds up"; else echo "FAIL: profile JSON"; fail=$((fail+1)); fi
+  # What communication costs each op, on 2 ranks: the same steps with and without the bucket collectives.
+  # Every row of the comparison must be the ranks' own rows (mean, and with - without rank by rank), and
+  # the steps without must really have skipped the collectives: the ranks' parameters drift apart there
+  # (each rank updates with its own gradients) and agree again one step with the collectives later.
+  tshards=(--set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]")
+  if timeout 120 mpirun -np 2 --oversubscribe "$MPTRAIN" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu \
+    "${tshards[@]}" --warmup 1 --steps 2 --profiled-steps 2 --without-comm --out "$tmp/prof2.json" > "$tmp/prof2.out" 2>&1 \
+    && grep -q "^communication's cost by op" "$tmp/prof2.out" && grep -q "^by rank (ms per step)" "$tmp/prof2.out" \
+    && /usr/bin/env python3 - "$tmp/prof2.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+c, w, wo = p["comm_cost"], p["by_rank"], p["without_comm"]["by_rank"]
+close = lambda a, b: abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+ok = len(w) == 2 and len(wo) == 2 and all(r["rows"] for r in w + wo)
+ok = ok and len(c["rows"]) == len(set(w[0]["rows"]) | set(w[1]["rows"]) | set(wo[0]["rows"]) | set(wo[1]["rows"]))
+for row in c["rows"]:
+    a = [r["rows"].get(row["op"], 0.0) for r in w]
+    b = [r["rows"].get(row["op"], 0.0) for r in wo]
+    ok = ok and close(row["with_ms"], sum(a) / 2) and close(row["without_ms"], sum(b) / 2)
+    ok = ok and all(close(d, x - y) for d, x, y in zip(row["diff_by_rank"], a, b)) and close(row["diff_ms"], row["with_ms"] - row["without_ms"])
+diffs = [r["diff_ms"] for r in c["rows"]]
+ok = ok and diffs == sorted(diffs, reverse=True)
+ok = ok and close(c["step"]["with_ms"], (w[0]["step_ms"] + w[1]["step_ms"]) / 2)
+ok = ok and close(c["step"]["diff_by_rank"][1], w[1]["step_ms"] - wo[1]["step_ms"])
+ok = ok and close(c["other"]["diff_by_rank"][0], w[0]["other_ms"] - wo[0]["other_ms"])
+ok = ok and close(c["unprofiled_step"]["without_ms"], (wo[0]["unprofiled_step_ms"] + wo[1]["unprofiled_step_ms"]) / 2)
+ok = ok and p["comm_cost"]["params"] == {"diverged_without": True, "identical_after": True}
+if not ok:
+    print(json.dumps(c["params"] if "params" in c else c, indent=1)[:2000])
+sys.exit(0 if ok else 1)
+PY
+  then echo "ok: mptrain profile --without-comm (2 ranks): the comparison is the ranks' rows, the collectives were skipped"
+  else echo "FAIL: mptrain profile --without-comm"; sed 's/^/    /' "$tmp/prof2.out" | tail -20; fail=$((fail+1)); fi
+  run 2 "--without-comm: the config already skips the bucket collectives" profile "$SRC/configs/gpt2-tiny.json" \
+    --set device=cpu "${tshards[@]}" --without-comm --set debug.skip_bucket_comm=true
+  run 2 "profiled-steps" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu "${tshards[@]}" --profiled-steps 0
   # Export for Hugging Face: fp32 and bf16 of the same (untrained: warned about) weights, config.json beside
   # them; bf16 must be the fp32 values rounded to nearest even, bit for bit. Then init_from reads it back.
   shards=(--set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]")

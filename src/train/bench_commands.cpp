@@ -37,39 +37,112 @@ double median(std::vector<double> v) {
 
 int profile_command(int argc, char** argv) {
   CommandArgs a;
-  if (!parse_command_args(argc, argv, {"warmup", "steps", "out", "peak-tflops", "peak-gbs"}, {}, &a))
+  if (!parse_command_args(argc, argv, {"warmup", "steps", "profiled-steps", "out", "peak-tflops", "peak-gbs"}, {}, &a,
+                          {"without-comm"}))
     return kExitBadInput;
-  int warmup = 0, timed = 0;
+  int warmup = 0, timed = 0, profiled = 0;
   Ceilings ceil;
   if (!int_option(a, "warmup", 3, 1, &warmup) || !int_option(a, "steps", 5, 1, &timed) ||
+      !int_option(a, "profiled-steps", 1, 1, &profiled) ||
       !double_option(a, "peak-tflops", ceil.tflops, &ceil.tflops) || !double_option(a, "peak-gbs", ceil.gbs, &ceil.gbs))
     return kExitBadInput;
+  const bool without_comm = a.flags.count("without-comm") > 0;
   return run_config_command(a, [&](Config& cfg, const WorldInfo& world) {
     cfg.log.quiet = true;
     cfg.log.metrics = "";
     cfg.checkpoint.dir = "";
+    agree(MPI_COMM_WORLD, [&] {  // every rank finds it; one prints it
+      if (without_comm && cfg.debug.skip_bucket_comm)
+        throw InputError("mptrain profile", "--without-comm",
+                         "the config already skips the bucket collectives (debug.skip_bucket_comm = true): nothing "
+                         "to compare with");
+    });
     Trainer t(cfg, world);
     // Warm-up: cuBLASLt plans, NCCL, first-touch allocations, the loss scale settling.
     for (int i = 0; i < warmup; ++i) t.train_step();
-    std::vector<double> secs;
-    for (int i = 0; i < timed; ++i) secs.push_back(t.train_step().seconds);
-    const double unprofiled_ms = 1e3 * median(secs);
-    OpProfiler prof(t.exec());
-    installed_op_timer() = &prof;
-    prof.start_step();
-    const StepRecord rec = t.train_step();
-    prof.stop_step();
-    installed_op_timer() = nullptr;
-    const ProfileReport r = prof.report();
+    auto unprofiled = [&](int n, std::vector<double>* secs) {
+      for (int i = 0; i < n; ++i) secs->push_back(t.train_step().seconds);
+    };
+    StepRecord rec;
+    auto profile_steps = [&](OpProfiler& p, int n) {
+      installed_op_timer() = &p;
+      for (int i = 0; i < n; ++i) {
+        p.start_step();
+        rec = t.train_step();
+        p.stop_step();
+      }
+      installed_op_timer() = nullptr;
+    };
+    // Whether every rank holds the same parameters (collective).
+    auto params_identical = [&] {
+      const uint64_t h = t.optimizer().param_hash();
+      std::vector<uint64_t> all(size_t(world.size));
+      t.comm().host_all_gather(&h, all.data(), sizeof h);
+      return std::all_of(all.begin(), all.end(), [&](uint64_t x) { return x == all[0]; });
+    };
+    std::vector<double> secs_with, secs_without;
+    OpProfiler with(t.exec()), without(t.exec());
+    bool diverged = false, rejoined = false;
+    if (!without_comm) {
+      unprofiled(timed, &secs_with);
+      profile_steps(with, profiled);
+    } else {
+      // With, without, with: the steps with communication before and after the ones without, so that a
+      // drift of the clocks over the run falls on both sides alike. One unprofiled step after each switch:
+      // the parameter all-gather queued at the end of a step overlaps the next step's forward.
+      unprofiled((timed + 1) / 2, &secs_with);
+      profile_steps(with, profiled);
+      t.optimizer().set_skip_comm(true);
+      t.train_step();
+      unprofiled(timed, &secs_without);
+      profile_steps(without, profiled);
+      diverged = !params_identical();
+      t.optimizer().set_skip_comm(false);
+      t.train_step();
+      rejoined = params_identical();
+      profile_steps(with, profiled);
+      unprofiled(timed / 2, &secs_with);
+    }
+    const double unprofiled_ms = 1e3 * median(secs_with), unprofiled_without_ms = 1e3 * median(secs_without);
+    const ProfileReport r = with.report();
+    const std::vector<RankProfile> ranks = gather_profiles(t.comm(), r, unprofiled_ms);
+    ProfileReport r_without;
+    std::vector<RankProfile> ranks_without;
+    if (without_comm) {
+      r_without = without.report();
+      ranks_without = gather_profiles(t.comm(), r_without, unprofiled_without_ms);
+    }
     if (world.rank != 0) return;
     const int64_t tokens = int64_t(cfg.train.batch_size) * cfg.train.grad_accum * t.model().targets_per_example();
     std::printf("profile: %s | %s | %d rank(s), ZeRO-%d | batch %d x %d per rank | step %lld, loss %.4f%s\n",
                 t.model().describe().c_str(), dtype_name(t.model_dtype()), world.size, cfg.zero.stage,
                 cfg.train.batch_size, cfg.train.grad_accum, static_cast<long long>(rec.step), rec.loss,
                 rec.skipped ? " (skipped)" : "");
-    std::printf("unprofiled: median %.3f ms per step over %d steps = %.0f %s/s per rank\n", unprofiled_ms, timed,
-                double(tokens) / (unprofiled_ms * 1e-3), t.language_model() ? "tokens" : "samples");
+    std::printf("unprofiled: median %.3f ms per step over %zu steps = %.0f %s/s per rank\n", unprofiled_ms,
+                secs_with.size(), double(tokens) / (unprofiled_ms * 1e-3), t.language_model() ? "tokens" : "samples");
+    if (profiled > 1 || without_comm)
+      std::printf("rows: ms per step, the mean of %d profiled steps on rank 0\n", int(r.steps));
     std::fputs(format_profile(r, ceil, unprofiled_ms).c_str(), stdout);
+    if (world.size > 1) {
+      std::printf("by rank (ms per step): profiled step / sum of the ops / not profiled:");
+      for (const RankProfile& p : ranks)
+        std::printf(" rank %d %.3f / %.3f / %.3f;", p.rank, p.step_ms, p.ops_ms, p.unprofiled_ms);
+      std::printf("\n");
+    }
+    CommCost cost;
+    if (without_comm) {
+      cost = comm_cost(ranks, ranks_without);
+      std::printf("\ncommunication's cost by op, ms per step, the mean over %d rank(s): 'with' is %d profiled steps "
+                  "before and %d after the %d 'without' (debug.skip_bucket_comm: no gradient reduce-scatter, no "
+                  "parameter all-gather); %zu and %zu unprofiled steps\n",
+                  world.size, profiled, profiled, profiled, secs_with.size(), secs_without.size());
+      std::fputs(format_comm_cost(cost, 25).c_str(), stdout);
+      if (world.size > 1)
+        std::printf("parameters across the ranks: %s after the steps without the collectives, %s after one step "
+                    "with them again\n",
+                    diverged ? "differ" : "identical (the collectives were not skipped?)",
+                    rejoined ? "identical" : "still differ");
+    }
     if (t.exec().cuda()) {
       const cuda::GemmTuningStats g = cuda::gemm_tuning_stats();
       std::printf("gemm tuning: %d plans tuned (%d took another algorithm than the heuristic's first), %d more "
@@ -83,6 +156,14 @@ int profile_command(int argc, char** argv) {
       j["model"] = t.model().describe();
       j["precision"] = dtype_name(t.model_dtype());
       j["ranks"] = world.size;
+      j["by_rank"] = rank_profiles_json(ranks);
+      if (without_comm) {
+        nlohmann::json wo = profile_json(r_without, ceil, unprofiled_without_ms);
+        wo["by_rank"] = rank_profiles_json(ranks_without);
+        j["without_comm"] = wo;
+        j["comm_cost"] = comm_cost_json(cost);
+        if (world.size > 1) j["comm_cost"]["params"] = {{"diverged_without", diverged}, {"identical_after", rejoined}};
+      }
       j["config"] = cfg.resolved;
       std::ofstream(a.opts.at("out")) << j.dump(2) << "\n";
     }

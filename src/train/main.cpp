@@ -28,8 +28,9 @@ const char* kUsage =
     "                                            a K-step loss trajectory, for the PyTorch reference check\n"
     "  analyze CONFIG [--batches N] [--dtype fp16|bf16] [--out FILE.json]\n"
     "                                            per-layer precision sensitivity and recommended overrides\n"
-    "  profile CONFIG [--warmup N] [--steps N] [--out FILE.json]\n"
-    "                                            per-op times of one steady-state step, against the device's peaks\n"
+    "  profile CONFIG [--warmup N] [--steps N] [--profiled-steps N] [--without-comm] [--out FILE.json]\n"
+    "                                            per-op times of steady-state steps, against the device's peaks;\n"
+    "                                            --without-comm: each op with and without the bucket collectives\n"
     "  bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json] [--label TEXT]\n"
     "                                            step time, tokens/s, exposed communication, memory and MFU at this\n"
     "                                            world size (launch/bench.sh runs it at each GPU count)\n"
@@ -97,11 +98,17 @@ const CommandHelp kCommandHelp[] = {
      "Per-layer precision sensitivity: each layer alone in fp16 (or bf16) against FP32, on N batches\n"
      "(default 4); prints recommended precision.layers overrides and writes them with --out.\n"},
     {"profile",
-     "usage: mptrain profile CONFIG [--warmup N] [--steps N] [--out FILE.json] [--peak-tflops X] [--peak-gbs Y]\n"
-     "                      [--set key.path=value ...]\n"
+     "usage: [mpirun -np N] mptrain profile CONFIG [--warmup N] [--steps N] [--profiled-steps N] [--without-comm]\n"
+     "                      [--out FILE.json] [--peak-tflops X] [--peak-gbs Y] [--set key.path=value ...]\n"
      "\n"
-     "Per-op times of one steady-state training step (after N warm-up steps, default 3; the median of N timed\n"
-     "steps, default 5), each op's rate against the device's peaks.\n"},
+     "Per-op times of steady-state training steps (after --warmup steps, default 3; the unprofiled step is the\n"
+     "median of --steps steps, default 5), the mean of --profiled-steps profiled steps (default 1), each op's\n"
+     "rate against the device's peaks; rank 0's table, and every rank's step.\n"
+     "--without-comm: the profiled steps again with the bucket collectives skipped (debug.skip_bucket_comm),\n"
+     "between two sets with them, and a table of each op's time with, without and the difference, rank by\n"
+     "rank: where communication slows the step. The ranks' parameters must differ after the steps without\n"
+     "and agree again one step later; the last line says so. --out: rank 0's rows, every rank's rows, and\n"
+     "with --without-comm the other side and the comparison.\n"},
     {"bench",
      "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json]\n"
      "                                   [--label TEXT] [--peak-tflops X] [--steps-out FILE.json]\n"

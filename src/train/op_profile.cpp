@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <map>
+#include <set>
 
 #include <cuda_runtime_api.h>
 
+#include "src/core/check.h"
 #include "src/core/cuda_check.h"
 
 namespace mpt {
@@ -159,6 +162,130 @@ nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double un
           {"unprofiled_step_ms", unprofiled_ms},
           {"steps", r.steps},
           {"ceilings", {{"tflops", c.tflops}, {"gbs", c.gbs}}}};
+}
+
+std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms) {
+  nlohmann::json mine = {{"step_ms", r.step_ms}, {"ops_ms", r.ops_ms}, {"unprofiled_ms", unprofiled_ms}};
+  nlohmann::json rows = nlohmann::json::object();
+  for (const ProfileRow& row : r.rows) rows[row.name] = row.ms;
+  mine["rows"] = rows;
+  std::string text = mine.dump();
+  // Every rank's text padded to the longest: host_all_gather moves equal sizes.
+  double len = double(text.size()), longest = 0;
+  comm.host_all_reduce(&len, &longest, 1, ReduceOp::Max);
+  text.resize(size_t(longest), ' ');
+  const int n = comm.size();
+  std::string all(size_t(n) * text.size(), ' ');
+  comm.host_all_gather(text.data(), all.data(), text.size());
+  std::vector<RankProfile> out;
+  for (int k = 0; k < n; ++k) {
+    const nlohmann::json j = nlohmann::json::parse(all.substr(size_t(k) * text.size(), text.size()));
+    RankProfile p;
+    p.rank = k;
+    p.step_ms = j.at("step_ms").get<double>();
+    p.ops_ms = j.at("ops_ms").get<double>();
+    p.unprofiled_ms = j.at("unprofiled_ms").get<double>();
+    for (const auto& [name, ms] : j.at("rows").items()) p.ms[name] = ms.get<double>();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+nlohmann::json rank_profiles_json(const std::vector<RankProfile>& ranks) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const RankProfile& p : ranks)
+    out.push_back({{"rank", p.rank}, {"step_ms", p.step_ms}, {"ops_ms", p.ops_ms}, {"other_ms", p.step_ms - p.ops_ms},
+                   {"unprofiled_step_ms", p.unprofiled_ms}, {"rows", p.ms}});
+  return out;
+}
+
+CommCost comm_cost(const std::vector<RankProfile>& with, const std::vector<RankProfile>& without) {
+  if (with.size() != without.size() || with.empty())
+    MPT_FATAL("comm_cost", "needs one profile per rank on each side (" + std::to_string(with.size()) + " and " +
+                               std::to_string(without.size()) + ")");
+  const size_t n = with.size();
+  auto row_of = [&](const std::string& name, auto&& value) {
+    CommCostRow row;
+    row.op = name;
+    for (size_t k = 0; k < n; ++k) {
+      const double w = value(with[k]), wo = value(without[k]);
+      row.with_ms += w / double(n);
+      row.without_ms += wo / double(n);
+      row.diff_by_rank.push_back(w - wo);
+    }
+    return row;
+  };
+  std::set<std::string> names;
+  for (const auto* side : {&with, &without})
+    for (const RankProfile& p : *side)
+      for (const auto& [name, ms] : p.ms) names.insert(name);
+  CommCost c;
+  for (const std::string& name : names)
+    c.rows.push_back(row_of(name, [&](const RankProfile& p) {
+      const auto it = p.ms.find(name);
+      return it == p.ms.end() ? 0.0 : it->second;
+    }));
+  std::stable_sort(c.rows.begin(), c.rows.end(),
+                   [](const CommCostRow& a, const CommCostRow& b) { return a.diff() > b.diff(); });
+  c.ops = row_of("sum of the ops", [](const RankProfile& p) { return p.ops_ms; });
+  c.other = row_of("not in any op", [](const RankProfile& p) { return p.step_ms - p.ops_ms; });
+  c.step = row_of("step, profiled", [](const RankProfile& p) { return p.step_ms; });
+  c.unprofiled = row_of("step, not profiled (median)", [](const RankProfile& p) { return p.unprofiled_ms; });
+  return c;
+}
+
+std::string format_comm_cost(const CommCost& c, int max_rows) {
+  std::string out;
+  char line[512];
+  auto put = [&](const CommCostRow& r, const char* name) {
+    std::snprintf(line, sizeof line, "%-58s %9.3f %9.3f %+10.3f  ", std::string(name).substr(0, 58).c_str(), r.with_ms,
+                  r.without_ms, r.diff());
+    out += line;
+    for (size_t k = 0; k < r.diff_by_rank.size(); ++k) {
+      std::snprintf(line, sizeof line, "%s%+.3f", k ? " " : "", r.diff_by_rank[k]);
+      out += line;
+    }
+    out += "\n";
+  };
+  std::snprintf(line, sizeof line, "%-58s %9s %9s %10s  %s\n", "op (shape)", "with", "without", "difference",
+                "difference by rank");
+  out += line;
+  // The largest differences in size, shown in the order of the difference (slowed most first).
+  std::vector<size_t> idx(c.rows.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](size_t a, size_t b) { return std::fabs(c.rows[a].diff()) > std::fabs(c.rows[b].diff()); });
+  if (max_rows >= 0 && idx.size() > size_t(max_rows)) idx.resize(size_t(max_rows));
+  std::sort(idx.begin(), idx.end());
+  std::vector<bool> shown(c.rows.size(), false);
+  for (size_t i : idx) shown[i] = true, put(c.rows[i], c.rows[i].op.c_str());
+  if (idx.size() < c.rows.size()) {
+    CommCostRow rest;
+    rest.diff_by_rank.assign(c.step.diff_by_rank.size(), 0.0);
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      if (shown[i]) continue;
+      rest.with_ms += c.rows[i].with_ms, rest.without_ms += c.rows[i].without_ms;
+      for (size_t k = 0; k < rest.diff_by_rank.size(); ++k) rest.diff_by_rank[k] += c.rows[i].diff_by_rank[k];
+    }
+    const std::string name = "the other " + std::to_string(c.rows.size() - idx.size()) + " ops";
+    put(rest, name.c_str());
+  }
+  put(c.ops, "sum of every op");
+  put(c.other, "not in any op (gaps, waits for collectives and host)");
+  put(c.step, "step, profiled (events around the step)");
+  put(c.unprofiled, "step, not profiled (median wall time)");
+  return out;
+}
+
+nlohmann::json comm_cost_json(const CommCost& c) {
+  auto row = [](const CommCostRow& r) {
+    return nlohmann::json{{"op", r.op}, {"with_ms", r.with_ms}, {"without_ms", r.without_ms}, {"diff_ms", r.diff()},
+                          {"diff_by_rank", r.diff_by_rank}};
+  };
+  nlohmann::json rows = nlohmann::json::array();
+  for (const CommCostRow& r : c.rows) rows.push_back(row(r));
+  return {{"rows", rows}, {"ops", row(c.ops)}, {"other", row(c.other)}, {"step", row(c.step)},
+          {"unprofiled_step", row(c.unprofiled)}};
 }
 
 }  // namespace mpt

@@ -4,11 +4,13 @@
 // timeline: what the rows do not cover is launch gaps, host work, copies and waits for the host.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "comm/communicator.h"
 #include "kernels/exec.h"
 
 namespace mpt {
@@ -61,5 +63,34 @@ class OpProfiler : public OpTimer {
 
 std::string format_profile(const ProfileReport& r, const Ceilings& c, double unprofiled_ms);
 nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double unprofiled_ms);
+
+// One rank's profile, as gather_profiles hands it to every rank: ms per step by op name.
+struct RankProfile {
+  int rank = 0;
+  double step_ms = 0, ops_ms = 0, unprofiled_ms = 0;
+  std::map<std::string, double> ms;
+};
+// Every rank's report on every rank (collective, on the communicator's host side).
+std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms);
+nlohmann::json rank_profiles_json(const std::vector<RankProfile>& ranks);
+
+// What communication costs each op (`mptrain profile --without-comm`): the same steps profiled with the
+// bucket collectives and without them (debug.skip_bucket_comm), on every rank. An op missing from one
+// side counts 0 there.
+struct CommCostRow {
+  std::string op;
+  double with_ms = 0, without_ms = 0;  // means over the ranks
+  std::vector<double> diff_by_rank;    // with - without, rank by rank
+  double diff() const { return with_ms - without_ms; }
+};
+struct CommCost {
+  std::vector<CommCostRow> rows;           // every op, by difference, largest first
+  CommCostRow ops, other, step, unprofiled;  // sum of the ops, not in any op, the profiled step, the median step
+};
+CommCost comm_cost(const std::vector<RankProfile>& with, const std::vector<RankProfile>& without);
+// The rows whose difference is largest in size (at most max_rows; the rest summed in one line), then the
+// sums and the step.
+std::string format_comm_cost(const CommCost& c, int max_rows);
+nlohmann::json comm_cost_json(const CommCost& c);
 
 }  // namespace mpt
