@@ -184,7 +184,7 @@ if want commcost; then
   sets=(); for kv in ${COMMCOST_SETS:-}; do sets+=(--set "$kv"); done
   # 150 warm-up steps (~5 s): a power-capped GPU settles its clocks first (see README, steady state).
   timeout 300 $RUN -np "$NGPU" "$MPT" profile configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 \
-    --set zero.stage=1 --set train.batch_size=16 "${sets[@]}" --warmup 150 --steps 40 --profiled-steps 20 --without-comm \
+    --set zero.stage=1 --set train.batch_size=16 "${sets[@]}" --warmup 150 --steps 40 --profiled-steps 40 --without-comm \
     --out "$OUT/commcost.json" > "$OUT/commcost.log" 2>&1 || status=1
   sed -n "/^by rank/p;/^communication's cost/,\$p" "$OUT/commcost.log" | head -40
 fi

@@ -6,9 +6,10 @@
 #   bash launch/profile.sh CONFIG [--warmup N] [--steps N] [--profiled-steps N] [--without-comm] [--out FILE.json]
 #        [--set key=value ...]
 # --profiled-steps N: the rows are the mean of N profiled steps (default 1). --without-comm (several ranks:
-# run it under mpirun): the same number of steps again with the bucket collectives skipped
-# (debug.skip_bucket_comm), between two sets with them, and a table of every op's time with, without and the
-# difference, rank by rank: where communication slows the step. Every rank's rows go into --out.
+# run it under mpirun): as many steps again with the bucket collectives skipped (debug.skip_bucket_comm), in
+# chunks of 4 alternating with, without, without, with, ... (the clocks' drift falls on both sides alike), and
+# a table of every op's time with, without and the difference, rank by rank: where communication slows the
+# step. Every rank's rows go into --out.
 # e.g. bash launch/profile.sh configs/gpt2-124m.json --set train.batch_size=16 --set precision.mode=bf16
 # Uses $MPTRAIN, else build/mptrain (launch/build.sh builds it). The device is the config's (`device`).
 set -euo pipefail

@@ -35,6 +35,9 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
+// mptrain profile --without-comm: the steps of a side come in chunks of this many, alternating sides.
+constexpr int kCommCostChunk = 4;
+
 int profile_command(int argc, char** argv) {
   CommandArgs a;
   if (!parse_command_args(argc, argv, {"warmup", "steps", "profiled-steps", "out", "peak-tflops", "peak-gbs"}, {}, &a,
@@ -87,21 +90,31 @@ int profile_command(int argc, char** argv) {
       unprofiled(timed, &secs_with);
       profile_steps(with, profiled);
     } else {
-      // With, without, with: the steps with communication before and after the ones without, so that a
-      // drift of the clocks over the run falls on both sides alike. One unprofiled step after each switch:
-      // the parameter all-gather queued at the end of a step overlaps the next step's forward.
-      unprofiled((timed + 1) / 2, &secs_with);
-      profile_steps(with, profiled);
-      t.optimizer().set_skip_comm(true);
-      t.train_step();
-      unprofiled(timed, &secs_without);
-      profile_steps(without, profiled);
-      diverged = !params_identical();
+      // Chunks of `chunk` steps alternate with, without, without, with, with, ... so that the clocks' drift
+      // and swings (periods of ~30 steps on a power-capped GPU) fall on both sides alike. Each chunk starts
+      // with one step that is not counted (after a switch, the parameter all-gather queued at the end of the
+      // previous step still overlaps this step's forward), then its share of the unprofiled steps, then its
+      // profiled steps.
+      const int chunk = std::min(profiled, kCommCostChunk), chunks = (profiled + chunk - 1) / chunk;  // per side
+      int done[2] = {0, 0};
+      for (int i = 0; i < 2 * chunks; ++i) {
+        const bool off = i % 4 == 1 || i % 4 == 2;
+        const int k = done[off]++;
+        t.optimizer().set_skip_comm(off);
+        t.train_step();
+        unprofiled(timed * (k + 1) / chunks - timed * k / chunks, off ? &secs_without : &secs_with);
+        profile_steps(off ? without : with, std::min(chunk, profiled - k * chunk));
+        if (off && done[1] == chunks) {
+          // After the last chunk without: the ranks' parameters must differ, and agree one step with the
+          // collectives later. One more step after the checks, whose host waits leave the queue empty.
+          diverged = !params_identical();
+          t.optimizer().set_skip_comm(false);
+          t.train_step();
+          rejoined = params_identical();
+          t.train_step();
+        }
+      }
       t.optimizer().set_skip_comm(false);
-      t.train_step();
-      rejoined = params_identical();
-      profile_steps(with, profiled);
-      unprofiled(timed / 2, &secs_with);
     }
     const double unprofiled_ms = 1e3 * median(secs_with), unprofiled_without_ms = 1e3 * median(secs_without);
     const ProfileReport r = with.report();
@@ -132,10 +145,10 @@ int profile_command(int argc, char** argv) {
     CommCost cost;
     if (without_comm) {
       cost = comm_cost(ranks, ranks_without);
-      std::printf("\ncommunication's cost by op, ms per step, the mean over %d rank(s): 'with' is %d profiled steps "
-                  "before and %d after the %d 'without' (debug.skip_bucket_comm: no gradient reduce-scatter, no "
-                  "parameter all-gather); %zu and %zu unprofiled steps\n",
-                  world.size, profiled, profiled, profiled, secs_with.size(), secs_without.size());
+      std::printf("\ncommunication's cost by op, ms per step, the mean over %d rank(s) of %d profiled steps a side "
+                  "(%zu and %zu unprofiled), in chunks of %d alternating with, without, without, with, ... "
+                  "('without': debug.skip_bucket_comm, no gradient reduce-scatter, no parameter all-gather)\n",
+                  world.size, profiled, secs_with.size(), secs_without.size(), std::min(profiled, kCommCostChunk));
       std::fputs(format_comm_cost(cost, 25).c_str(), stdout);
       if (world.size > 1)
         std::printf("parameters across the ranks: %s after the steps without the collectives, %s after one step "

@@ -98,17 +98,18 @@ const CommandHelp kCommandHelp[] = {
      "Per-layer precision sensitivity: each layer alone in fp16 (or bf16) against FP32, on N batches\n"
      "(default 4); prints recommended precision.layers overrides and writes them with --out.\n"},
     {"profile",
-     "usage: [mpirun -np N] mptrain profile CONFIG [--warmup N] [--steps N] [--profiled-steps N] [--without-comm]\n"
+     "usage: mptrain profile CONFIG [--warmup N] [--steps N] [--profiled-steps N] [--without-comm]\n"
      "                      [--out FILE.json] [--peak-tflops X] [--peak-gbs Y] [--set key.path=value ...]\n"
+     "       (under mpirun -np N for several ranks)\n"
      "\n"
      "Per-op times of steady-state training steps (after --warmup steps, default 3; the unprofiled step is the\n"
      "median of --steps steps, default 5), the mean of --profiled-steps profiled steps (default 1), each op's\n"
      "rate against the device's peaks; rank 0's table, and every rank's step.\n"
-     "--without-comm: the profiled steps again with the bucket collectives skipped (debug.skip_bucket_comm),\n"
-     "between two sets with them, and a table of each op's time with, without and the difference, rank by\n"
-     "rank: where communication slows the step. The ranks' parameters must differ after the steps without\n"
-     "and agree again one step later; the last line says so. --out: rank 0's rows, every rank's rows, and\n"
-     "with --without-comm the other side and the comparison.\n"},
+     "--without-comm: as many steps again with the bucket collectives skipped (debug.skip_bucket_comm), in\n"
+     "chunks of 4 alternating with, without, without, with, ..., and a table of each op's time with, without\n"
+     "and the difference, rank by rank: where communication slows the step. The ranks' parameters must\n"
+     "differ after the last steps without and agree one step later; the last line says so. --out: rank 0's\n"
+     "rows, every rank's rows, and with --without-comm the other side and the comparison.\n"},
     {"bench",
      "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json]\n"
      "                                   [--label TEXT] [--peak-tflops X] [--steps-out FILE.json]\n"
