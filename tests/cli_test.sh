@@ -213,6 +213,14 @@ ok = ok and abs(sum(r["ms"] for r in p["rows"]) - p["ops_ms"]) < 1e-6 * max(1.0,
 for want in ("attention_forward", "attention_backward", "gemm", "softmax_xent", "adamw_segments", "layernorm_backward"):
     ok = ok and any(n.startswith(want) for n in names)
 ok = ok and all(r["rate"] > 0 and r["launches"] >= 1 for r in p["rows"])
+# The compute stream's gaps (every op is on it on CPU ranks): one before each op and one after the last, and
+# with the ops they make up the step exactly.
+g = p["gaps"]
+ok = ok and len(g) == sum(r["launches"] for r in p["rows"]) + 1 and [x["position"] for x in g] == list(range(len(g)))
+ok = ok and g[0]["after"] == "(step begins)" and g[-1]["before"] == "(step ends)" and all(x["ms"] >= 0 for x in g)
+ok = ok and all(g[k]["before"] == g[k + 1]["after"] for k in range(len(g) - 1))
+ok = ok and abs(sum(x["ms"] for x in g) - p["gaps_ms"]) <= 1e-9 * p["step_ms"]
+ok = ok and abs(p["gaps_ms"] + p["ops_ms"] - p["step_ms"]) <= 1e-6 * p["step_ms"]
 if not ok:
     print(f"step_ms {p['step_ms']} ops_ms {p['ops_ms']} rows {[(r['op'], r['ms'], r['rate'], r['launches']) for r in p['rows']]}")
 sys.exit(0 if ok else 1)
@@ -245,6 +253,14 @@ ok = ok and close(c["step"]["diff_by_rank"][1], w[1]["step_ms"] - wo[1]["step_ms
 ok = ok and close(c["other"]["diff_by_rank"][0], w[0]["other_ms"] - wo[0]["other_ms"])
 ok = ok and close(c["unprofiled_step"]["without_ms"], (wo[0]["unprofiled_step_ms"] + wo[1]["unprofiled_step_ms"]) / 2)
 ok = ok and p["comm_cost"]["params"] == {"diverged_without": True, "identical_after": True}
+# The gaps compared position by position: each row the ranks' own gaps at that position.
+ok = ok and len(c["gaps"]) == len(w[0]["gaps"]) > 1
+for row in c["gaps"]:
+    k = int(row["op"].rsplit("(position ", 1)[1].rstrip(")"))
+    a, b = [r["gaps"][k]["ms"] for r in w], [r["gaps"][k]["ms"] for r in wo]
+    ok = ok and row["op"].startswith(w[0]["gaps"][k]["after"] + " -> " + w[0]["gaps"][k]["before"])
+    ok = ok and close(row["with_ms"], sum(a) / 2) and close(row["without_ms"], sum(b) / 2)
+    ok = ok and all(close(d, x - y) for d, x, y in zip(row["diff_by_rank"], a, b))
 if not ok:
     print(json.dumps(c["params"] if "params" in c else c, indent=1)[:2000])
 sys.exit(0 if ok else 1)

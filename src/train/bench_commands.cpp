@@ -136,6 +136,7 @@ int profile_command(int argc, char** argv) {
     if (profiled > 1 || without_comm)
       std::printf("rows: ms per step, the mean of %d profiled steps on rank 0\n", int(r.steps));
     std::fputs(format_profile(r, ceil, unprofiled_ms).c_str(), stdout);
+    std::fputs(format_gaps(r, 8).c_str(), stdout);
     if (world.size > 1) {
       std::printf("by rank (ms per step): profiled step / sum of the ops / not profiled:");
       for (const RankProfile& p : ranks)

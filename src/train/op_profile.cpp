@@ -17,9 +17,10 @@ namespace mpt {
 struct OpProfiler::Mark {
   cudaEvent_t ev = nullptr;
   std::chrono::steady_clock::time_point host;
+  Stream stream = nullptr;
 };
 
-OpProfiler::OpProfiler(const Exec& e) : ex_(e) {}
+OpProfiler::OpProfiler(const Exec& e) : ex_(e), compute_(e.stream) {}
 
 OpProfiler::~OpProfiler() {
   for (Mark* m : marks_) {
@@ -30,6 +31,7 @@ OpProfiler::~OpProfiler() {
 
 OpProfiler::Mark* OpProfiler::mark() {
   Mark* m = new Mark;
+  m->stream = ex_.stream;
   marks_.push_back(m);
   if (ex_.cuda()) {
     MPT_CUDA_CHECK(cudaEventCreate(&m->ev));
@@ -55,10 +57,12 @@ void OpProfiler::end(const Exec& e) {
 }
 
 void OpProfiler::start_step() {
+  ex_.stream = compute_;
   mark();
   step_begin_ = marks_.size() - 1;
 }
 void OpProfiler::stop_step() {
+  ex_.stream = compute_;
   mark();
   steps_.emplace_back(step_begin_, marks_.size() - 1);
 }
@@ -92,6 +96,39 @@ ProfileReport OpProfiler::report() {
   }
   r.step_ms /= r.steps;
   std::sort(r.rows.begin(), r.rows.end(), [](const ProfileRow& a, const ProfileRow& b) { return a.ms > b.ms; });
+  // The compute stream's gaps, position by position; only when every step ran the same op sequence there.
+  std::vector<std::vector<size_t>> seq;  // per step: its compute-stream ops (indices into ops_)
+  size_t o = 0;
+  for (const auto& [a, b] : steps_) {
+    seq.emplace_back();
+    while (o < ops_.size() && ops_[o].second < a) ++o;
+    for (; o < ops_.size() && ops_[o].second < b; ++o)
+      if (marks_[ops_[o].second]->stream == compute_) seq.back().push_back(o);
+  }
+  bool same = !seq.empty();
+  for (const auto& q : seq) {
+    same = same && q.size() == seq[0].size();
+    for (size_t k = 0; same && k < q.size(); ++k) same = ops_[q[k]].first.name == ops_[seq[0][k]].first.name;
+  }
+  if (same) {
+    const size_t n = seq[0].size();
+    r.gaps.resize(n + 1);
+    for (size_t k = 0; k <= n; ++k) {
+      ProfileGap& g = r.gaps[k];
+      g.position = int(k);
+      g.after = k == 0 ? "(step begins)" : ops_[seq[0][k - 1]].first.name;
+      g.before = k == n ? "(step ends)" : ops_[seq[0][k]].first.name;
+    }
+    for (size_t st = 0; st < seq.size(); ++st) {
+      const auto& q = seq[st];
+      for (size_t k = 0; k <= n; ++k) {
+        const size_t from = k == 0 ? steps_[st].first : ops_[q[k - 1]].second + 1;
+        const size_t to = k == n ? steps_[st].second : ops_[q[k]].second;
+        r.gaps[k].ms += ms_between(from, to) / r.steps;
+      }
+    }
+    for (const ProfileGap& g : r.gaps) r.gaps_ms += g.ms;
+  }
   return r;
 }
 
@@ -148,6 +185,35 @@ std::string format_profile(const ProfileReport& r, const Ceilings& c, double unp
   return out;
 }
 
+std::string format_gaps(const ProfileReport& r, int max_rows) {
+  if (r.gaps.empty()) return "compute stream gaps: not listed (the profiled steps ran different op sequences)\n";
+  std::vector<ProfileGap> g = r.gaps;
+  std::stable_sort(g.begin(), g.end(), [](const ProfileGap& a, const ProfileGap& b) { return a.ms > b.ms; });
+  if (max_rows >= 0 && g.size() > size_t(max_rows)) g.resize(size_t(max_rows));
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "compute stream idle between its ops: %.3f ms per step over %zu gaps; the largest (ms per step, "
+                "position in the step):\n",
+                r.gaps_ms, r.gaps.size());
+  out += line;
+  for (const ProfileGap& x : g) {
+    std::snprintf(line, sizeof line, "  %8.3f  %4d  %s -> %s\n", x.ms, x.position, x.after.substr(0, 50).c_str(),
+                  x.before.substr(0, 50).c_str());
+    out += line;
+  }
+  return out;
+}
+
+namespace {
+nlohmann::json gaps_json(const std::vector<ProfileGap>& gaps) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const ProfileGap& g : gaps)
+    out.push_back({{"position", g.position}, {"after", g.after}, {"before", g.before}, {"ms", g.ms}});
+  return out;
+}
+}  // namespace
+
 nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double unprofiled_ms) {
   nlohmann::json rows = nlohmann::json::array();
   for (const ProfileRow& row : r.rows) {
@@ -161,6 +227,8 @@ nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double un
           {"other_ms", r.step_ms - r.ops_ms},
           {"unprofiled_step_ms", unprofiled_ms},
           {"steps", r.steps},
+          {"gaps", gaps_json(r.gaps)},
+          {"gaps_ms", r.gaps_ms},
           {"ceilings", {{"tflops", c.tflops}, {"gbs", c.gbs}}}};
 }
 
@@ -169,6 +237,8 @@ std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport
   nlohmann::json rows = nlohmann::json::object();
   for (const ProfileRow& row : r.rows) rows[row.name] = row.ms;
   mine["rows"] = rows;
+  mine["gaps"] = gaps_json(r.gaps);
+  mine["gaps_ms"] = r.gaps_ms;
   std::string text = mine.dump();
   // Every rank's text padded to the longest: host_all_gather moves equal sizes.
   double len = double(text.size()), longest = 0;
@@ -186,6 +256,10 @@ std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport
     p.ops_ms = j.at("ops_ms").get<double>();
     p.unprofiled_ms = j.at("unprofiled_ms").get<double>();
     for (const auto& [name, ms] : j.at("rows").items()) p.ms[name] = ms.get<double>();
+    p.gaps_ms = j.at("gaps_ms").get<double>();
+    for (const nlohmann::json& g : j.at("gaps"))
+      p.gaps.push_back({g.at("position").get<int>(), g.at("after").get<std::string>(), g.at("before").get<std::string>(),
+                        g.at("ms").get<double>()});
     out.push_back(std::move(p));
   }
   return out;
@@ -195,7 +269,8 @@ nlohmann::json rank_profiles_json(const std::vector<RankProfile>& ranks) {
   nlohmann::json out = nlohmann::json::array();
   for (const RankProfile& p : ranks)
     out.push_back({{"rank", p.rank}, {"step_ms", p.step_ms}, {"ops_ms", p.ops_ms}, {"other_ms", p.step_ms - p.ops_ms},
-                   {"unprofiled_step_ms", p.unprofiled_ms}, {"rows", p.ms}});
+                   {"unprofiled_step_ms", p.unprofiled_ms}, {"rows", p.ms}, {"gaps_ms", p.gaps_ms},
+                   {"gaps", gaps_json(p.gaps)}});
   return out;
 }
 
@@ -231,6 +306,21 @@ CommCost comm_cost(const std::vector<RankProfile>& with, const std::vector<RankP
   c.other = row_of("not in any op", [](const RankProfile& p) { return p.step_ms - p.ops_ms; });
   c.step = row_of("step, profiled", [](const RankProfile& p) { return p.step_ms; });
   c.unprofiled = row_of("step, not profiled (median)", [](const RankProfile& p) { return p.unprofiled_ms; });
+  // Gaps position by position, where every rank on both sides ran the first one's sequence.
+  const std::vector<ProfileGap>& g0 = with[0].gaps;
+  bool same = !g0.empty();
+  for (const auto* side : {&with, &without})
+    for (const RankProfile& p : *side) {
+      same = same && p.gaps.size() == g0.size();
+      for (size_t k = 0; same && k < g0.size(); ++k) same = p.gaps[k].after == g0[k].after && p.gaps[k].before == g0[k].before;
+    }
+  if (same) {
+    for (size_t k = 0; k < g0.size(); ++k)
+      c.gaps.push_back(row_of(g0[k].after + " -> " + g0[k].before + " (position " + std::to_string(k) + ")",
+                              [&](const RankProfile& p) { return p.gaps[k].ms; }));
+    std::stable_sort(c.gaps.begin(), c.gaps.end(),
+                     [](const CommCostRow& a, const CommCostRow& b) { return a.diff() > b.diff(); });
+  }
   return c;
 }
 
@@ -274,6 +364,10 @@ std::string format_comm_cost(const CommCost& c, int max_rows) {
   put(c.other, "not in any op (gaps, waits for collectives and host)");
   put(c.step, "step, profiled (events around the step)");
   put(c.unprofiled, "step, not profiled (median wall time)");
+  if (!c.gaps.empty()) {
+    out += "the compute stream's gaps that grow most with communication (with, without, difference, by rank):\n";
+    for (size_t i = 0; i < c.gaps.size() && i < 8; ++i) put(c.gaps[i], c.gaps[i].op.c_str());
+  }
   return out;
 }
 
@@ -284,8 +378,10 @@ nlohmann::json comm_cost_json(const CommCost& c) {
   };
   nlohmann::json rows = nlohmann::json::array();
   for (const CommCostRow& r : c.rows) rows.push_back(row(r));
+  nlohmann::json gaps = nlohmann::json::array();
+  for (const CommCostRow& r : c.gaps) gaps.push_back(row(r));
   return {{"rows", rows}, {"ops", row(c.ops)}, {"other", row(c.other)}, {"step", row(c.step)},
-          {"unprofiled_step", row(c.unprofiled)}};
+          {"unprofiled_step", row(c.unprofiled)}, {"gaps", gaps}};
 }
 
 }  // namespace mpt
