@@ -270,6 +270,9 @@ PY
   run 2 "--without-comm: the config already skips the bucket collectives" profile "$SRC/configs/gpt2-tiny.json" \
     --set device=cpu "${tshards[@]}" --without-comm --set debug.skip_bucket_comm=true
   run 2 "profiled-steps" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu "${tshards[@]}" --profiled-steps 0
+  # An --out that cannot be written is named (rank 0 writes it; nothing half-written is left).
+  run_any 2 "$tmp/nodir/p.json: write: cannot write" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu \
+    "${tshards[@]}" --warmup 1 --steps 1 --out "$tmp/nodir/p.json"
   # Export for Hugging Face: fp32 and bf16 of the same (untrained: warned about) weights, config.json beside
   # them; bf16 must be the fp32 values rounded to nearest even, bit for bit. Then init_from reads it back.
   shards=(--set data.train_shards="[\"$tmp/text/train-*.bin\"]" --set data.val_shards="[\"$tmp/text/val-*.bin\"]")

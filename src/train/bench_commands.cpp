@@ -21,6 +21,7 @@
 #include "src/core/cuda_check.h"
 #include "src/train/op_profile.h"
 #include "src/core/rng.h"
+#include "src/io/hf_export.h"  // write_json_file
 #include "src/train/train.h"
 
 namespace mpt {
@@ -179,7 +180,7 @@ int profile_command(int argc, char** argv) {
         if (world.size > 1) j["comm_cost"]["params"] = {{"diverged_without", diverged}, {"identical_after", rejoined}};
       }
       j["config"] = cfg.resolved;
-      std::ofstream(a.opts.at("out")) << j.dump(2) << "\n";
+      write_json_file(a.opts.at("out"), j);  // whole or not at all; a failure names the file
     }
   });
 }
@@ -226,6 +227,7 @@ int bench_attention_command(int argc, char** argv) {
     return kExitBadInput;
   }
   MPT_CUDA_CHECK(cudaSetDevice(0));
+  int code = 0;
   cudaStream_t st;
   MPT_CUDA_CHECK(cudaStreamCreate(&st));
   const size_t C = size_t(H) * D, n_qkv = size_t(B) * T * 3 * C, n_out = size_t(B) * T * C, n_bht = size_t(B) * H * T;
@@ -300,11 +302,16 @@ int bench_attention_command(int argc, char** argv) {
                         {"forward_tflops", flops / (f_ms * 1e-3) * 1e-12},
                         {"backward_tflops", 2.5 * flops / (b_ms * 1e-3) * 1e-12},
                         {"backward_recompute_ms", r_ms}, {"scratch_bytes", scratch_bytes}};
-    std::ofstream(out) << j.dump(2) << "\n";
+    std::ofstream f(out);
+    f << j.dump(2) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "mptrain bench-attention: %s: --out: cannot be written\n", out.c_str());
+      code = kExitBadInput;
+    }
   }
   MPT_CUDA_CHECK(cudaStreamSynchronize(st));
   MPT_CUDA_CHECK(cudaStreamDestroy(st));
-  return 0;
+  return code;
 }
 
 }  // namespace mpt
