@@ -270,6 +270,30 @@ PY
   run 2 "--without-comm: the config already skips the bucket collectives" profile "$SRC/configs/gpt2-tiny.json" \
     --set device=cpu "${tshards[@]}" --without-comm --set debug.skip_bucket_comm=true
   run 2 "profiled-steps" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu "${tshards[@]}" --profiled-steps 0
+  # launch/profile_diff.py: rank 0 of the 2-rank profile against its rank 1 (the same op sequence, so the gaps
+  # are compared too); every row B - A of the files.
+  if /usr/bin/env python3 "$SRC/launch/profile_diff.py" "$tmp/prof2.json" "$tmp/prof2.json" --rank-b 1 --json "$tmp/pd.json" \
+       > "$tmp/pd.out" 2>&1 && grep -q "^step, profiled" "$tmp/pd.out" && /usr/bin/env python3 - "$tmp/prof2.json" "$tmp/prof2.json" "$tmp/pd.json" <<'PY'
+import json, sys
+a2, b2, d = (json.load(open(f)) for f in sys.argv[1:4])
+a = [r for r in a2["by_rank"] if r["rank"] == 0][0]
+b = [r for r in b2["by_rank"] if r["rank"] == 1][0]
+ra, rb = a["rows"], b["rows"]
+ok = sorted(r["op"] for r in d["rows"]) == sorted(set(ra) | set(rb))
+ok = ok and all(r["a_ms"] == ra.get(r["op"], 0.0) and r["b_ms"] == rb.get(r["op"], 0.0) and
+                abs(r["diff_ms"] - (r["b_ms"] - r["a_ms"])) < 1e-12 for r in d["rows"])
+t = d["totals"]
+ok = ok and t["step, profiled"]["a_ms"] == a["step_ms"] and t["step, profiled"]["b_ms"] == b["step_ms"]
+ok = ok and abs(t["not in any op"]["diff_ms"] - ((b["step_ms"] - b["ops_ms"]) - (a["step_ms"] - a["ops_ms"]))) < 1e-9
+ok = ok and d["gaps_compared"] and len(d["gaps"]) == len(a["gaps"])
+ok = ok and all(g["a_ms"] == a["gaps"][g["position"]]["ms"] and g["b_ms"] == b["gaps"][g["position"]]["ms"] for g in d["gaps"])
+sys.exit(0 if ok else 1)
+PY
+  then echo "ok: launch/profile_diff.py (rank 0 against rank 1)"
+  else echo "FAIL: launch/profile_diff.py"; sed 's/^/    /' "$tmp/pd.out" | tail -10; fail=$((fail+1)); fi
+  if ! /usr/bin/env python3 "$SRC/launch/profile_diff.py" "$tmp/prof.json" "$tmp/prof2.json" --rank-b 7 > "$tmp/pd.out" 2>&1 \
+     && grep -q "prof2.json: by_rank: no rank 7" "$tmp/pd.out"; then echo "ok: profile_diff.py names a missing rank"
+  else echo "FAIL: profile_diff.py --rank-b 7"; cat "$tmp/pd.out"; fail=$((fail+1)); fi
   # An --out that cannot be written is named (rank 0 writes it; nothing half-written is left).
   run_any 2 "$tmp/nodir/p.json: write: cannot write" profile "$SRC/configs/gpt2-tiny.json" --set device=cpu \
     "${tshards[@]}" --warmup 1 --steps 1 --out "$tmp/nodir/p.json"
