@@ -15,7 +15,9 @@
 #              PROFILE_SIMT=1 also bf16 with the CUDA-core attention (the table before the tensor-core kernels);
 #              PROFILE_MODES="bf16" profiles that precision only
 #   commcost   mptrain profile --without-comm of gpt2-124m bf16 ZeRO-1 at B=16 on all GPUs: every op's time with
-#              and without the bucket collectives, on every rank (where communication slows the step);
+#              and without the bucket collectives, on every rank (where communication slows the step); then
+#              (COMMCOST_MEET=0 skips it) GPU 0 alone against all GPUs without the bucket collectives
+#              (launch/profile_diff.py, rank by rank: what meeting every step costs each op);
 #              COMMCOST_SETS adds --set options (e.g. "zero.copy_engine_reduce=false")
 #   reliability  the watchdog on all GPUs (one rank SIGSTOPped: the job must end within watchdog.timeout_s
 #              plus a margin, naming the wait; one rank killed: the job must end), and compute-sanitizer
@@ -187,6 +189,20 @@ if want commcost; then
     --set zero.stage=1 --set train.batch_size=16 "${sets[@]}" --warmup 150 --steps 40 --profiled-steps 40 --without-comm \
     --out "$OUT/commcost.json" > "$OUT/commcost.log" 2>&1 || status=1
   sed -n "/^by rank/p;/^communication's cost/,\$p" "$OUT/commcost.log" | head -40
+  if [ "$NGPU" -gt 1 ] && [ "${COMMCOST_MEET:-1}" = 1 ]; then
+    # What the ranks meeting every step costs each op: GPU 0 alone against all GPUs without the bucket
+    # collectives (ZeRO-1 there also halves each rank's optimizer work).
+    pargs=(configs/gpt2-124m.json --set device=cuda --set precision.mode=bf16 --set zero.stage=1 --set train.batch_size=16
+           "${sets[@]}" --warmup 150 --steps 40 --profiled-steps 40)
+    CUDA_VISIBLE_DEVICES=0 timeout 300 "$MPT" profile "${pargs[@]}" --out "$OUT/commcost-1gpu.json" \
+      > "$OUT/commcost-1gpu.log" 2>&1 || status=1
+    timeout 300 $RUN -np "$NGPU" "$MPT" profile "${pargs[@]}" --set debug.skip_bucket_comm=true \
+      --out "$OUT/commcost-nocomm.json" > "$OUT/commcost-nocomm.log" 2>&1 || status=1
+    for ((r = 0; r < NGPU; r++)); do
+      echo "-- one GPU (A) against rank $r of $NGPU GPUs without the bucket collectives (B)"
+      python3 launch/profile_diff.py "$OUT/commcost-1gpu.json" "$OUT/commcost-nocomm.json" --rank-b $r --rows 12
+    done
+  fi
 fi
 
 if want reliability; then
