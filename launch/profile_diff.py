@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Two `mptrain profile --out` files side by side: every op's ms per step in A and in B and the difference
 (B - A), the largest differences first, then the sum of the ops, the time in no op, the profiled step and the
-unprofiled median, and the compute stream's gaps that differ most (position by position, where both files
+unprofiled median, the GPUs' mean SM clock and power where NVML gave them, and the compute stream's gaps that differ most (position by position, where both files
 ran the same op sequence).
 
     python3 launch/profile_diff.py A.json B.json [--rank-a R] [--rank-b R] [--rows 25] [--json OUT.json]
@@ -29,9 +29,10 @@ def side(path, rank):
             sys.exit(f"profile_diff: {path}: by_rank: no rank {rank} (the file has {len(by_rank)} rank(s))")
         r = match[0]
         return {"rows": dict(r["rows"]), "step_ms": r["step_ms"], "ops_ms": r["ops_ms"],
-                "unprofiled_ms": r.get("unprofiled_step_ms", 0.0), "gaps": r.get("gaps", [])}
+                "unprofiled_ms": r.get("unprofiled_step_ms", 0.0), "gaps": r.get("gaps", []),
+                "sm_mhz": r.get("sm_mhz", 0.0), "watts": r.get("watts", 0.0)}
     return {"rows": {r["op"]: r["ms"] for r in p["rows"]}, "step_ms": p["step_ms"], "ops_ms": p["ops_ms"],
-            "unprofiled_ms": p.get("unprofiled_step_ms", 0.0), "gaps": p.get("gaps", [])}
+            "unprofiled_ms": p.get("unprofiled_step_ms", 0.0), "gaps": p.get("gaps", []), "sm_mhz": 0.0, "watts": 0.0}
 
 
 def compare(a, b):
@@ -44,6 +45,9 @@ def compare(a, b):
     for name, f in (("sum of the ops", lambda s: s["ops_ms"]), ("not in any op", lambda s: s["step_ms"] - s["ops_ms"]),
                     ("step, profiled", lambda s: s["step_ms"]), ("step, not profiled (median)", lambda s: s["unprofiled_ms"])):
         total[name] = {"a_ms": f(a), "b_ms": f(b), "diff_ms": f(b) - f(a)}
+    if a["sm_mhz"] > 0 and b["sm_mhz"] > 0:  # NVML's means over the steps (not ms)
+        for name, key in (("SM clock, MHz (not ms)", "sm_mhz"), ("board power, W (not ms)", "watts")):
+            total[name] = {"a_ms": a[key], "b_ms": b[key], "diff_ms": b[key] - a[key]}
     gaps = []
     ga, gb = a["gaps"], b["gaps"]
     if ga and len(ga) == len(gb) and all(x["after"] == y["after"] and x["before"] == y["before"] for x, y in zip(ga, gb)):

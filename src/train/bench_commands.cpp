@@ -2,11 +2,14 @@
 // attention kernels alone on one device, for the comparison with PyTorch's scaled_dot_product_attention in
 // tests/reference/attention_peer.py).
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -33,6 +36,43 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
+
+// The GPU's SM clock and board power, sampled every 10 ms on a thread of its own (never on the training
+// thread: an NVML query can hold its caller for milliseconds, and a rank held between steps makes the others
+// wait), credited to the side (0: with the collectives, 1: without) whose steps the host is running.
+class SideSampler {
+ public:
+  explicit SideSampler(int device) {
+    if (device >= 0 && sample_power(device).ok) th_ = std::thread([this, device] { loop(device); });
+  }
+  ~SideSampler() { stop(); }
+  SideSampler(const SideSampler&) = delete;
+  SideSampler& operator=(const SideSampler&) = delete;
+  void side(int s) { side_.store(s); }  // -1: not counted (transition steps)
+  void stop() {
+    run_.store(false);
+    if (th_.joinable()) th_.join();
+  }
+  ClockStat stat(int s) const {  // after stop()
+    if (n_[s] == 0) return {};
+    return {mhz_[s] / n_[s], watts_[s] / n_[s], n_[s]};
+  }
+
+ private:
+  void loop(int device) {
+    while (run_.load()) {
+      const int s = side_.load();
+      const PowerSample p = sample_power(device);
+      if (p.ok && s >= 0 && s < 2 && side_.load() == s) mhz_[s] += p.sm_mhz, watts_[s] += p.watts, ++n_[s];
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  std::atomic<bool> run_{true};
+  std::atomic<int> side_{-1};
+  double mhz_[2] = {0, 0}, watts_[2] = {0, 0};
+  int n_[2] = {0, 0};
+  std::thread th_;
+};
 
 }  // namespace
 
@@ -87,7 +127,11 @@ int profile_command(int argc, char** argv) {
     std::vector<double> secs_with, secs_without;
     OpProfiler with(t.exec()), without(t.exec());
     bool diverged = false, rejoined = false;
+    int device = -1;
+    if (t.exec().cuda()) MPT_CUDA_CHECK(cudaGetDevice(&device));
+    SideSampler clocks(device);
     if (!without_comm) {
+      clocks.side(0);
       unprofiled(timed, &secs_with);
       profile_steps(with, profiled);
     } else {
@@ -102,12 +146,15 @@ int profile_command(int argc, char** argv) {
         const bool off = i % 4 == 1 || i % 4 == 2;
         const int k = done[off]++;
         t.optimizer().set_skip_comm(off);
+        clocks.side(-1);
         t.train_step();
+        clocks.side(off);
         unprofiled(timed * (k + 1) / chunks - timed * k / chunks, off ? &secs_without : &secs_with);
         profile_steps(off ? without : with, std::min(chunk, profiled - k * chunk));
         if (off && done[1] == chunks) {
           // After the last chunk without: the ranks' parameters must differ, and agree one step with the
           // collectives later. One more step after the checks, whose host waits leave the queue empty.
+          clocks.side(-1);
           diverged = !params_identical();
           t.optimizer().set_skip_comm(false);
           t.train_step();
@@ -117,14 +164,15 @@ int profile_command(int argc, char** argv) {
       }
       t.optimizer().set_skip_comm(false);
     }
+    clocks.stop();
     const double unprofiled_ms = 1e3 * median(secs_with), unprofiled_without_ms = 1e3 * median(secs_without);
     const ProfileReport r = with.report();
-    const std::vector<RankProfile> ranks = gather_profiles(t.comm(), r, unprofiled_ms);
+    const std::vector<RankProfile> ranks = gather_profiles(t.comm(), r, unprofiled_ms, clocks.stat(0));
     ProfileReport r_without;
     std::vector<RankProfile> ranks_without;
     if (without_comm) {
       r_without = without.report();
-      ranks_without = gather_profiles(t.comm(), r_without, unprofiled_without_ms);
+      ranks_without = gather_profiles(t.comm(), r_without, unprofiled_without_ms, clocks.stat(1));
     }
     if (world.rank != 0) return;
     const int64_t tokens = int64_t(cfg.train.batch_size) * cfg.train.grad_accum * t.model().targets_per_example();
@@ -134,6 +182,12 @@ int profile_command(int argc, char** argv) {
                 rec.skipped ? " (skipped)" : "");
     std::printf("unprofiled: median %.3f ms per step over %zu steps = %.0f %s/s per rank\n", unprofiled_ms,
                 secs_with.size(), double(tokens) / (unprofiled_ms * 1e-3), t.language_model() ? "tokens" : "samples");
+    if (ranks[0].clock.samples > 0) {
+      std::printf("SM clock and board power (NVML every 10 ms, mean over these steps%s):",
+                  without_comm ? ", with the collectives" : "");
+      for (const RankProfile& p : ranks) std::printf(" rank %d %.0f MHz / %.0f W;", p.rank, p.clock.sm_mhz, p.clock.watts);
+      std::printf("\n");
+    }
     if (profiled > 1 || without_comm)
       std::printf("rows: ms per step, the mean of %d profiled steps on rank 0\n", int(r.steps));
     std::fputs(format_profile(r, ceil, unprofiled_ms).c_str(), stdout);

@@ -232,8 +232,10 @@ nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double un
           {"ceilings", {{"tflops", c.tflops}, {"gbs", c.gbs}}}};
 }
 
-std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms) {
-  nlohmann::json mine = {{"step_ms", r.step_ms}, {"ops_ms", r.ops_ms}, {"unprofiled_ms", unprofiled_ms}};
+std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms,
+                                         const ClockStat& clock) {
+  nlohmann::json mine = {{"step_ms", r.step_ms}, {"ops_ms", r.ops_ms}, {"unprofiled_ms", unprofiled_ms},
+                         {"sm_mhz", clock.sm_mhz}, {"watts", clock.watts}, {"samples", clock.samples}};
   nlohmann::json rows = nlohmann::json::object();
   for (const ProfileRow& row : r.rows) rows[row.name] = row.ms;
   mine["rows"] = rows;
@@ -257,6 +259,7 @@ std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport
     p.unprofiled_ms = j.at("unprofiled_ms").get<double>();
     for (const auto& [name, ms] : j.at("rows").items()) p.ms[name] = ms.get<double>();
     p.gaps_ms = j.at("gaps_ms").get<double>();
+    p.clock = {j.at("sm_mhz").get<double>(), j.at("watts").get<double>(), j.at("samples").get<int>()};
     for (const nlohmann::json& g : j.at("gaps"))
       p.gaps.push_back({g.at("position").get<int>(), g.at("after").get<std::string>(), g.at("before").get<std::string>(),
                         g.at("ms").get<double>()});
@@ -270,6 +273,7 @@ nlohmann::json rank_profiles_json(const std::vector<RankProfile>& ranks) {
   for (const RankProfile& p : ranks)
     out.push_back({{"rank", p.rank}, {"step_ms", p.step_ms}, {"ops_ms", p.ops_ms}, {"other_ms", p.step_ms - p.ops_ms},
                    {"unprofiled_step_ms", p.unprofiled_ms}, {"rows", p.ms}, {"gaps_ms", p.gaps_ms},
+                   {"sm_mhz", p.clock.sm_mhz}, {"watts", p.clock.watts}, {"clock_samples", p.clock.samples},
                    {"gaps", gaps_json(p.gaps)}});
   return out;
 }
@@ -306,6 +310,8 @@ CommCost comm_cost(const std::vector<RankProfile>& with, const std::vector<RankP
   c.other = row_of("not in any op", [](const RankProfile& p) { return p.step_ms - p.ops_ms; });
   c.step = row_of("step, profiled", [](const RankProfile& p) { return p.step_ms; });
   c.unprofiled = row_of("step, not profiled (median)", [](const RankProfile& p) { return p.unprofiled_ms; });
+  c.sm_mhz = row_of("SM clock (MHz, NVML)", [](const RankProfile& p) { return p.clock.sm_mhz; });
+  c.watts = row_of("board power (W, NVML)", [](const RankProfile& p) { return p.clock.watts; });
   // Gaps position by position, where every rank on both sides ran the first one's sequence.
   const std::vector<ProfileGap>& g0 = with[0].gaps;
   bool same = !g0.empty();
@@ -364,6 +370,10 @@ std::string format_comm_cost(const CommCost& c, int max_rows) {
   put(c.other, "not in any op (gaps, waits for collectives and host)");
   put(c.step, "step, profiled (events around the step)");
   put(c.unprofiled, "step, not profiled (median wall time)");
+  if (c.sm_mhz.with_ms > 0 && c.sm_mhz.without_ms > 0) {
+    put(c.sm_mhz, "SM clock, MHz (NVML, every 10 ms; not ms)");
+    put(c.watts, "board power, W (NVML; not ms)");
+  }
   if (!c.gaps.empty()) {
     out += "the compute stream's gaps that grow most with communication (with, without, difference, by rank):\n";
     for (size_t i = 0; i < c.gaps.size() && i < 8; ++i) put(c.gaps[i], c.gaps[i].op.c_str());
@@ -381,7 +391,7 @@ nlohmann::json comm_cost_json(const CommCost& c) {
   nlohmann::json gaps = nlohmann::json::array();
   for (const CommCostRow& r : c.gaps) gaps.push_back(row(r));
   return {{"rows", rows}, {"ops", row(c.ops)}, {"other", row(c.other)}, {"step", row(c.step)},
-          {"unprofiled_step", row(c.unprofiled)}, {"gaps", gaps}};
+          {"unprofiled_step", row(c.unprofiled)}, {"gaps", gaps}, {"sm_mhz", row(c.sm_mhz)}, {"watts", row(c.watts)}};
 }
 
 }  // namespace mpt

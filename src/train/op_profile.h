@@ -81,14 +81,22 @@ std::string format_gaps(const ProfileReport& r, int max_rows);
 nlohmann::json profile_json(const ProfileReport& r, const Ceilings& c, double unprofiled_ms);
 
 // One rank's profile, as gather_profiles hands it to every rank: ms per step by op name.
+// The GPU's clock and power while a set of steps ran (NVML samples every 10 ms; n = 0: none, e.g. CPU ranks).
+struct ClockStat {
+  double sm_mhz = 0, watts = 0;
+  int samples = 0;
+};
+
 struct RankProfile {
   int rank = 0;
   double step_ms = 0, ops_ms = 0, unprofiled_ms = 0, gaps_ms = 0;
+  ClockStat clock;
   std::map<std::string, double> ms;
   std::vector<ProfileGap> gaps;
 };
 // Every rank's report on every rank (collective, on the communicator's host side).
-std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms);
+std::vector<RankProfile> gather_profiles(Communicator& comm, const ProfileReport& r, double unprofiled_ms,
+                                         const ClockStat& clock = {});
 nlohmann::json rank_profiles_json(const std::vector<RankProfile>& ranks);
 
 // What communication costs each op (`mptrain profile --without-comm`): the same steps profiled with the
@@ -103,6 +111,7 @@ struct CommCostRow {
 struct CommCost {
   std::vector<CommCostRow> rows;           // every op, by difference, largest first
   CommCostRow ops, other, step, unprofiled;  // sum of the ops, not in any op, the profiled step, the median step
+  CommCostRow sm_mhz, watts;                 // the GPUs' clock and power on each side (0 without NVML)
   // The compute stream's gaps, position by position ("<op> -> <op> (position k)"), by difference, largest
   // first; empty unless every rank ran the same op sequence on both sides.
   std::vector<CommCostRow> gaps;
