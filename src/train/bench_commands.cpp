@@ -141,26 +141,30 @@ int profile_command(int argc, char** argv) {
       // previous step still overlaps this step's forward), then its share of the unprofiled steps, then its
       // profiled steps.
       const int chunk = std::min(profiled, kCommCostChunk), chunks = (profiled + chunk - 1) / chunk;  // per side
+      // A switch of sides and its one uncounted step; the check below switches the same way.
+      auto switch_to = [&](bool off) {
+        t.optimizer().set_skip_comm(off);
+        clocks.side(-1);
+        t.train_step();
+      };
       int done[2] = {0, 0};
       for (int i = 0; i < 2 * chunks; ++i) {
         const bool off = i % 4 == 1 || i % 4 == 2;
         const int k = done[off]++;
-        t.optimizer().set_skip_comm(off);
-        clocks.side(-1);
-        t.train_step();
+        switch_to(off);
         clocks.side(off);
         unprofiled(timed * (k + 1) / chunks - timed * k / chunks, off ? &secs_without : &secs_with);
         profile_steps(off ? without : with, std::min(chunk, profiled - k * chunk));
-        if (off && done[1] == chunks) {
-          // After the last chunk without: the ranks' parameters must differ, and agree one step with the
-          // collectives later. One more step after the checks, whose host waits leave the queue empty.
-          clocks.side(-1);
-          diverged = !params_identical();
-          t.optimizer().set_skip_comm(false);
-          t.train_step();
-          rejoined = params_identical();
-          t.train_step();
-        }
+      }
+      // Then, after the measured steps (their host waits would stall the GPU in a chunk): one step without
+      // the collectives, after which the ranks' parameters must differ, and one with them, after which they
+      // must agree again.
+      clocks.side(-1);
+      if (world.size > 1) {
+        switch_to(true);
+        diverged = !params_identical();
+        switch_to(false);
+        rejoined = params_identical();
       }
       t.optimizer().set_skip_comm(false);
     }

@@ -108,9 +108,10 @@ const CommandHelp kCommandHelp[] = {
      "table, and every rank's step.\n"
      "--without-comm: as many steps again with the bucket collectives skipped (debug.skip_bucket_comm), in\n"
      "chunks of 4 alternating with, without, without, with, ..., and a table of each op's time with, without\n"
-     "and the difference, rank by rank: where communication slows the step. The ranks' parameters must\n"
-     "differ after the last steps without and agree one step later; the last line says so. --out: rank 0's\n"
-     "rows, every rank's rows, and with --without-comm the other side and the comparison.\n"},
+     "and the difference, rank by rank: where communication slows the step, and each side's SM clock. After\n"
+     "the measured steps, one step without the collectives must leave the ranks' parameters different and one\n"
+     "with them must make them agree; the last line says so. --out: rank 0's rows, every rank's rows, and\n"
+     "with --without-comm the other side and the comparison.\n"},
     {"bench",
      "usage: mpirun -np N mptrain bench CONFIG [--warmup 5] [--warmup-seconds S] [--steps 20] [--out FILE.json]\n"
      "                                   [--label TEXT] [--peak-tflops X] [--steps-out FILE.json]\n"

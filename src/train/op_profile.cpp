@@ -371,8 +371,8 @@ std::string format_comm_cost(const CommCost& c, int max_rows) {
   put(c.step, "step, profiled (events around the step)");
   put(c.unprofiled, "step, not profiled (median wall time)");
   if (c.sm_mhz.with_ms > 0 && c.sm_mhz.without_ms > 0) {
+    // Board power is left out here: the driver's reading is averaged over longer than a chunk of steps.
     put(c.sm_mhz, "SM clock, MHz (NVML, every 10 ms; not ms)");
-    put(c.watts, "board power, W (NVML; not ms)");
   }
   if (!c.gaps.empty()) {
     out += "the compute stream's gaps that grow most with communication (with, without, difference, by rank):\n";
