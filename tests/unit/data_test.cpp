@@ -248,7 +248,7 @@ TEST_F(IdxFiles, LimitKeepsLeadingExamplesAndReadsOnlyThose) {
   // Damage after the kept examples is never read, so it cannot fail a limited load ...
   std::vector<uint8_t> cut(img.begin(), img.begin() + 16 + 10 * 12 + 5);
   std::vector<uint8_t> bad_lab = lab;
-  bad_lab.back() = 200;
+  bad_lab.at(bad_lab.size() - 1) = 200;  // the last example's label
   const std::string ci = write_plain("cut", cut), bl = write_plain("badlab", bad_lab);
   expect_matches(mpt::load_idx(ci, bl, 10), 10);
   // ... but is reported once the limit reaches it.

@@ -17,8 +17,8 @@ namespace {
 
 uint16_t cuda_f2h(float f) { __half h = __float2half_rn(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
 uint16_t cuda_f2bf(float f) { __nv_bfloat16 h = __float2bfloat16_rn(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
-float cuda_h2f(uint16_t b) { __half h; std::memcpy(&h, &b, 2); return __half2float(h); }
-float cuda_bf2f(uint16_t b) { __nv_bfloat16 h; std::memcpy(&h, &b, 2); return __bfloat162float(h); }
+float cuda_h2f(uint16_t b) { __half_raw r; r.x = b; return __half2float(__half(r)); }
+float cuda_bf2f(uint16_t b) { __nv_bfloat16_raw r; r.x = b; return __bfloat162float(__nv_bfloat16(r)); }
 
 // Same bits, or both NaN: CUDA's host-side half->float returns one canonical NaN while the device
 // instruction keeps the payload, so NaN payloads carry no meaning across the two.
